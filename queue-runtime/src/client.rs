@@ -1,0 +1,381 @@
+//! The client: a pool, the server's flavour, a clock, and the admin API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use queue_core::{JobId, JobState};
+use sqlx::mysql::{MySqlPoolOptions, MySqlPool};
+use sqlx::{Executor, Row};
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::flavor::Flavor;
+use crate::store::{NewJob, Store};
+
+/// A handle on the job database. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Bumped when this process makes a job ready (wakes local runtimes).
+    pub(crate) ready_gen: watch::Sender<u64>,
+    /// Bumped when this process schedules a job for later (wakes dispatchers).
+    pub(crate) scheduled_gen: watch::Sender<u64>,
+    pub(crate) metrics: crate::runtime::Metrics,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("flavor", &self.inner.store.flavor)
+            .field("clock", &self.inner.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Job counts of one queue (or of all queues).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting to be claimed.
+    pub ready: u64,
+    /// Waiting for a future run time (delays and retry backoff).
+    pub scheduled: u64,
+    /// Claimed and running under a lease.
+    pub running: u64,
+    /// Out of attempts, permanently failed or undecodable.
+    pub dead: u64,
+}
+
+impl QueueCounts {
+    /// Every job counted.
+    pub fn total(&self) -> u64 {
+        self.ready + self.scheduled + self.running + self.dead
+    }
+
+    fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Ready => self.ready += n,
+            JobState::Scheduled => self.scheduled += n,
+            JobState::Running => self.running += n,
+            JobState::Dead => self.dead += n,
+            _ => {}
+        }
+    }
+}
+
+/// What `client.stats()` reports.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Counts per queue.
+    pub queues: BTreeMap<String, QueueCounts>,
+    /// Counts over all queues.
+    pub total: QueueCounts,
+    /// Claim latency in this process over the last minute (p50, p99), if
+    /// a runtime of this client claimed in that time.
+    pub claim_latency: Option<(Duration, Duration)>,
+    /// InnoDB's history list length: undo records purge has not yet removed.
+    /// Rising with claim latency means a long-open read view is stalling
+    /// purge. `None` when the server does not expose it.
+    pub history_list_length: Option<u64>,
+}
+
+/// A dead job, as `client.dead_jobs()` lists it.
+#[derive(Clone, Debug)]
+pub struct DeadJob {
+    /// The job's id.
+    pub id: JobId,
+    /// The task's stored name.
+    pub task: String,
+    /// The queue.
+    pub queue: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error's text ("deadline exceeded" for a deadline failure).
+    pub last_error: String,
+    /// The payload, as stored (JSON).
+    pub payload: String,
+    /// When it died.
+    pub died_at: DateTime<Utc>,
+}
+
+/// One job as stored, for inspection.
+#[derive(Clone, Debug)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: JobId,
+    /// The task's stored name.
+    pub task: String,
+    /// The queue.
+    pub queue: String,
+    /// Priority, 0 highest.
+    pub priority: u8,
+    /// Current state.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The earliest time it may run.
+    pub run_at: DateTime<Utc>,
+    /// The last error, if any attempt failed.
+    pub last_error: Option<String>,
+    /// The payload (JSON).
+    pub payload: String,
+}
+
+impl Client {
+    /// Connects a new pool (up to 20 connections) to `url`.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Client> {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET time_zone = '+00:00'").await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses the host application's pool. The runtime's statements name all
+    /// their tables and set their own isolation level per transaction, so
+    /// the pool's session settings do not matter.
+    ///
+    /// # Errors
+    /// If the server cannot be reached to detect its flavour.
+    pub async fn from_pool(pool: MySqlPool) -> Result<Client> {
+        let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&pool).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                store: Store {
+                    pool,
+                    flavor: Flavor::from_version(&version),
+                },
+                clock: Arc::new(SystemClock),
+                ready_gen: watch::channel(0).0,
+                scheduled_gen: watch::channel(0).0,
+                metrics: crate::runtime::Metrics::default(),
+            }),
+        })
+    }
+
+    /// This client reading time from `clock` (for tests: a [`ManualClock`](crate::ManualClock)).
+    /// Returns a new client on the same pool; clones of the old one keep their clock.
+    pub fn with_clock(&self, clock: impl Clock) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                clock: Arc::new(clock),
+                ready_gen: watch::channel(0).0,
+                scheduled_gen: watch::channel(0).0,
+                metrics: crate::runtime::Metrics::default(),
+            }),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.inner.store.pool
+    }
+
+    /// The server's flavour, detected at connect.
+    pub fn flavor(&self) -> Flavor {
+        self.inner.store.flavor
+    }
+
+    /// The current time of this client's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Applies the bundled schema migrations. Idempotent, and safe to call
+    /// from many processes at once.
+    ///
+    /// # Errors
+    /// If a statement fails or the schema is newer than this build.
+    pub async fn migrate(&self) -> Result<()> {
+        crate::migrate::run(self.pool()).await
+    }
+
+    pub(crate) async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let now = self.now();
+        let any_ready = jobs.iter().any(|j| j.run_at <= now);
+        let any_scheduled = jobs.iter().any(|j| j.run_at > now);
+        let ids = self.store().insert_jobs(&jobs, now).await?;
+        if any_ready {
+            self.inner.ready_gen.send_modify(|g| *g += 1);
+        }
+        if any_scheduled {
+            self.inner.scheduled_gen.send_modify(|g| *g += 1);
+        }
+        Ok(ids)
+    }
+
+    /// Counts per queue and state, with the claim latency and InnoDB's
+    /// history list length.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn stats(&self) -> Result<Stats> {
+        let rows = sqlx::query(self.store().sql(
+            "SELECT queue, state, COUNT(*) FROM queue_jobs GROUP BY queue, state",
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let queue: String = row.get(0);
+            let state: u8 = row.get(1);
+            let n: i64 = row.get(2);
+            let n = u64::try_from(n).unwrap_or(0);
+            if let Some(state) = JobState::from_u8(state) {
+                stats.queues.entry(queue).or_default().add(state, n);
+                stats.total.add(state, n);
+            }
+        }
+        stats.claim_latency = self.inner.metrics.claim_latency();
+        stats.history_list_length = history_list_length(self.pool()).await;
+        Ok(stats)
+    }
+
+    /// Dead jobs, newest first.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn dead_jobs(&self, limit: u32) -> Result<Vec<DeadJob>> {
+        let rows = sqlx::query(self.store().sql(
+            "SELECT id, task, queue, attempts, last_error, payload, dead_at FROM queue_jobs \
+             FORCE INDEX (queue_jobs_dead) WHERE dead_at IS NOT NULL AND state = ? \
+             ORDER BY dead_at DESC, id DESC LIMIT ?",
+        ))
+        .bind(JobState::Dead.as_u8())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadJob {
+                id: JobId(r.get(0)),
+                task: r.get(1),
+                queue: r.get(2),
+                attempts: r.get(3),
+                last_error: r.get::<Option<String>, _>(4).unwrap_or_default(),
+                payload: r.get(5),
+                died_at: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Puts a dead job back to run now, with its attempts reset.
+    ///
+    /// # Errors
+    /// [`Error::NotDead`] if no dead job has this id.
+    pub async fn retry_dead(&self, id: JobId) -> Result<()> {
+        let now = self.now();
+        let store = self.store();
+        let mut tx = store.begin().await?;
+        let res = sqlx::query(store.sql(
+            "UPDATE queue_jobs SET state = ?, attempts = 0, dead_at = NULL, run_at = ?, updated_at = ? \
+             WHERE id = ? AND state = ?",
+        ))
+        .bind(JobState::Ready.as_u8())
+        .bind(now)
+        .bind(now)
+        .bind(id.0)
+        .bind(JobState::Dead.as_u8())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(Error::NotDead(id));
+        }
+        sqlx::query(store.sql(
+            "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id FROM queue_jobs WHERE id = ?",
+        ))
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.inner.ready_gen.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Deletes dead jobs that died more than `older_than` ago. Returns how many.
+    ///
+    /// # Errors
+    /// If the database cannot be written.
+    pub async fn purge_dead(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = self.now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(self.store().sql(
+                "DELETE FROM queue_jobs WHERE dead_at IS NOT NULL AND dead_at < ? AND state = ? LIMIT 1000",
+            ))
+            .bind(cutoff)
+            .bind(JobState::Dead.as_u8())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One job as stored, or `None` if it does not exist (a job that
+    /// succeeded is deleted).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn job(&self, id: JobId) -> Result<Option<JobInfo>> {
+        let row = sqlx::query(self.store().sql(
+            "SELECT id, task, queue, priority, state, attempts, max_attempts, run_at, last_error, payload \
+             FROM queue_jobs WHERE id = ?",
+        ))
+        .bind(id.0)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| JobInfo {
+            id: JobId(r.get(0)),
+            task: r.get(1),
+            queue: r.get(2),
+            priority: r.get(3),
+            state: JobState::from_u8(r.get(4)).unwrap_or(JobState::Dead),
+            attempts: r.get(5),
+            max_attempts: r.get(6),
+            run_at: r.get(7),
+            last_error: r.get(8),
+            payload: r.get(9),
+        }))
+    }
+}
+
+/// InnoDB's history list length, from `information_schema.INNODB_METRICS`.
+pub(crate) async fn history_list_length(pool: &MySqlPool) -> Option<u64> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten()
+    .and_then(|v| u64::try_from(v).ok())
+}

@@ -1,0 +1,82 @@
+//! Where the runtime reads the time.
+//!
+//! Every time the runtime writes to the database (run times, leases, cron
+//! ticks) comes from a [`Clock`] and is passed to SQL as a parameter; no
+//! statement calls `NOW()`. Tests use a [`ManualClock`] to move time forward
+//! instead of sleeping.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+/// A source of wall-clock time.
+pub trait Clock: Send + Sync + Debug + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+    /// A receiver that changes whenever the clock is moved by hand; `None`
+    /// for clocks that only move on their own.
+    fn watch(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        None
+    }
+}
+
+/// The system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that stands still until it is set or advanced: for tests.
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    inner: Arc<Mutex<DateTime<Utc>>>,
+    tx: Arc<watch::Sender<DateTime<Utc>>>,
+}
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: DateTime<Utc>) -> Self {
+        let (tx, _) = watch::channel(start);
+        Self {
+            inner: Arc::new(Mutex::new(start)),
+            tx: Arc::new(tx),
+        }
+    }
+
+    /// Sets the time.
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        self.tx.send_replace(t);
+    }
+
+    /// Moves the time forward by `d`.
+    pub fn advance(&self, d: std::time::Duration) {
+        let delta = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let next = self.now() + delta;
+        self.set(next);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watch(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        Some(self.tx.subscribe())
+    }
+}
+
+/// Adds a std duration to a time, saturating.
+pub(crate) fn add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

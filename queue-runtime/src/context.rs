@@ -1,0 +1,85 @@
+//! What a task sees of its job while it runs.
+
+use std::sync::Arc;
+
+use queue_core::{Deadline, JobId};
+
+use crate::client::Client;
+
+/// The job an attempt runs for, passed as the first argument of a `#[task]`
+/// function that asks for it.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    job_id: JobId,
+    attempt: u32,
+    max_attempts: u32,
+    task_name: String,
+    queue: String,
+    deadline: Option<Deadline>,
+    client: Client,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        job_id: JobId,
+        attempt: u32,
+        max_attempts: u32,
+        task_name: String,
+        queue: String,
+        deadline: Option<Deadline>,
+        client: Client,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                job_id,
+                attempt,
+                max_attempts,
+                task_name,
+                queue,
+                deadline,
+                client,
+            }),
+        }
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> JobId {
+        self.inner.job_id
+    }
+
+    /// This attempt's number, from 1. Every start counts, including one whose
+    /// process died.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// How many attempts the job may have in all (retries + 1).
+    pub fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    /// The task's stored name.
+    pub fn task_name(&self) -> &str {
+        &self.inner.task_name
+    }
+
+    /// The queue the job was claimed from.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+
+    /// This attempt's deadline, if the task or the job set one.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.inner.deadline
+    }
+
+    /// The client of the runtime running this job, to enqueue follow-up jobs.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+}

@@ -1,0 +1,129 @@
+//! Typed enqueue: what `my_task::with(payload)…enqueue(&client)` builds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use queue_core::{JobId, Priority, TaskOptions};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::store::NewJob;
+
+/// A job about to be enqueued, with per-job overrides of the task's options.
+///
+/// Built by the `with(payload)` function that `#[task]` generates.
+#[must_use = "a job is enqueued only by `.enqueue(&client)`"]
+#[derive(Debug, Clone)]
+pub struct EnqueueBuilder<T> {
+    options: TaskOptions,
+    payload: T,
+    priority: Option<u8>,
+    run_at: Option<DateTime<Utc>>,
+    delay: Option<Duration>,
+    deadline: Option<Duration>,
+    queue: Option<String>,
+}
+
+impl<T: Serialize> EnqueueBuilder<T> {
+    /// A job of the task with `options` carrying `payload`.
+    pub fn new(options: TaskOptions, payload: T) -> Self {
+        Self {
+            options,
+            payload,
+            priority: None,
+            run_at: None,
+            delay: None,
+            deadline: None,
+            queue: None,
+        }
+    }
+
+    /// Overrides the task's priority (0 highest … 4 lowest). A value above 4
+    /// is clamped to 4.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority.min(Priority::LOWEST.get()));
+        self
+    }
+
+    /// Runs the job no earlier than `when`. A time in the past runs it at once.
+    pub fn run_at(mut self, when: DateTime<Utc>) -> Self {
+        self.run_at = Some(when);
+        self
+    }
+
+    /// Runs the job no earlier than `delay` from now (added to `run_at` if
+    /// both are given).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Gives each attempt of this job a time budget, overriding the task's.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Puts the job on another queue than the task's.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Inserts the job.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the payload cannot be encoded, [`Error::Database`]
+    /// if the insert fails (nothing was enqueued then).
+    pub async fn enqueue(self, client: &Client) -> Result<JobId> {
+        let now = client.now();
+        let job = self.into_new_job(now)?;
+        let ids = client.insert(vec![job]).await?;
+        Ok(ids[0])
+    }
+
+    pub(crate) fn into_new_job(self, now: DateTime<Utc>) -> Result<NewJob> {
+        let payload = serde_json::to_string(&self.payload).map_err(|source| Error::Encode {
+            task: self.options.name.to_owned(),
+            source,
+        })?;
+        let queue = self.queue.unwrap_or_else(|| self.options.queue.to_owned());
+        queue_core::validate_queue_name(&queue).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut run_at = self.run_at.unwrap_or(now);
+        if let Some(d) = self.delay {
+            run_at = crate::clock::add(run_at.max(now), d);
+        }
+        let deadline = self.deadline.or(self.options.deadline);
+        Ok(NewJob {
+            task: self.options.name.to_owned(),
+            queue,
+            priority: self.priority.unwrap_or(self.options.priority.get()),
+            payload,
+            max_attempts: self.options.max_attempts(),
+            deadline_ms: deadline.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            run_at,
+        })
+    }
+}
+
+impl Client {
+    /// Enqueues many jobs of one task in multi-row INSERTs inside one
+    /// transaction; returns their ids in order. Used by the generated
+    /// `enqueue_many`.
+    ///
+    /// # Errors
+    /// As [`EnqueueBuilder::enqueue`]; on error nothing was enqueued.
+    pub async fn enqueue_many_with<T, I>(&self, options: TaskOptions, payloads: I) -> Result<Vec<JobId>>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = T>,
+    {
+        let now = self.now();
+        let jobs = payloads
+            .into_iter()
+            .map(|p| EnqueueBuilder::new(options, p).into_new_job(now))
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(jobs).await
+    }
+}

@@ -1,0 +1,89 @@
+//! An embedded, MySQL/MariaDB-backed job runtime.
+//!
+//! Mark an async function with [`#[task]`](task); enqueue typed payloads
+//! through the module the attribute adds beside it; start a [`Runtime`] that
+//! claims jobs from the database and runs them, with priorities, retries and
+//! backoff, delays, cron schedules and deadlines.
+//!
+//! ```rust,no_run
+//! use queue_runtime::{task, Client, Runtime, TaskContext, TaskError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Email { to: String, subject: String }
+//!
+//! #[task(priority = 1, retries = 3, queue = "mail")]
+//! async fn send_email(ctx: TaskContext, email: Email) -> Result<(), TaskError> {
+//!     println!("attempt {} to {}", ctx.attempt(), email.to);
+//!     Ok(())
+//! }
+//!
+//! # async fn demo() -> Result<(), queue_runtime::Error> {
+//! let client = Client::connect("mysql://queue:queue@127.0.0.1:3366/queue").await?;
+//! client.migrate().await?;
+//! send_email::enqueue(&client, Email { to: "a@example.com".into(), subject: "hi".into() }).await?;
+//! let runtime = Runtime::builder(client.clone()).concurrency(10).start().await?;
+//! // ...
+//! runtime.shutdown(std::time::Duration::from_secs(30)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/architecture.md` for the schema and the claim path.
+
+pub mod clock;
+mod client;
+mod cron;
+mod context;
+mod enqueue;
+mod error;
+pub mod flavor;
+mod migrate;
+mod registry;
+mod runtime;
+mod store;
+
+pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::TaskContext;
+pub use cron::RecurringTask;
+pub use enqueue::EnqueueBuilder;
+pub use error::{Error, Result};
+pub use queue_core::{
+    Backoff, CatchUp, Deadline, DeadlineExceeded, JobId, JobState, Priority, Schedule, TaskError,
+    TaskErrorKind, TaskOptions,
+};
+pub use queue_macros::task;
+pub use runtime::{Runtime, RuntimeBuilder};
+
+/// Support for the code `#[task]` generates. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{Handler, HandlerFuture, TaskRegistration};
+    pub use inventory;
+    pub use queue_core::{Backoff, CatchUp, Priority, TaskError, TaskOptions};
+    pub use std::time::Duration;
+
+    /// Decodes a JSON payload; a failure is a permanent decode error.
+    pub fn decode<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, TaskError> {
+        serde_json::from_str(payload).map_err(TaskError::decode)
+    }
+
+    /// Converts a handler's result.
+    pub fn into_task_result<E: Into<TaskError>>(r: Result<(), E>) -> Result<(), TaskError> {
+        r.map_err(Into::into)
+    }
+
+    /// A priority known valid at compile time.
+    pub const fn priority(v: u8) -> Priority {
+        match Priority::new(v) {
+            Ok(p) => p,
+            Err(_) => panic!("priority out of range"),
+        }
+    }
+
+    /// Checks at compile time that a payload type can be stored.
+    pub const fn assert_payload<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+
+    /// Checks at compile time that a handler's error converts into a `TaskError`.
+    pub fn assert_handler_result<E: Into<TaskError>>(_: &Result<(), E>) {}
+}

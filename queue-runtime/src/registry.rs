@@ -1,0 +1,86 @@
+//! The tasks of the program, gathered at start-up from every `#[task]`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use queue_core::{TaskError, TaskOptions};
+
+use crate::context::TaskContext;
+use crate::error::{Error, Result};
+
+/// The future a registered handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send + 'static>>;
+
+/// A registered handler: decodes the JSON payload and calls the task.
+pub type Handler = fn(TaskContext, &str) -> HandlerFuture;
+
+/// What `#[task]` submits through `inventory`. Not public API.
+#[derive(Debug)]
+pub struct TaskRegistration {
+    /// The task's options as the attribute declared them.
+    pub options: TaskOptions,
+    /// The decode-and-call shim.
+    pub handler: Handler,
+    /// Where the function is declared.
+    pub file: &'static str,
+    /// The line of the declaration.
+    pub line: u32,
+}
+
+inventory::collect!(TaskRegistration);
+
+/// Every task of the program, by name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Registry {
+    tasks: BTreeMap<&'static str, &'static TaskRegistration>,
+}
+
+impl Registry {
+    /// Collects every `#[task]`; two tasks with one name are an error naming both.
+    pub(crate) fn collect() -> Result<Registry> {
+        Self::from_iter(inventory::iter::<TaskRegistration>)
+    }
+
+    pub(crate) fn from_iter(
+        regs: impl IntoIterator<Item = &'static TaskRegistration>,
+    ) -> Result<Registry> {
+        let mut tasks: BTreeMap<&'static str, &'static TaskRegistration> = BTreeMap::new();
+        let mut regs: Vec<_> = regs.into_iter().collect();
+        // inventory's order is unspecified: sort so the error is stable.
+        regs.sort_by_key(|r| (r.file, r.line));
+        for reg in regs {
+            if let Some(first) = tasks.get(reg.options.name) {
+                return Err(Error::DuplicateTask {
+                    name: reg.options.name.to_owned(),
+                    first: format!("{}:{}", first.file, first.line),
+                    second: format!("{}:{}", reg.file, reg.line),
+                });
+            }
+            if let Some(cron) = reg.options.cron {
+                queue_core::Schedule::parse(cron, reg.options.tz).map_err(|e| Error::Schedule {
+                    task: reg.options.name.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+            tasks.insert(reg.options.name, reg);
+        }
+        Ok(Registry { tasks })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&'static TaskRegistration> {
+        self.tasks.get(name).copied()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'static TaskRegistration> + '_ {
+        self.tasks.values().copied()
+    }
+
+    /// Every queue that a task names, sorted.
+    pub(crate) fn queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = self.iter().map(|r| r.options.queue.to_owned()).collect();
+        q.sort();
+        q.dedup();
+        q
+    }
+}

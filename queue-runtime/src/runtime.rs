@@ -1,0 +1,872 @@
+//! The runtime: claims jobs, runs them, records outcomes, keeps leases alive,
+//! rescues jobs whose worker was lost, moves due jobs into the claim index.
+//!
+//! One process runs these tokio tasks:
+//! - the **producer** claims at most as many jobs as there are free slots
+//!   (`concurrency`) and spawns one task per job;
+//! - the **acker** writes outcomes, successes in batches;
+//! - the **heartbeat** extends the leases of jobs in flight, in one
+//!   statement per beat;
+//! - the **rescuer** takes back jobs whose lease expired (any runtime's);
+//! - the **dispatcher** moves scheduled jobs that came due into the claim index;
+//! - the **prober** looks behind the claim cursors (see `store::claim`);
+//! - the **cron scheduler** fires recurring tasks (see `cron`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use queue_core::{Deadline, JobId, TaskError, TaskErrorKind};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::client::Client;
+use crate::clock::add;
+use crate::context::TaskContext;
+use crate::error::{Error, Result, is_connection_error};
+use crate::registry::Registry;
+use crate::store::{ClaimedJob, Cursors};
+
+/// Extra time a handler gets past its deadline before it is stopped.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+/// How long an unknown task's job waits before it is offered again.
+const UNKNOWN_TASK_DELAY: Duration = Duration::from_secs(60);
+
+/// Configures and starts a [`Runtime`].
+#[derive(Debug)]
+#[must_use = "a runtime runs only after `.start().await`"]
+pub struct RuntimeBuilder {
+    client: Client,
+    concurrency: usize,
+    queues: Option<Vec<String>>,
+    poll_interval: Duration,
+    lease: Duration,
+    heartbeat: Duration,
+    prefetch: usize,
+    cron: bool,
+}
+
+impl RuntimeBuilder {
+    /// Tasks in flight at once in this process (default 10).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The queues this runtime claims from, in the order it serves them
+    /// (default: every queue a task of the program names).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How often an idle runtime looks for jobs that other processes
+    /// enqueued (default 500 ms). Jobs enqueued by this process wake it at once.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long a claim holds a job before another runtime may take it back
+    /// (default 15 s). Renewed every `heartbeat` while the job runs.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d.max(Duration::from_millis(200));
+        self
+    }
+
+    /// How often leases of running jobs are renewed (default 5 s).
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.heartbeat = d.max(Duration::from_millis(50));
+        self
+    }
+
+    /// Jobs claimed beyond the free slots, to hide the claim's round trip
+    /// (default 0). Prefetched jobs are leased while they wait.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+
+    /// Whether this runtime fires cron tasks (default true).
+    pub fn cron(mut self, enabled: bool) -> Self {
+        self.cron = enabled;
+        self
+    }
+
+    /// Collects the program's tasks and starts the runtime.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateTask`] when two tasks share a name,
+    /// [`Error::InvalidArgument`] for a bad queue name.
+    pub async fn start(self) -> Result<Runtime> {
+        let registry = Registry::collect()?;
+        let queues = match self.queues {
+            Some(q) => q,
+            None => {
+                let q = registry.queues();
+                if q.is_empty() { vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()] } else { q }
+            }
+        };
+        for q in &queues {
+            queue_core::validate_queue_name(q).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        }
+        let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            registry,
+            owner,
+            queues,
+            semaphore: Arc::new(Semaphore::new(self.concurrency)),
+            concurrency: self.concurrency,
+            in_flight: Mutex::new(HashMap::new()),
+            ack_tx,
+            stop: stop_rx,
+            poll_interval: self.poll_interval,
+            lease: self.lease,
+            heartbeat: self.heartbeat,
+            prefetch: self.prefetch,
+            outage: Outage::default(),
+        });
+        tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = self.concurrency, "queue runtime starting");
+        let mut background = Vec::new();
+        let acker = tokio::spawn(acker(shared.clone(), ack_rx));
+        background.push(tokio::spawn(heartbeat(shared.clone())));
+        background.push(tokio::spawn(rescuer(shared.clone())));
+        background.push(tokio::spawn(dispatcher(shared.clone())));
+        if self.cron {
+            background.push(tokio::spawn(crate::cron::scheduler(shared.clone())));
+        }
+        let producer = tokio::spawn(producer(shared.clone()));
+        Ok(Runtime {
+            shared,
+            stop_tx,
+            producer: Some(producer),
+            acker: Some(acker),
+            background,
+        })
+    }
+}
+
+/// A running job runtime. Stop it with [`Runtime::shutdown`]; dropping it
+/// stops claiming but does not wait for jobs in flight.
+#[derive(Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    producer: Option<JoinHandle<()>>,
+    acker: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// A builder for a runtime on `client`.
+    pub fn builder(client: Client) -> RuntimeBuilder {
+        RuntimeBuilder {
+            client,
+            concurrency: 10,
+            queues: None,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            prefetch: 0,
+            cron: true,
+        }
+    }
+
+    /// This runtime's unique owner id, as stored in `lease_owner`.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// The queues this runtime serves.
+    pub fn queues(&self) -> &[String] {
+        &self.shared.queues
+    }
+
+    /// Jobs running in this process now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Stops claiming, lets running jobs finish within `drain`, then stops
+    /// the rest and hands them back to the queue at once (their interrupted
+    /// attempt is not counted), so another runtime can start them without
+    /// waiting for their lease.
+    ///
+    /// # Errors
+    /// If outcomes could not be written before the runtime stopped (the jobs
+    /// are then taken back when their lease expires).
+    pub async fn shutdown(mut self, drain: Duration) -> Result<()> {
+        self.stop_tx.send_replace(true);
+        if let Some(p) = self.producer.take() {
+            let _ = p.await;
+        }
+        let until = Instant::now() + drain;
+        while Instant::now() < until && self.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let handed_back = {
+            let map = self.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for job in map.values() {
+                job.handle.abort();
+            }
+            map.len()
+        };
+        if handed_back > 0 {
+            tracing::info!(jobs = handed_back, "handing back unfinished jobs at shutdown");
+        }
+        // Wait for the executors to report (aborted ones report a hand-back).
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && self.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Outcomes are queued before an executor leaves `in_flight`... but
+        // removed only once written: stop the acker after it drained.
+        if let Some(a) = self.acker.take() {
+            self.shared.ack_tx.send(Ack::Stop).ok();
+            let _ = tokio::time::timeout(Duration::from_secs(30), a).await;
+        }
+        let remaining = self.in_flight();
+        for b in self.background.drain(..) {
+            b.abort();
+        }
+        tracing::info!(owner = %self.shared.owner, "queue runtime stopped");
+        if remaining > 0 {
+            return Err(Error::Shutdown(format!(
+                "{remaining} jobs did not report an outcome; their leases will expire"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_tx.send_replace(true);
+        for b in &self.background {
+            b.abort();
+        }
+    }
+}
+
+/// State shared by the runtime's tasks.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) registry: Registry,
+    pub(crate) owner: String,
+    pub(crate) queues: Vec<String>,
+    semaphore: Arc<Semaphore>,
+    concurrency: usize,
+    in_flight: Mutex<HashMap<JobId, InFlight>>,
+    ack_tx: mpsc::UnboundedSender<Ack>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) poll_interval: Duration,
+    lease: Duration,
+    heartbeat: Duration,
+    prefetch: usize,
+    pub(crate) outage: Outage,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps for `d` or until the runtime stops; returns true if stopping.
+    pub(crate) async fn sleep_or_stop(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        self.stopping()
+    }
+}
+
+struct InFlight {
+    attempt: u32,
+    handle: tokio::task::AbortHandle,
+}
+
+/// An outcome to write.
+#[derive(Debug)]
+enum Ack {
+    Complete { id: JobId, attempt: u32 },
+    Retry { id: JobId, attempt: u32, run_at: DateTime<Utc>, error: String, uncount: bool },
+    Dead { id: JobId, attempt: u32, error: String },
+    Stop,
+}
+
+impl Ack {
+    fn id(&self) -> Option<JobId> {
+        match self {
+            Ack::Complete { id, .. } | Ack::Retry { id, .. } | Ack::Dead { id, .. } => Some(*id),
+            Ack::Stop => None,
+        }
+    }
+}
+
+/// Logs a database outage once, and its end once.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    since: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    /// Records a failure of `what`; logs only the first of an outage.
+    pub(crate) fn failed(&self, what: &str, e: &Error) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        let is_outage = matches!(e, Error::Database(db) if is_connection_error(db));
+        if since.is_none() {
+            if is_outage {
+                tracing::error!(error = %e, during = what, "database unavailable; the runtime keeps retrying");
+                *since = Some(Instant::now());
+            } else {
+                tracing::warn!(error = %e, during = what, "database statement failed; retrying");
+            }
+        }
+    }
+
+    /// Records a success; logs the end of an outage.
+    pub(crate) fn ok(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = since.take() {
+            tracing::warn!(after = ?t.elapsed(), "database reachable again; the runtime resumed");
+        }
+    }
+
+    pub(crate) fn backoff(failures: u32) -> Duration {
+        let ms = 50u64.saturating_mul(1 << failures.min(7)).min(5_000);
+        Duration::from_millis(ms + fastrand::u64(0..=ms / 4))
+    }
+}
+
+/// Claim latencies of this client's runtimes over the last minute.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    claims: Mutex<VecDeque<(Instant, Duration)>>,
+}
+
+impl Metrics {
+    fn record_claim(&self, d: Duration) {
+        let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        c.push_back((now, d));
+        while c.front().is_some_and(|f| now.duration_since(f.0) > Duration::from_secs(60)) || c.len() > 100_000 {
+            c.pop_front();
+        }
+    }
+
+    /// (p50, p99) of claim latency over the last minute.
+    pub(crate) fn claim_latency(&self) -> Option<(Duration, Duration)> {
+        let c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_empty() {
+            return None;
+        }
+        let mut v: Vec<Duration> = c.iter().map(|x| x.1).collect();
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some((at(0.5), at(0.99)))
+    }
+}
+
+async fn producer(shared: Arc<Shared>) {
+    let client = &shared.client;
+    let mut cursors: Vec<Cursors> = shared.queues.iter().map(|q| Cursors::new(q)).collect();
+    let mut ready_rx = client.inner.ready_gen.subscribe();
+    let (probe_tx, probe_rx) = mpsc::channel::<(usize, Vec<(u8, u64, u64)>)>(16);
+    let (found_tx, mut found_rx) = mpsc::channel::<(usize, Vec<(u8, u64)>)>(16);
+    let prober = tokio::spawn(prober(shared.clone(), probe_rx, found_tx));
+    let mut failures = 0u32;
+    let mut next = 0usize;
+    let mut last_probe = Instant::now();
+    let mut last_full_probe = Instant::now();
+    // Look behind the cursors at start: rows committed out of order by a
+    // previous run are found by the first full probe.
+    let mut full_due = true;
+    loop {
+        if shared.stopping() {
+            break;
+        }
+        while let Ok((qi, found)) = found_rx.try_recv() {
+            cursors[qi].add_stragglers(found);
+        }
+        if last_probe.elapsed() >= Duration::from_millis(250) || full_due {
+            let full = full_due || last_full_probe.elapsed() >= Duration::from_secs(30);
+            for (qi, c) in cursors.iter_mut().enumerate() {
+                let ranges = c.probe_ranges(full);
+                if !ranges.is_empty() {
+                    let _ = probe_tx.try_send((qi, ranges));
+                }
+            }
+            last_probe = Instant::now();
+            if full {
+                last_full_probe = last_probe;
+                full_due = false;
+            }
+        }
+        let free = shared.semaphore.available_permits();
+        if free == 0 {
+            // Wait for a slot (or stop).
+            let mut stop = shared.stop.clone();
+            tokio::select! {
+                p = shared.semaphore.clone().acquire_owned() => drop(p),
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            continue;
+        }
+        let mut claimed = 0usize;
+        let mut errored = false;
+        for i in 0..cursors.len() {
+            let qi = (next + i) % cursors.len();
+            let want = shared.semaphore.available_permits() + shared.prefetch;
+            let want = want.saturating_sub(prefetched(&shared));
+            if want == 0 {
+                break;
+            }
+            let now = client.now();
+            let started = Instant::now();
+            match client.store().claim(&mut cursors[qi], want, &shared.owner, add(now, shared.lease), now).await {
+                Ok(jobs) => {
+                    client.inner.metrics.record_claim(started.elapsed());
+                    shared.outage.ok();
+                    failures = 0;
+                    claimed += jobs.len();
+                    for job in jobs {
+                        spawn_job(&shared, job);
+                    }
+                }
+                Err(e) => {
+                    shared.outage.failed("claim", &e);
+                    errored = true;
+                    break;
+                }
+            }
+        }
+        next = next.wrapping_add(1);
+        if errored {
+            failures += 1;
+            if shared.sleep_or_stop(Outage::backoff(failures)).await {
+                break;
+            }
+            continue;
+        }
+        if claimed == 0 && !cursors.iter().any(Cursors::has_stragglers) {
+            // Idle: wait for a local enqueue, a probe's find, the poll interval, or stop.
+            let mut stop = shared.stop.clone();
+            let wait = shared.poll_interval.min(Duration::from_millis(250));
+            tokio::select! {
+                _ = ready_rx.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => {}
+                Some((qi, found)) = found_rx.recv() => cursors[qi].add_stragglers(found),
+            }
+            // Polls happen every poll_interval at most while idle.
+            if !ready_rx.has_changed().unwrap_or(false) && last_probe.elapsed() < shared.poll_interval {
+                continue;
+            }
+        }
+    }
+    prober.abort();
+}
+
+/// Prefetched jobs are those claimed beyond the semaphore: none in this
+/// design, since every claimed job takes a permit before it starts; kept as
+/// a hook for the prefetch option.
+fn prefetched(_shared: &Shared) -> usize {
+    0
+}
+
+async fn prober(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(usize, Vec<(u8, u64, u64)>)>,
+    tx: mpsc::Sender<(usize, Vec<(u8, u64)>)>,
+) {
+    while let Some((qi, ranges)) = rx.recv().await {
+        let queue = &shared.queues[qi];
+        match shared.client.store().probe(queue, &ranges).await {
+            Ok(found) if !found.is_empty() => {
+                tracing::debug!(queue = %queue, rows = found.len(), "found ready rows behind the claim cursor");
+                if tx.send((qi, found)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => shared.outage.failed("probe", &e),
+        }
+    }
+}
+
+fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
+    let permit = match shared.semaphore.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => None, // prefetched beyond the free slots: waits below
+    };
+    let shared2 = shared.clone();
+    let id = job.id;
+    let attempt = job.attempt;
+    // Register before the task can finish, so heartbeats cover it.
+    let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let handle = tokio::spawn(async move {
+        let _permit = match permit {
+            Some(p) => p,
+            None => match shared2.semaphore.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        execute(shared2, job).await;
+    });
+    map.insert(id, InFlight { attempt, handle: handle.abort_handle() });
+}
+
+async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
+    let span = tracing::info_span!(
+        "queue.job",
+        job.id = %job.id,
+        task = %job.task,
+        queue = %job.queue,
+        attempt = job.attempt,
+    );
+    let ack = run_attempt(&shared, &job).instrument(span.clone()).await;
+    let _enter = span.enter();
+    match &ack {
+        Ack::Complete { .. } => tracing::debug!("job succeeded"),
+        Ack::Retry { error, run_at, uncount: false, .. } => {
+            tracing::warn!(error = %error, retry_at = %run_at, max_attempts = job.max_attempts, "job failed; will retry");
+        }
+        Ack::Retry { error, .. } => tracing::info!(reason = %error, "job handed back"),
+        Ack::Dead { error, .. } => {
+            tracing::error!(error = %error, attempts = job.attempt, "job is dead");
+        }
+        Ack::Stop => {}
+    }
+    if shared.ack_tx.send(ack).is_err() {
+        // The acker is gone (runtime dropped): the lease expires and the job runs again.
+        shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.id);
+    }
+}
+
+/// Runs one attempt and decides its outcome.
+async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
+    let client = &shared.client;
+    let (id, attempt) = (job.id, job.attempt);
+    let Some(reg) = shared.registry.get(&job.task) else {
+        let error = format!(
+            "unknown task `{}`: no #[task] of this name in runtime {}; handed back for {}s",
+            job.task,
+            shared.owner,
+            UNKNOWN_TASK_DELAY.as_secs()
+        );
+        tracing::warn!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
+        return Ack::Retry { id, attempt, run_at: add(client.now(), UNKNOWN_TASK_DELAY), error, uncount: true };
+    };
+    let budget = job.deadline_ms.map(Duration::from_millis).or(reg.options.deadline);
+    let deadline = budget.map(Deadline::after);
+    let ctx = TaskContext::new(
+        id,
+        attempt,
+        job.max_attempts,
+        job.task.clone(),
+        job.queue.clone(),
+        deadline,
+        client.clone(),
+    );
+    let fut = Deadline::scope(deadline, (reg.handler)(ctx, &job.payload));
+    let mut handle = tokio::spawn(fut.in_current_span());
+    let joined = match deadline {
+        Some(d) => match tokio::time::timeout_at(d.expires_at() + DEADLINE_GRACE, &mut handle).await {
+            Ok(j) => j,
+            Err(_) => {
+                handle.abort();
+                Ok(Err(TaskError::deadline_exceeded()))
+            }
+        },
+        None => (&mut handle).await,
+    };
+    let result = match joined {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(TaskError::panic(panic_message(e.into_panic()))),
+        Err(_) => {
+            // Cancelled: the runtime is shutting down. Hand the job back.
+            return Ack::Retry {
+                id,
+                attempt,
+                run_at: client.now(),
+                error: "handed back at shutdown before it finished".into(),
+                uncount: true,
+            };
+        }
+    };
+    match result {
+        Ok(()) => Ack::Complete { id, attempt },
+        Err(e) => {
+            let text = error_text(&e, client.flavor());
+            if e.is_permanent() || attempt >= job.max_attempts {
+                Ack::Dead { id, attempt, error: text }
+            } else {
+                let mut rng = fastrand::Rng::new();
+                let delay = reg.options.backoff.delay(attempt, &mut rng);
+                Ack::Retry { id, attempt, run_at: add(client.now(), delay), error: text, uncount: false }
+            }
+        }
+    }
+}
+
+/// The text stored as a job's last error. A server-side statement timeout
+/// reads "deadline exceeded" like any other deadline failure.
+fn error_text(e: &TaskError, flavor: crate::flavor::Flavor) -> String {
+    let text = e.to_string();
+    if e.kind() == TaskErrorKind::Deadline {
+        return text;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.source_ref());
+    while let Some(s) = source {
+        if let Some(sql) = s.downcast_ref::<sqlx::Error>() {
+            if crate::error::sql_error_number(sql).is_some_and(|n| flavor.is_timeout_error(n)) {
+                return format!("deadline exceeded: {text}");
+            }
+        }
+        if s.downcast_ref::<queue_core::DeadlineExceeded>().is_some() || s.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::DeadlineExceeded)) {
+            return format!("deadline exceeded: {text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+/// Writes outcomes. Successes are batched: whatever has arrived since the
+/// last write goes in one DELETE.
+async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        if batch.iter().any(|a| matches!(a, Ack::Stop)) {
+            stop = true;
+            // Flush what else is queued.
+            while let Ok(a) = rx.try_recv() {
+                batch.push(a);
+            }
+        }
+        write_acks(&shared, batch).await;
+    }
+}
+
+async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
+    let client = &shared.client;
+    let store = client.store();
+    let mut done = Vec::new();
+    let mut others = Vec::new();
+    for a in batch {
+        match a {
+            Ack::Complete { id, attempt } => done.push((id, attempt)),
+            Ack::Stop => {}
+            other => others.push(other),
+        }
+    }
+    let mut failures = 0;
+    if !done.is_empty() {
+        loop {
+            match store.complete(&done).await {
+                Ok(n) => {
+                    shared.outage.ok();
+                    if (n as usize) < done.len() {
+                        tracing::warn!(
+                            lost = done.len() - n as usize,
+                            "some successes were not recorded: their lease had expired and another runtime took them"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    shared.outage.failed("recording successes", &e);
+                    failures += 1;
+                    tokio::time::sleep(Outage::backoff(failures)).await;
+                }
+            }
+        }
+        let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, _) in &done {
+            map.remove(id);
+        }
+    }
+    for a in others {
+        let id = a.id();
+        let mut failures = 0;
+        loop {
+            let now = client.now();
+            let r = match &a {
+                Ack::Retry { id, attempt, run_at, error, uncount } => {
+                    store.retry_later(*id, *attempt, *run_at, error, now, *uncount).await
+                }
+                Ack::Dead { id, attempt, error } => store.bury(*id, *attempt, error, now).await,
+                _ => Ok(true),
+            };
+            match r {
+                Ok(recorded) => {
+                    shared.outage.ok();
+                    if !recorded {
+                        tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
+                    }
+                    if matches!(a, Ack::Retry { .. }) {
+                        client.inner.scheduled_gen.send_modify(|g| *g += 1);
+                        client.inner.ready_gen.send_modify(|g| *g += 1);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    shared.outage.failed("recording an outcome", &e);
+                    failures += 1;
+                    tokio::time::sleep(Outage::backoff(failures)).await;
+                }
+            }
+        }
+        if let Some(id) = id {
+            shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        // Beats go on during a shutdown's drain; shutdown aborts this task last.
+        tokio::time::sleep(shared.heartbeat).await;
+        let jobs: Vec<(JobId, u32)> = {
+            let map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(id, f)| (*id, f.attempt)).collect()
+        };
+        if jobs.is_empty() {
+            continue;
+        }
+        let now = shared.client.now();
+        match shared.client.store().heartbeat(&shared.owner, &jobs, add(now, shared.lease), now).await {
+            Ok(n) => {
+                shared.outage.ok();
+                if (n as usize) < jobs.len() {
+                    tracing::warn!(
+                        lost = jobs.len() - n as usize,
+                        "some running jobs lost their lease (taken back after it expired); their outcomes will not be recorded"
+                    );
+                }
+            }
+            Err(e) => shared.outage.failed("heartbeat", &e),
+        }
+    }
+}
+
+async fn rescuer(shared: Arc<Shared>) {
+    let interval = (shared.lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut last_ok: Option<DateTime<Utc>> = None;
+    let mut last_full = Instant::now();
+    loop {
+        let now = shared.client.now();
+        // Look at leases that expired since the last pass (with a margin);
+        // the whole index now and then, and at start.
+        let since = match last_ok {
+            Some(t) if last_full.elapsed() < Duration::from_secs(600) => {
+                Some(t - chrono::Duration::seconds(60))
+            }
+            _ => {
+                last_full = Instant::now();
+                None
+            }
+        };
+        match shared.client.store().rescue_expired(now, since).await {
+            Ok((requeued, buried)) => {
+                shared.outage.ok();
+                last_ok = Some(now);
+                if requeued + buried > 0 {
+                    tracing::warn!(requeued, buried, "took back jobs whose lease expired");
+                    shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+                }
+            }
+            Err(e) => shared.outage.failed("lease rescue", &e),
+        }
+        if shared.sleep_or_stop(interval).await {
+            return;
+        }
+    }
+}
+
+async fn dispatcher(shared: Arc<Shared>) {
+    let client = &shared.client;
+    let mut scheduled_rx = client.inner.scheduled_gen.subscribe();
+    let mut clock_rx = client.inner.clock.watch();
+    let mut last_ok: Option<DateTime<Utc>> = None;
+    let mut last_full = Instant::now();
+    let mut failures = 0;
+    loop {
+        let now = client.now();
+        let since = match last_ok {
+            Some(t) if last_full.elapsed() < Duration::from_secs(300) => Some(t - chrono::Duration::seconds(600)),
+            _ => {
+                last_full = Instant::now();
+                None
+            }
+        };
+        let mut wait = shared.poll_interval;
+        match client.store().dispatch_due(now, since).await {
+            Ok(n) => {
+                shared.outage.ok();
+                failures = 0;
+                last_ok = Some(now);
+                if n > 0 {
+                    client.inner.ready_gen.send_modify(|g| *g += 1);
+                }
+                if let Ok(Some(next)) = client.store().next_scheduled(now).await {
+                    if let Ok(d) = (next - now).to_std() {
+                        wait = wait.min(d);
+                    }
+                }
+            }
+            Err(e) => {
+                shared.outage.failed("dispatching scheduled jobs", &e);
+                failures += 1;
+                wait = Outage::backoff(failures);
+            }
+        }
+        let mut stop = shared.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = scheduled_rx.changed() => {}
+            _ = async {
+                match clock_rx.as_mut() {
+                    Some(rx) => { let _ = rx.changed().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
