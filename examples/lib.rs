@@ -19,3 +19,26 @@ pub fn database_url() -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// The URL of a fresh database named `name` on the examples' server: it is
+/// dropped and created again, so each run of an example starts empty.
+///
+/// # Errors
+/// If the server cannot be reached or the database cannot be created.
+pub async fn demo_database(name: &str) -> Result<String, sqlx::Error> {
+    assert!(
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "a plain database name"
+    );
+    let url = database_url();
+    let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
+    let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&format!("{base}/")).await?;
+    // Safe: `name` is checked above to be a plain identifier.
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&mut conn)
+        .await?;
+    Ok(format!("{base}/{name}"))
+}

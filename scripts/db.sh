@@ -3,19 +3,20 @@
 #
 # Usage: scripts/db.sh [ensure|start|stop|restart|url|shell|status]
 #
-#   ensure (default)  print $DATABASE_URL if set; otherwise make sure the
-#                     private server under <target>/mariadb runs and print its
-#                     URL. Only the URL goes to stdout, so callers can do
-#                     url=$(scripts/db.sh ensure).
-#   start             same as ensure.
+#   ensure (default)  print $DATABASE_URL if it is set and names another
+#                     server; otherwise make sure the private server under
+#                     <target>/mariadb runs and print its URL. Only the URL
+#                     goes to stdout, so callers can do url=$(scripts/db.sh).
+#   start             make sure the private server runs (whatever
+#                     DATABASE_URL says) and print its URL.
 #   stop              shut the private server down and wait until it is gone.
-#   restart           stop, then ensure (same port, same data).
-#   url               print the URL (ensures the server first).
+#   restart           stop, then start (same port, same data).
+#   url               same as ensure.
 #   shell             open the mariadb client on the private server.
 #   status            say whether the private server is running (exit 1 if not).
 #
 # Environment:
-#   DATABASE_URL      use this server instead of a private one (ensure/url).
+#   DATABASE_URL      use this server instead of the private one (ensure/url).
 #   QUEUE_DB_PORT     TCP port of the private server (default 3366).
 #   CARGO_TARGET_DIR  where the private server lives (default <repo>/target).
 set -euo pipefail
@@ -279,11 +280,21 @@ with_lock() {
     exec 9>&-
 }
 
+# A DATABASE_URL that names another server than the private one.
+foreign_url() {
+    [ -n "${DATABASE_URL:-}" ] && [ "$DATABASE_URL" != "$URL" ]
+}
+
 cmd_ensure() {
-    if [ -n "${DATABASE_URL:-}" ]; then
+    if foreign_url; then
         echo "$DATABASE_URL"
         return 0
     fi
+    cmd_start
+}
+
+# Always about the private server, whatever DATABASE_URL says.
+cmd_start() {
     with_lock ensure_locked
     echo "$URL"
 }
@@ -292,15 +303,14 @@ cmd_stop() { with_lock stop_locked; }
 
 cmd_restart() {
     with_lock stop_locked
-    cmd_ensure
+    cmd_start
 }
 
 cmd_shell() {
-    local url
-    url="$(cmd_ensure)"
-    if [ -n "${DATABASE_URL:-}" ]; then
-        die "DATABASE_URL is set ($url); connect to that server yourself"
+    if foreign_url; then
+        die "DATABASE_URL names another server ($DATABASE_URL); connect to it yourself"
     fi
+    cmd_start >/dev/null
     exec "$(client_bin)" --no-defaults --protocol=socket --socket="$SOCK" -uroot "$DB_NAME" "$@"
 }
 
@@ -308,7 +318,7 @@ cmd_status() {
     if pid_alive && answering; then
         echo "running (pid $(cat "$PIDFILE")): $URL"
     else
-        echo "not running"
+        echo "not running: $URL"
         return 1
     fi
 }
@@ -316,7 +326,8 @@ cmd_status() {
 cmd="${1:-ensure}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-    ensure | start | url) cmd_ensure ;;
+    ensure | url) cmd_ensure ;;
+    start) cmd_start ;;
     stop) cmd_stop ;;
     restart) cmd_restart ;;
     shell) cmd_shell "$@" ;;

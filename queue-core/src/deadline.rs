@@ -5,7 +5,7 @@
 //! bound one of its own operations with [`Deadline::run`].
 //!
 //! Instants are [`tokio::time::Instant`]s, so tests that pause tokio's clock
-//! (`#[tokio::test(start_paused = true)]`, [`tokio::time::advance`]) control
+//! (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) control
 //! deadlines as well.
 
 use std::future::Future;

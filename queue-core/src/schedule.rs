@@ -106,9 +106,41 @@ fn parse_cron(expr: &str) -> Result<(String, cron::Schedule), ScheduleError> {
     let cron =
         cron::Schedule::from_str(&normalized).map_err(|e| ScheduleError::InvalidExpression {
             expression: expr.to_owned(),
-            message: e.to_string(),
+            message: cron_message(&e.to_string(), &normalized),
         })?;
     Ok((normalized, cron))
+}
+
+/// Turns the `cron` crate's parse error, which echoes the expression and
+/// marks the failing column with a caret on lines of their own, into one
+/// line: the crate's explanation, or else what could not be read.
+fn cron_message(raw: &str, normalized: &str) -> String {
+    let fields = normalized.split_whitespace().count();
+    if !normalized.starts_with('@') && !(5..=7).contains(&fields) {
+        return format!(
+            "expected 5 fields (minute first) or 6 to 7 fields (seconds first), found {fields}"
+        );
+    }
+    let mut lines = raw.lines();
+    let (Some(echo), Some(caret)) = (lines.next(), lines.next()) else {
+        return raw.trim().to_owned();
+    };
+    let column = caret.len().saturating_sub(1);
+    if echo != normalized || caret.trim() != "^" {
+        return raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    let reason = lines.collect::<Vec<_>>().join(" ");
+    let reason = reason.trim();
+    if !reason.is_empty() {
+        return reason.to_owned();
+    }
+    match normalized
+        .get(column..)
+        .and_then(|s| s.split_whitespace().next())
+    {
+        Some(token) => format!("cannot read `{token}`"),
+        None => "the expression ends too early".to_owned(),
+    }
 }
 
 impl Schedule {
@@ -301,6 +333,32 @@ mod tests {
                 "{err}"
             );
         }
+        let cases = [
+            (
+                "61 * * * * *",
+                "Seconds must be less than 59. ('61' specified.)",
+            ),
+            (
+                "* * *",
+                "expected 5 fields (minute first) or 6 to 7 fields (seconds first), found 3",
+            ),
+            (
+                "",
+                "expected 5 fields (minute first) or 6 to 7 fields (seconds first), found 0",
+            ),
+            (
+                "0 12 * * 0",
+                "Days of Week must be greater than or equal to 1. ('0' specified.)",
+            ),
+            ("0 0 0 30 2 * 1969", "cannot read `1969`"),
+            ("0 0 0 1 1 * x-y", "cannot read `x-y`"),
+        ];
+        for (bad, reason) in cases {
+            assert_eq!(
+                normalize_cron(bad).unwrap_err().to_string(),
+                format!("invalid cron expression `{bad}`: {reason}")
+            );
+        }
         let err = Schedule::parse("0 * * * * *", Some("Mars/Base")).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -412,6 +470,23 @@ mod tests {
             ]
         );
 
+        // Started inside the second pass, the crate's iterator steps back.
+        let start = utc("2026-10-25T01:10:00Z");
+        let raw: Vec<DateTime<Utc>> = berlin("0 * * * * *")
+            .cron
+            .after(&start.with_timezone(&Tz::Europe__Berlin))
+            .take(3)
+            .map(|d| d.with_timezone(&Utc))
+            .collect();
+        assert_eq!(
+            raw,
+            vec![
+                utc("2026-10-25T00:11:00Z"),
+                utc("2026-10-25T01:11:00Z"),
+                utc("2026-10-25T00:12:00Z"),
+            ]
+        );
+
         // What `Schedule` yields: the first occurrence only.
         let got = ticks(&s, utc("2026-10-24T12:00:00Z"), utc("2026-10-26T12:00:00Z"));
         assert_eq!(
@@ -466,6 +541,26 @@ mod tests {
         assert_eq!(
             s.latest_at_or_before(utc("2026-10-25T02:00:30Z"), utc("2026-10-24T00:00:00Z")),
             Some(utc("2026-10-25T02:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn fall_back_per_second_inside_the_second_pass() {
+        let s = berlin("* * * * * *");
+        // 02:00:00 CET, the start of the second pass.
+        let t = utc("2026-10-25T01:00:00Z");
+        assert_eq!(s.next_after(t), Some(utc("2026-10-25T02:00:00Z")));
+        assert_eq!(
+            s.latest_at_or_before(t, utc("2026-10-24T00:00:00Z")),
+            Some(utc("2026-10-25T00:59:59Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(utc("2026-10-25T01:59:59Z"), utc("2026-10-24T00:00:00Z")),
+            Some(utc("2026-10-25T00:59:59Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(utc("2026-10-25T01:59:59Z"), utc("2026-10-25T00:59:59Z")),
+            None
         );
     }
 
@@ -564,15 +659,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-}
-#[cfg(test)]
-mod tmp_probe {
-    #[test]
-    fn probe() {
-        for e in ["61 * * * * *", "* * *", "", "0 12 * * 0", "not a cron", "0 0 0 30 2 * 1969"] {
-            println!("{:?}", super::Schedule::parse(e, None).err().map(|e| e.to_string()));
         }
     }
 }

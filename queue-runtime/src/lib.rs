@@ -84,6 +84,11 @@ pub mod __private {
     /// Checks at compile time that a payload type can be stored.
     pub const fn assert_payload<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
 
+    /// The claim statement for given cursors, for plan tests.
+    pub fn claim_sql(last: &[u64; 5], stragglers: &[(u8, u64)]) -> (String, Vec<u64>) {
+        crate::store::claim_sql(last, stragglers)
+    }
+
     /// Checks at compile time that a handler's error converts into a `TaskError`.
     pub fn assert_handler_result<E: Into<TaskError>>(_: &Result<(), E>) {}
 }

@@ -125,7 +125,6 @@ impl RuntimeBuilder {
             owner,
             queues,
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
-            concurrency: self.concurrency,
             in_flight: Mutex::new(HashMap::new()),
             ack_tx,
             stop: stop_rx,
@@ -264,7 +263,6 @@ pub(crate) struct Shared {
     pub(crate) owner: String,
     pub(crate) queues: Vec<String>,
     semaphore: Arc<Semaphore>,
-    concurrency: usize,
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     ack_tx: mpsc::UnboundedSender<Ack>,
     pub(crate) stop: watch::Receiver<bool>,
@@ -634,19 +632,19 @@ fn error_text(e: &TaskError, flavor: crate::flavor::Flavor) -> String {
     if e.kind() == TaskErrorKind::Deadline {
         return text;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.source_ref());
-    while let Some(s) = source {
-        if let Some(sql) = s.downcast_ref::<sqlx::Error>() {
-            if crate::error::sql_error_number(sql).is_some_and(|n| flavor.is_timeout_error(n)) {
-                return format!("deadline exceeded: {text}");
-            }
-        }
-        if s.downcast_ref::<queue_core::DeadlineExceeded>().is_some() || s.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::DeadlineExceeded)) {
-            return format!("deadline exceeded: {text}");
-        }
-        source = s.source();
+    let server_timeout = e
+        .find::<sqlx::Error>()
+        .and_then(crate::error::sql_error_number)
+        .is_some_and(|n| flavor.is_timeout_error(n));
+    let ours = e.find::<Error>().is_some_and(|e| {
+        matches!(e, Error::DeadlineExceeded)
+            || e.db_code().is_some_and(|n| flavor.is_timeout_error(n))
+    });
+    if server_timeout || ours {
+        format!("deadline exceeded: {text}")
+    } else {
+        text
     }
-    text
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -101,9 +101,19 @@ pub fn admin_url() -> String {
 /// stop and restart it with [`stop_server`] and [`start_server`].
 pub fn is_private_server() -> bool {
     let admin = admin_url();
-    match run_db_script("status") {
-        // `status` prints "running (pid N): URL".
-        Ok(line) => line.rsplit(": ").next() == Some(admin.as_str()),
+    // `status` prints "running (pid N): URL" or "not running: URL" (and
+    // exits 1 then), URL being the private server's.
+    let output = Command::new("bash")
+        .arg(db_script())
+        .arg("status")
+        .current_dir(repo_root())
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .rsplit(": ")
+            .next()
+            .is_some_and(|url| url == admin),
         Err(_) => false,
     }
 }
@@ -124,10 +134,10 @@ pub async fn stop_server() {
     db_script_async("stop").await;
 }
 
-/// Starts the private server again (`scripts/db.sh ensure`) on the same port
+/// Starts the private server again (`scripts/db.sh start`) on the same port
 /// and data, and waits until it answers. Panics if the script fails.
 pub async fn start_server() {
-    db_script_async("ensure").await;
+    db_script_async("start").await;
 }
 
 async fn db_script_async(cmd: &'static str) {
@@ -170,14 +180,15 @@ pub fn url_with_database(url: &str, database: &str) -> String {
 /// the last error if it cannot.
 async fn connect_admin(url: &str) -> MySqlConnection {
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut last_error = None;
     loop {
-        let attempt = tokio::time::timeout_at(deadline, MySqlConnection::connect(url)).await;
-        let error = match attempt {
+        match tokio::time::timeout_at(deadline, MySqlConnection::connect(url)).await {
             Ok(Ok(conn)) => return conn,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connection attempt timed out".to_owned(),
-        };
-        if tokio::time::Instant::now() >= deadline {
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+            let error = last_error.unwrap_or_else(|| "the connection attempt hung".to_owned());
             panic!(
                 "cannot connect to the MariaDB server at {} within {CONNECT_TIMEOUT:?}: {error} \
                  (set DATABASE_URL, or run scripts/db.sh ensure and look at target/mariadb/mariadbd.log)",

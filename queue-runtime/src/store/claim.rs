@@ -36,11 +36,11 @@ pub(crate) struct ClaimedJob {
     pub id: JobId,
     pub task: String,
     pub queue: String,
-    pub priority: u8,
     pub payload: String,
     pub attempt: u32,
     pub max_attempts: u32,
     pub deadline_ms: Option<u64>,
+    /// When the job was due: enqueue-to-start latency is measured from it.
     pub run_at: DateTime<Utc>,
 }
 
@@ -266,7 +266,6 @@ impl Store {
                 id: JobId(r.get(0)),
                 task: r.get(1),
                 queue: r.get(2),
-                priority: r.get(3),
                 payload: r.get(4),
                 attempt: r.get(5),
                 max_attempts: r.get(6),

@@ -1,0 +1,327 @@
+//! The arguments of `#[task(...)]`: parsed, checked with queue-core's own
+//! parsers, every mistake collected.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
+use queue_core::{Backoff, CatchUp, Priority, Schedule};
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
+
+/// The keywords of the attribute.
+mod kw {
+    syn::custom_keyword!(priority);
+    syn::custom_keyword!(retries);
+    syn::custom_keyword!(deadline);
+    syn::custom_keyword!(queue);
+    syn::custom_keyword!(backoff);
+    syn::custom_keyword!(cron);
+    syn::custom_keyword!(tz);
+    syn::custom_keyword!(catch_up);
+    syn::custom_keyword!(name);
+}
+
+/// The accepted keys, in the order the "unknown argument" error lists them.
+const KEYS: &str =
+    "`priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, `tz`, `catch_up`, `name`";
+
+/// A value together with the tokens it was read from, for later errors.
+pub(crate) struct Spanned<T> {
+    /// The value.
+    pub(crate) value: T,
+    /// The `key` token.
+    pub(crate) key: Span,
+}
+
+/// The checked arguments of one `#[task(...)]`. A missing argument is
+/// `None` and gets its default at expansion; so does an argument whose value
+/// was rejected (its error is reported separately).
+#[derive(Default)]
+pub(crate) struct TaskArgs {
+    pub(crate) priority: Option<Priority>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) queue: Option<String>,
+    pub(crate) backoff: Option<Backoff>,
+    pub(crate) cron: Option<Spanned<String>>,
+    pub(crate) tz: Option<String>,
+    pub(crate) catch_up: Option<CatchUp>,
+    pub(crate) name: Option<String>,
+}
+
+/// One key of the attribute.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Priority,
+    Retries,
+    Deadline,
+    Queue,
+    Backoff,
+    Cron,
+    Tz,
+    CatchUp,
+    Name,
+}
+
+impl Key {
+    fn as_str(self) -> &'static str {
+        match self {
+            Key::Priority => "priority",
+            Key::Retries => "retries",
+            Key::Deadline => "deadline",
+            Key::Queue => "queue",
+            Key::Backoff => "backoff",
+            Key::Cron => "cron",
+            Key::Tz => "tz",
+            Key::CatchUp => "catch_up",
+            Key::Name => "name",
+        }
+    }
+}
+
+/// Gathers errors so that every mistake of an attribute shows at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    /// Adds one error.
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    /// Adds every error of `other`.
+    pub(crate) fn extend(&mut self, other: Errors) {
+        if let Some(e) = other.0 {
+            self.push(e);
+        }
+    }
+
+    /// The gathered errors, if any.
+    pub(crate) fn into_error(self) -> Option<syn::Error> {
+        self.0
+    }
+}
+
+impl TaskArgs {
+    /// Parses the attribute's arguments. Returns what could be read together
+    /// with every error found: a syntax error stops the parse, a rejected
+    /// value does not.
+    pub(crate) fn parse(tokens: TokenStream) -> (TaskArgs, Errors) {
+        let mut args = TaskArgs::default();
+        let mut errors = Errors::default();
+        let parser = |input: ParseStream<'_>| {
+            args.parse_list(input, &mut errors);
+            Ok(())
+        };
+        // `parse_list` reports its own errors; the parser also rejects
+        // tokens left over, which cannot happen as the list reads to the end.
+        if let Err(e) = parser.parse2(tokens) {
+            errors.push(e);
+        }
+        args.check_schedule(&mut errors);
+        (args, errors)
+    }
+
+    fn parse_list(&mut self, input: ParseStream<'_>, errors: &mut Errors) {
+        let mut seen: Vec<Key> = Vec::new();
+        while !input.is_empty() {
+            if let Err(e) = self.parse_one(input, &mut seen, errors) {
+                errors.push(e);
+                // Skip the rest: after a syntax error nothing more is known.
+                let _ = input.step(|cursor| {
+                    let mut rest = *cursor;
+                    while let Some((_, next)) = rest.token_tree() {
+                        rest = next;
+                    }
+                    Ok(((), rest))
+                });
+                return;
+            }
+        }
+    }
+
+    /// Reads `key = value` and an optional trailing comma.
+    fn parse_one(
+        &mut self,
+        input: ParseStream<'_>,
+        seen: &mut Vec<Key>,
+        errors: &mut Errors,
+    ) -> syn::Result<()> {
+        let lookahead = input.lookahead1();
+        let key = if lookahead.peek(kw::priority) {
+            Some(key_of::<kw::priority>(input, Key::Priority)?)
+        } else if lookahead.peek(kw::retries) {
+            Some(key_of::<kw::retries>(input, Key::Retries)?)
+        } else if lookahead.peek(kw::deadline) {
+            Some(key_of::<kw::deadline>(input, Key::Deadline)?)
+        } else if lookahead.peek(kw::queue) {
+            Some(key_of::<kw::queue>(input, Key::Queue)?)
+        } else if lookahead.peek(kw::backoff) {
+            Some(key_of::<kw::backoff>(input, Key::Backoff)?)
+        } else if lookahead.peek(kw::cron) {
+            Some(key_of::<kw::cron>(input, Key::Cron)?)
+        } else if lookahead.peek(kw::tz) {
+            Some(key_of::<kw::tz>(input, Key::Tz)?)
+        } else if lookahead.peek(kw::catch_up) {
+            Some(key_of::<kw::catch_up>(input, Key::CatchUp)?)
+        } else if lookahead.peek(kw::name) {
+            Some(key_of::<kw::name>(input, Key::Name)?)
+        } else if input.peek(Ident::peek_any) {
+            let unknown = Ident::parse_any(input)?;
+            errors.push(syn::Error::new(
+                unknown.span(),
+                format!("unknown argument `{unknown}`: expected one of {KEYS}"),
+            ));
+            None
+        } else {
+            return Err(lookahead.error());
+        };
+        input.parse::<Token![=]>()?;
+        let value: Expr = input.parse()?;
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+        let Some((key, span)) = key else {
+            return Ok(());
+        };
+        if seen.contains(&key) {
+            errors.push(syn::Error::new(
+                span,
+                format!("`{}` given more than once", key.as_str()),
+            ));
+            return Ok(());
+        }
+        seen.push(key);
+        if let Err(e) = self.set(key, span, &value) {
+            errors.push(e);
+        }
+        Ok(())
+    }
+
+    /// Checks and stores one value.
+    fn set(&mut self, key: Key, span: Span, value: &Expr) -> syn::Result<()> {
+        match key {
+            Key::Priority => {
+                let msg = "`priority` must be an integer from 0 (highest) to 4 (lowest)";
+                let v = non_negative_int(value).ok_or_else(|| error(value, msg))?;
+                let p = u8::try_from(v)
+                    .map_err(|_| {
+                        // Beyond `u8`: the same words as `PriorityError`.
+                        format!(
+                            "priority `{v}` is out of range: expected 0 (highest) to 4 (lowest)"
+                        )
+                    })
+                    .and_then(|v| Priority::new(v).map_err(|e| e.to_string()))
+                    .map_err(|msg| error(value, msg))?;
+                self.priority = Some(p);
+            }
+            Key::Retries => {
+                let msg = "`retries` must be a non-negative integer";
+                let v = non_negative_int(value).ok_or_else(|| error(value, msg))?;
+                let v = u32::try_from(v).map_err(|_| {
+                    error(value, format!("`retries` must be at most {}", u32::MAX))
+                })?;
+                self.retries = Some(v);
+            }
+            Key::Deadline => {
+                let s = string(value, "`deadline` must be a string such as \"30s\"")?;
+                let d = queue_core::parse_duration(&s.value()).map_err(|e| error(&s, e))?;
+                if d.is_zero() {
+                    return Err(error(&s, "`deadline` must be greater than zero"));
+                }
+                self.deadline = Some(d);
+            }
+            Key::Queue => {
+                let s = string(value, "`queue` must be a string such as \"mail\"")?;
+                queue_core::validate_queue_name(&s.value()).map_err(|e| error(&s, e))?;
+                self.queue = Some(s.value());
+            }
+            Key::Backoff => {
+                let s = string(
+                    value,
+                    "`backoff` must be a string such as \"exponential(1s, 10m)\"",
+                )?;
+                let b = Backoff::from_str(&s.value()).map_err(|e| error(&s, e))?;
+                self.backoff = Some(b);
+            }
+            Key::Cron => {
+                let s = string(value, "`cron` must be a string such as \"0 */5 * * * *\"")?;
+                // The zone is checked on its own (see `check_schedule`), so
+                // that a bad expression and a bad zone both show.
+                Schedule::parse(&s.value(), None).map_err(|e| error(&s, e))?;
+                self.cron = Some(Spanned {
+                    value: s.value(),
+                    key: span,
+                });
+            }
+            Key::Tz => {
+                let s = string(value, "`tz` must be a string such as \"Europe/Berlin\"")?;
+                // Any valid expression will do: only the zone is checked here.
+                Schedule::parse("0 0 0 * * *", Some(&s.value())).map_err(|e| error(&s, e))?;
+                self.tz = Some(s.value());
+                self.tz_key = Some(span);
+            }
+            Key::CatchUp => {
+                let s = string(value, "`catch_up` must be \"latest\" or \"skip\"")?;
+                let c = CatchUp::from_str(&s.value()).map_err(|e| error(&s, e))?;
+                self.catch_up = Some(c);
+                self.catch_up_key = Some(span);
+            }
+            Key::Name => {
+                let s = string(value, "`name` must be a string such as \"mail.send\"")?;
+                queue_core::validate_task_name(&s.value()).map_err(|e| error(&s, e))?;
+                self.name = Some(s.value());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a keyword and returns its key and span.
+fn key_of<K: syn::parse::Parse + syn::spanned::Spanned>(
+    input: ParseStream<'_>,
+    key: Key,
+) -> syn::Result<(Key, Span)> {
+    let k: K = input.parse()?;
+    Ok((key, k.span()))
+}
+
+/// An error at `tokens`.
+fn error(tokens: impl quote::ToTokens, message: impl std::fmt::Display) -> syn::Error {
+    syn::Error::new_spanned(tokens, message)
+}
+
+/// The value as a string literal.
+fn string(value: &Expr, message: &str) -> syn::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.clone()),
+        _ => Err(error(value, message)),
+    }
+}
+
+/// The value as a non-negative integer literal, if it is one.
+fn non_negative_int(value: &Expr) -> Option<u64> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<u64>().ok(),
+        // `-0` is zero; any other negative number is rejected.
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) => match non_negative_int(expr) {
+            Some(0) => Some(0),
+            _ => None,
+        },
+        Expr::Group(g) => non_negative_int(&g.expr),
+        _ => None,
+    }
+}

@@ -1,0 +1,98 @@
+//! Migrations, stats, dead-job administration.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use queue_runtime::{Client, Error, JobState, Runtime, TaskError, task};
+use queue_tests::wait_until;
+
+use crate::setup;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_safe_concurrently() {
+    let (db, client) = setup().await;
+    client.migrate().await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let url = db.url.clone();
+        handles.push(tokio::spawn(async move {
+            let c = Client::connect(&url).await.unwrap();
+            c.migrate().await.unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM queue_schema_migrations")
+        .fetch_all(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1]);
+    db.drop_db().await;
+}
+
+static FLAKY: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "admin", retries = 0)]
+async fn fails_until_retried(n: u32) -> Result<(), TaskError> {
+    let seen = FLAKY.fetch_add(1, Ordering::SeqCst);
+    if seen == 0 {
+        return Err(TaskError::msg(format!("first try of {n} fails")));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_jobs_can_be_listed_retried_and_purged() {
+    let (db, client) = setup().await;
+    let id = fails_until_retried::enqueue(&client, 1).await.unwrap();
+    let runtime = Runtime::builder(client.clone()).queues(["admin"]).start().await.unwrap();
+    wait_until(Duration::from_secs(10), "the job is dead", || {
+        let client = client.clone();
+        async move { client.stats().await.unwrap().queues.get("admin").is_some_and(|q| q.dead == 1) }
+    })
+    .await;
+    let dead = client.dead_jobs(5).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert_eq!(dead[0].last_error, "first try of 1 fails");
+    assert_eq!(dead[0].payload, "1");
+
+    client.retry_dead(id).await.unwrap();
+    wait_until(Duration::from_secs(10), "the retried job succeeded", || {
+        let client = client.clone();
+        async move { client.job(id).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(matches!(client.retry_dead(id).await, Err(Error::NotDead(_))));
+
+    // Purge: a dead job older than the cutoff goes, a newer one stays.
+    let old = fails_until_retried::enqueue(&client, 2).await.unwrap();
+    sqlx::query("UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY WHERE id = ?")
+        .bind(old.0)
+        .execute(client.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM queue_ready WHERE job_id = ?").bind(old.0).execute(client.pool()).await.unwrap();
+    assert_eq!(client.purge_dead(Duration::from_secs(86_400)).await.unwrap(), 1);
+    assert!(client.job(old).await.unwrap().is_none());
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_per_queue_and_state() {
+    let (db, client) = setup().await;
+    fails_until_retried::enqueue_many(&client, [1, 2, 3]).await.unwrap();
+    fails_until_retried::with(4).delay(Duration::from_secs(3600)).enqueue(&client).await.unwrap();
+    fails_until_retried::with(5).queue("other").enqueue(&client).await.unwrap();
+    let s = client.stats().await.unwrap();
+    let admin = s.queues["admin"];
+    assert_eq!((admin.ready, admin.scheduled, admin.running, admin.dead), (3, 1, 0, 0));
+    assert_eq!(s.queues["other"].ready, 1);
+    assert_eq!(s.total.total(), 5);
+    assert!(s.history_list_length.is_some());
+    let j = client.job(queue_runtime::JobId(1)).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Ready);
+    db.drop_db().await;
+}

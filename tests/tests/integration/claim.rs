@@ -1,0 +1,148 @@
+//! The claim path: index order without filesort, disjoint concurrent
+//! claims, and rows committed behind a cursor.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use queue_runtime::{Runtime, TaskError, task};
+use queue_tests::wait_until;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::setup;
+
+async fn fill_ready(pool: &sqlx::MySqlPool, queue: &str, n: u64) {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO queue_ready (queue, priority, job_id) SELECT '{queue}', seq % 5, seq FROM seq_1_to_{n}"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn bind_claim<'q>(
+    sql: &'q str,
+    queue: &'q str,
+    binds: &'q [u64],
+    limit: u64,
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql.to_owned())).bind(queue);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.bind(limit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_reads_the_primary_key_in_order_without_filesort() {
+    let (db, client) = setup().await;
+    fill_ready(client.pool(), "a", 5000).await;
+    fill_ready(client.pool(), "b", 5000).await;
+    sqlx::query("ANALYZE TABLE queue_ready").execute(client.pool()).await.unwrap();
+    for (last, stragglers) in [
+        ([0u64; 5], vec![]),
+        ([100, 0, 2000, 0, 4000], vec![(4u8, 3u64), (1, 7)]),
+    ] {
+        let (sql, binds) = queue_runtime::__private::claim_sql(&last, &stragglers);
+        let explain = format!("EXPLAIN FORMAT=JSON {sql}");
+        let row = bind_claim(&explain, "a", &binds, 10).fetch_one(client.pool()).await.unwrap();
+        let plan: String = row.get(0);
+        let json: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        let text = plan.to_lowercase();
+        assert!(!text.contains("filesort"), "claim must not sort: {plan}");
+        let table = find_table(&json).expect("a table in the plan");
+        assert_eq!(table["key"], "PRIMARY", "{plan}");
+        assert_eq!(table["access_type"], "range", "{plan}");
+    }
+    db.drop_db().await;
+}
+
+fn find_table(v: &serde_json::Value) -> Option<&serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(t) = m.get("table") {
+                return Some(t);
+            }
+            m.values().find_map(find_table)
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(find_table),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_gets_its_own_rows_while_the_first_holds_its_claim() {
+    let (db, client) = setup().await;
+    fill_ready(client.pool(), "a", 2000).await;
+    let (sql, binds) = queue_runtime::__private::claim_sql(&[0; 5], &[]);
+    let begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
+    let mut a = client.pool().begin_with(begin).await.unwrap();
+    let mut b = client.pool().begin_with(begin).await.unwrap();
+    let rows_a: Vec<u64> = bind_claim(&sql, "a", &binds, 10)
+        .fetch_all(&mut *a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    let locked_a: i64 = sqlx::query_scalar(
+        "SELECT trx_rows_locked FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = CONNECTION_ID()",
+    )
+    .fetch_one(&mut *a)
+    .await
+    .unwrap();
+    let rows_b: Vec<u64> = bind_claim(&sql, "a", &binds, 10)
+        .fetch_all(&mut *b)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    assert_eq!(rows_a.len(), 10);
+    assert_eq!(rows_b.len(), 10, "the second worker is not blocked or starved");
+    assert!(rows_a.iter().all(|r| !rows_b.contains(r)), "{rows_a:?} vs {rows_b:?}");
+    assert!(locked_a <= 11, "the first claim locked only what it took: {locked_a} rows");
+    a.rollback().await.unwrap();
+    b.rollback().await.unwrap();
+    db.drop_db().await;
+}
+
+static LATE_RAN: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "late", name = "tests.claim.late")]
+async fn late_job(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    LATE_RAN.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_behind_the_cursor_is_still_claimed() {
+    let (db, client) = setup().await;
+    let runtime = Runtime::builder(client.clone()).queues(["late"]).start().await.unwrap();
+    late_job::enqueue_many(&client, 0..50).await.unwrap();
+    wait_until(Duration::from_secs(10), "the first jobs ran", || async {
+        LATE_RAN.load(Ordering::SeqCst) == 50
+    })
+    .await;
+    // A row that enters the claim index below the cursor, as a transaction
+    // that took its AUTO_INCREMENT value early and committed late would.
+    let id = sqlx::query(
+        "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
+         VALUES ('tests.claim.late', 'late', 2, 0, '7', 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+    )
+    .execute(client.pool())
+    .await
+    .unwrap()
+    .last_insert_id();
+    sqlx::query("INSERT INTO queue_ready (queue, priority, seq, job_id) VALUES ('late', 2, 1, ?)")
+        .bind(id)
+        .execute(client.pool())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(45), "the late row ran", || async {
+        LATE_RAN.load(Ordering::SeqCst) == 51
+    })
+    .await;
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
