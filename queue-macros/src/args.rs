@@ -8,7 +8,7 @@ use proc_macro2::{Span, TokenStream};
 use queue_core::{Backoff, CatchUp, Priority, Schedule};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Token};
 
 /// The keywords of the attribute.
 mod kw {
@@ -27,14 +27,6 @@ mod kw {
 const KEYS: &str =
     "`priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, `tz`, `catch_up`, `name`";
 
-/// A value together with the tokens it was read from, for later errors.
-pub(crate) struct Spanned<T> {
-    /// The value.
-    pub(crate) value: T,
-    /// The `key` token.
-    pub(crate) key: Span,
-}
-
 /// The checked arguments of one `#[task(...)]`. A missing argument is
 /// `None` and gets its default at expansion; so does an argument whose value
 /// was rejected (its error is reported separately).
@@ -45,10 +37,12 @@ pub(crate) struct TaskArgs {
     pub(crate) deadline: Option<Duration>,
     pub(crate) queue: Option<String>,
     pub(crate) backoff: Option<Backoff>,
-    pub(crate) cron: Option<Spanned<String>>,
+    pub(crate) cron: Option<String>,
     pub(crate) tz: Option<String>,
     pub(crate) catch_up: Option<CatchUp>,
     pub(crate) name: Option<String>,
+    /// Every key given, with its span, valid value or not.
+    seen: Vec<(Key, Span)>,
 }
 
 /// One key of the attribute.
@@ -128,9 +122,8 @@ impl TaskArgs {
     }
 
     fn parse_list(&mut self, input: ParseStream<'_>, errors: &mut Errors) {
-        let mut seen: Vec<Key> = Vec::new();
         while !input.is_empty() {
-            if let Err(e) = self.parse_one(input, &mut seen, errors) {
+            if let Err(e) = self.parse_one(input, errors) {
                 errors.push(e);
                 // Skip the rest: after a syntax error nothing more is known.
                 let _ = input.step(|cursor| {
@@ -146,12 +139,7 @@ impl TaskArgs {
     }
 
     /// Reads `key = value` and an optional trailing comma.
-    fn parse_one(
-        &mut self,
-        input: ParseStream<'_>,
-        seen: &mut Vec<Key>,
-        errors: &mut Errors,
-    ) -> syn::Result<()> {
+    fn parse_one(&mut self, input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<()> {
         let lookahead = input.lookahead1();
         let key = if lookahead.peek(kw::priority) {
             Some(key_of::<kw::priority>(input, Key::Priority)?)
@@ -189,22 +177,47 @@ impl TaskArgs {
         let Some((key, span)) = key else {
             return Ok(());
         };
-        if seen.contains(&key) {
+        if self.given(key).is_some() {
             errors.push(syn::Error::new(
                 span,
                 format!("`{}` given more than once", key.as_str()),
             ));
             return Ok(());
         }
-        seen.push(key);
-        if let Err(e) = self.set(key, span, &value) {
+        self.seen.push((key, span));
+        if let Err(e) = self.set(key, &value) {
             errors.push(e);
         }
         Ok(())
     }
 
+    /// Whether `cron` was given (even with a rejected value).
+    pub(crate) fn is_periodic(&self) -> bool {
+        self.given(Key::Cron).is_some()
+    }
+
+    /// The span of `key` if it was given.
+    fn given(&self, key: Key) -> Option<Span> {
+        self.seen.iter().find(|(k, _)| *k == key).map(|&(_, span)| span)
+    }
+
+    /// `tz` and `catch_up` only mean something for a periodic task.
+    fn check_schedule(&self, errors: &mut Errors) {
+        if self.given(Key::Cron).is_some() {
+            return;
+        }
+        for key in [Key::Tz, Key::CatchUp] {
+            if let Some(span) = self.given(key) {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`{}` requires `cron`", key.as_str()),
+                ));
+            }
+        }
+    }
+
     /// Checks and stores one value.
-    fn set(&mut self, key: Key, span: Span, value: &Expr) -> syn::Result<()> {
+    fn set(&mut self, key: Key, value: &Expr) -> syn::Result<()> {
         match key {
             Key::Priority => {
                 let msg = "`priority` must be an integer from 0 (highest) to 4 (lowest)";
@@ -254,23 +267,18 @@ impl TaskArgs {
                 // The zone is checked on its own (see `check_schedule`), so
                 // that a bad expression and a bad zone both show.
                 Schedule::parse(&s.value(), None).map_err(|e| error(&s, e))?;
-                self.cron = Some(Spanned {
-                    value: s.value(),
-                    key: span,
-                });
+                self.cron = Some(s.value());
             }
             Key::Tz => {
                 let s = string(value, "`tz` must be a string such as \"Europe/Berlin\"")?;
                 // Any valid expression will do: only the zone is checked here.
                 Schedule::parse("0 0 0 * * *", Some(&s.value())).map_err(|e| error(&s, e))?;
                 self.tz = Some(s.value());
-                self.tz_key = Some(span);
             }
             Key::CatchUp => {
                 let s = string(value, "`catch_up` must be \"latest\" or \"skip\"")?;
                 let c = CatchUp::from_str(&s.value()).map_err(|e| error(&s, e))?;
                 self.catch_up = Some(c);
-                self.catch_up_key = Some(span);
             }
             Key::Name => {
                 let s = string(value, "`name` must be a string such as \"mail.send\"")?;
@@ -307,20 +315,11 @@ fn string(value: &Expr, message: &str) -> syn::Result<LitStr> {
 }
 
 /// The value as a non-negative integer literal, if it is one.
-fn non_negative_int(value: &Expr) -> Option<u64> {
+fn non_negative_int(value: &Expr) -> Option<u128> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(i), ..
-        }) => i.base10_parse::<u64>().ok(),
-        // `-0` is zero; any other negative number is rejected.
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_),
-            expr,
-            ..
-        }) => match non_negative_int(expr) {
-            Some(0) => Some(0),
-            _ => None,
-        },
+        }) => i.base10_parse::<u128>().ok(),
         Expr::Group(g) => non_negative_int(&g.expr),
         _ => None,
     }

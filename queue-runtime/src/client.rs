@@ -80,6 +80,9 @@ pub struct Stats {
     /// Claim latency in this process over the last minute (p50, p99), if
     /// a runtime of this client claimed in that time.
     pub claim_latency: Option<(Duration, Duration)>,
+    /// Time from a job's run time (its enqueue, for a job due at once) to
+    /// the start of its attempt, in this process over the last minute (p50, p99).
+    pub start_lag: Option<(Duration, Duration)>,
     /// InnoDB's history list length: undo records purge has not yet removed.
     /// Rising with claim latency means a long-open read view is stalling
     /// purge. `None` when the server does not expose it.
@@ -251,6 +254,7 @@ impl Client {
             }
         }
         stats.claim_latency = self.inner.metrics.claim_latency();
+        stats.start_lag = self.inner.metrics.start_lag();
         stats.history_list_length = history_list_length(self.pool()).await;
         Ok(stats)
     }

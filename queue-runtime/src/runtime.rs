@@ -128,6 +128,7 @@ impl RuntimeBuilder {
             in_flight: Mutex::new(HashMap::new()),
             ack_tx,
             stop: stop_rx,
+            hand_back: watch::channel(false).0,
             poll_interval: self.poll_interval,
             lease: self.lease,
             heartbeat: self.heartbeat,
@@ -212,13 +213,9 @@ impl Runtime {
         while Instant::now() < until && self.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let handed_back = {
-            let map = self.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            for job in map.values() {
-                job.handle.abort();
-            }
-            map.len()
-        };
+        let handed_back = self.in_flight();
+        // Running handlers are stopped and report a hand-back.
+        self.shared.hand_back.send_replace(true);
         if handed_back > 0 {
             tracing::info!(jobs = handed_back, "handing back unfinished jobs at shutdown");
         }
@@ -250,6 +247,9 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop_tx.send_replace(true);
+        if self.acker.is_some() {
+            self.shared.ack_tx.send(Ack::Stop).ok();
+        }
         for b in &self.background {
             b.abort();
         }
@@ -266,6 +266,8 @@ pub(crate) struct Shared {
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     ack_tx: mpsc::UnboundedSender<Ack>,
     pub(crate) stop: watch::Receiver<bool>,
+    /// Set when a shutdown's drain time is over: running handlers stop.
+    hand_back: watch::Sender<bool>,
     pub(crate) poll_interval: Duration,
     lease: Duration,
     heartbeat: Duration,
@@ -297,7 +299,6 @@ impl Shared {
 
 struct InFlight {
     attempt: u32,
-    handle: tokio::task::AbortHandle,
 }
 
 /// An outcome to write.
@@ -357,11 +358,26 @@ impl Outage {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     claims: Mutex<VecDeque<(Instant, Duration)>>,
+    start_lags: Mutex<VecDeque<(Instant, Duration)>>,
 }
 
 impl Metrics {
     fn record_claim(&self, d: Duration) {
-        let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        Self::record(&self.claims, d);
+    }
+
+    fn record_start_lag(&self, d: Duration) {
+        Self::record(&self.start_lags, d);
+    }
+
+    /// (p50, p99) of the time from a job's run time to its start, over the
+    /// last minute, in this process.
+    pub(crate) fn start_lag(&self) -> Option<(Duration, Duration)> {
+        Self::percentiles(&self.start_lags)
+    }
+
+    fn record(ring: &Mutex<VecDeque<(Instant, Duration)>>, d: Duration) {
+        let mut c = ring.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         c.push_back((now, d));
         while c.front().is_some_and(|f| now.duration_since(f.0) > Duration::from_secs(60)) || c.len() > 100_000 {
@@ -371,7 +387,11 @@ impl Metrics {
 
     /// (p50, p99) of claim latency over the last minute.
     pub(crate) fn claim_latency(&self) -> Option<(Duration, Duration)> {
-        let c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        Self::percentiles(&self.claims)
+    }
+
+    fn percentiles(ring: &Mutex<VecDeque<(Instant, Duration)>>) -> Option<(Duration, Duration)> {
+        let c = ring.lock().unwrap_or_else(|p| p.into_inner());
         if c.is_empty() {
             return None;
         }
@@ -464,18 +484,14 @@ async fn producer(shared: Arc<Shared>) {
             continue;
         }
         if claimed == 0 && !cursors.iter().any(Cursors::has_stragglers) {
-            // Idle: wait for a local enqueue, a probe's find, the poll interval, or stop.
+            // Idle: wait for a local enqueue, a probe's find, the poll
+            // interval, or stop. Probes due meanwhile are sent next round.
             let mut stop = shared.stop.clone();
-            let wait = shared.poll_interval.min(Duration::from_millis(250));
             tokio::select! {
                 _ = ready_rx.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(shared.poll_interval) => {}
                 _ = stop.wait_for(|s| *s) => {}
                 Some((qi, found)) = found_rx.recv() => cursors[qi].add_stragglers(found),
-            }
-            // Polls happen every poll_interval at most while idle.
-            if !ready_rx.has_changed().unwrap_or(false) && last_probe.elapsed() < shared.poll_interval {
-                continue;
             }
         }
     }
@@ -519,7 +535,7 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
     let attempt = job.attempt;
     // Register before the task can finish, so heartbeats cover it.
     let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    let handle = tokio::spawn(async move {
+    tokio::spawn(async move {
         let _permit = match permit {
             Some(p) => p,
             None => match shared2.semaphore.clone().acquire_owned().await {
@@ -529,7 +545,7 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
         };
         execute(shared2, job).await;
     });
-    map.insert(id, InFlight { attempt, handle: handle.abort_handle() });
+    map.insert(id, InFlight { attempt });
 }
 
 async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
@@ -585,30 +601,42 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         client.clone(),
     );
     let fut = Deadline::scope(deadline, (reg.handler)(ctx, &job.payload));
+    if let Ok(lag) = (client.now() - job.run_at).to_std() {
+        client.inner.metrics.record_start_lag(lag);
+    }
     let mut handle = tokio::spawn(fut.in_current_span());
-    let joined = match deadline {
-        Some(d) => match tokio::time::timeout_at(d.expires_at() + DEADLINE_GRACE, &mut handle).await {
-            Ok(j) => j,
-            Err(_) => {
-                handle.abort();
-                Ok(Err(TaskError::deadline_exceeded()))
+    let mut hand_back = shared.hand_back.subscribe();
+    let stop_at = deadline.map(|d| d.expires_at() + DEADLINE_GRACE);
+    let joined = tokio::select! {
+        j = &mut handle => Some(j),
+        _ = async {
+            match stop_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
             }
-        },
-        None => (&mut handle).await,
+        } => {
+            handle.abort();
+            Some(Ok(Err(TaskError::deadline_exceeded())))
+        }
+        _ = hand_back.wait_for(|h| *h) => {
+            handle.abort();
+            None
+        }
+    };
+    let Some(joined) = joined else {
+        // The runtime is shutting down: hand the job back at once.
+        return Ack::Retry {
+            id,
+            attempt,
+            run_at: client.now(),
+            error: "handed back at shutdown before it finished".into(),
+            uncount: true,
+        };
     };
     let result = match joined {
         Ok(r) => r,
         Err(e) if e.is_panic() => Err(TaskError::panic(panic_message(e.into_panic()))),
-        Err(_) => {
-            // Cancelled: the runtime is shutting down. Hand the job back.
-            return Ack::Retry {
-                id,
-                attempt,
-                run_at: client.now(),
-                error: "handed back at shutdown before it finished".into(),
-                uncount: true,
-            };
-        }
+        Err(_) => Err(TaskError::msg("the handler's task was cancelled")),
     };
     match result {
         Ok(()) => Ack::Complete { id, attempt },
