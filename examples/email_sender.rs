@@ -40,7 +40,12 @@ static FAILED_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
 /// Sends one email; a failure is retried up to 3 times with exponential
 /// backoff (200 ms, 400 ms, 800 ms, plus jitter).
-#[task(queue = "outbox", retries = 3, backoff = "exponential(200ms, 2s)", name = "demo.send_email")]
+#[task(
+    queue = "outbox",
+    retries = 3,
+    backoff = "exponential(200ms, 2s)",
+    name = "demo.send_email"
+)]
 async fn send_email(ctx: TaskContext, email: Email) -> Result<(), TaskError> {
     match fake_smtp(&email).await {
         Ok(()) => {
@@ -72,8 +77,7 @@ async fn fake_smtp(email: &Email) -> Result<(), SmtpError> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -118,9 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = stats.total;
         let msg = format!(
             "sent {sent} · retrying {} · running {} · dead {}",
-            t.scheduled,
-            t.running,
-            t.dead
+            t.scheduled, t.running, t.dead
         );
         bar.set_position(sent + t.dead);
         bar.set_message(msg.clone());
@@ -143,10 +145,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("summary (from client.stats())");
     println!("  emails enqueued      {count}");
     println!("  sent                 {sent}");
-    println!("  failed attempts      {}", FAILED_ATTEMPTS.load(Ordering::Relaxed));
+    println!(
+        "  failed attempts      {}",
+        FAILED_ATTEMPTS.load(Ordering::Relaxed)
+    );
     println!("  dead (out of tries)  {}", stats.total.dead);
-    println!("  still queued         {}", stats.total.ready + stats.total.scheduled + stats.total.running);
-    println!("  elapsed              {:.2?} ({:.0} emails/s)", elapsed, f64::from(count) / elapsed.as_secs_f64());
+    println!(
+        "  still queued         {}",
+        stats.total.ready + stats.total.scheduled + stats.total.running
+    );
+    println!(
+        "  elapsed              {:.2?} ({:.0} emails/s)",
+        elapsed,
+        f64::from(count) / elapsed.as_secs_f64()
+    );
     if let Some((p50, p99)) = stats.claim_latency {
         println!("  claim latency        p50 {p50:.2?}, p99 {p99:.2?}");
     }
@@ -155,9 +167,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!();
         println!("newest dead jobs (client.dead_jobs(5)):");
         for d in dead {
-            println!("  job {:>5}  attempts {}  {}", d.id, d.attempts, d.last_error);
+            println!(
+                "  job {:>5}  attempts {}  {}",
+                d.id, d.attempts, d.last_error
+            );
         }
     }
-    assert_eq!(sent + stats.total.dead, u64::from(count), "every email is sent or dead");
+    assert_eq!(
+        sent + stats.total.dead,
+        u64::from(count),
+        "every email is sent or dead"
+    );
     Ok(())
 }

@@ -32,11 +32,14 @@ pub async fn demo_database(name: &str) -> Result<String, sqlx::Error> {
     );
     let url = database_url();
     let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
-    let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&format!("{base}/")).await?;
+    let mut conn =
+        <sqlx::MySqlConnection as sqlx::Connection>::connect(&format!("{base}/")).await?;
     // Safe: `name` is checked above to be a plain identifier.
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{name}`"
+    )))
+    .execute(&mut conn)
+    .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
         .execute(&mut conn)
         .await?;

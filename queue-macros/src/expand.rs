@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proc_macro2::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
+use proc_macro2::{Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use queue_core::{Backoff, CatchUp, Priority, TaskOptions};
 use syn::ItemFn;
@@ -41,7 +41,9 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
             // function being right, so that code naming the task does not
             // pile "cannot find" errors on top of the real ones.
             let mut out = item;
-            module(&args, &model, false).to_tokens(&mut out);
+            if !model.receiver {
+                module(&args, &model, false).to_tokens(&mut out);
+            }
             out.extend(e.into_compile_error());
             out
         }
@@ -360,7 +362,4 @@ mod tests {
         let ns = duration(Duration::new(1, 5)).to_string();
         assert!(ns.ends_with("Duration :: new (1 , 5)"), "{ns}");
     }
-
-    #[allow(dead_code)]
-    fn unused(_: Delimiter) {}
 }

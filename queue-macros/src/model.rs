@@ -13,6 +13,9 @@ pub(crate) struct TaskModel {
     /// The function's `#[cfg]`s, repeated on the module so that both come
     /// and go together.
     pub(crate) cfgs: Vec<Attribute>,
+    /// Whether the function takes `self`: a method, where no module can be
+    /// added beside it.
+    pub(crate) receiver: bool,
     /// Whether the first parameter is a `TaskContext`.
     pub(crate) ctx: bool,
     /// The payload parameter, if any.
@@ -74,15 +77,17 @@ impl TaskModel {
             ));
         }
 
+        let mut receiver = false;
         let mut ctx = false;
         let mut payload: Option<Payload> = None;
         for (index, input) in sig.inputs.iter().enumerate() {
             let ty = match input {
-                FnArg::Receiver(receiver) => {
+                FnArg::Receiver(this) => {
                     errors.push(syn::Error::new_spanned(
-                        receiver,
+                        this,
                         "`#[task]` cannot take `self`: a task is a free function",
                     ));
+                    receiver = true;
                     continue;
                 }
                 FnArg::Typed(typed) => &*typed.ty,
@@ -139,6 +144,7 @@ impl TaskModel {
             ident: sig.ident.clone(),
             vis: item.vis.clone(),
             cfgs,
+            receiver,
             ctx,
             payload,
             output,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
-use sqlx::mysql::{MySqlPoolOptions, MySqlPool};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, Row};
 use tokio::sync::watch;
 
@@ -160,7 +160,9 @@ impl Client {
     /// # Errors
     /// If the server cannot be reached to detect its flavour.
     pub async fn from_pool(pool: MySqlPool) -> Result<Client> {
-        let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&pool).await?;
+        let version: String = sqlx::query_scalar("SELECT VERSION()")
+            .fetch_one(&pool)
+            .await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 store: Store {
@@ -237,9 +239,10 @@ impl Client {
     /// # Errors
     /// If the database cannot be read.
     pub async fn stats(&self) -> Result<Stats> {
-        let rows = sqlx::query(self.store().sql(
-            "SELECT queue, state, COUNT(*) FROM queue_jobs GROUP BY queue, state",
-        ))
+        let rows = sqlx::query(
+            self.store()
+                .sql("SELECT queue, state, COUNT(*) FROM queue_jobs GROUP BY queue, state"),
+        )
         .fetch_all(self.pool())
         .await?;
         let mut stats = Stats::default();
@@ -326,7 +329,8 @@ impl Client {
     /// # Errors
     /// If the database cannot be written.
     pub async fn purge_dead(&self, older_than: Duration) -> Result<u64> {
-        let cutoff = self.now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            self.now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let mut total = 0;
         loop {
             let n = sqlx::query(self.store().sql(

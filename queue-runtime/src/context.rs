@@ -5,6 +5,7 @@ use std::sync::Arc;
 use queue_core::{Deadline, JobId};
 
 use crate::client::Client;
+use crate::db::Db;
 
 /// The job an attempt runs for, passed as the first argument of a `#[task]`
 /// function that asks for it.
@@ -81,5 +82,18 @@ impl TaskContext {
     /// The client of the runtime running this job, to enqueue follow-up jobs.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// A deadline-aware handle on the database, to use as a sqlx executor:
+    /// `sqlx::query("…").fetch_one(ctx.db())`.
+    ///
+    /// A statement issued after the deadline fails at once without reaching
+    /// the server; one issued before it is limited on the server to the time
+    /// left (lock waits included), so that the server, not a dropped socket,
+    /// ends it. [`Db::begin`] starts a transaction limited the same way.
+    /// Without a deadline the handle behaves like the pool. See
+    /// `docs/deadlines.md`.
+    pub fn db(&self) -> Db<'_> {
+        Db::new(self.client(), self.deadline())
     }
 }

@@ -8,6 +8,9 @@
 //! serialise, and only one of them finds `last_tick < tick` still true: each
 //! tick fires once cluster-wide, by construction, whatever the timers do.
 //!
+//! A runtime fires the recurring tasks whose queue it serves; run at least
+//! one runtime per such queue with cron enabled.
+//!
 //! After downtime the latest missed tick fires once (`CatchUp::Latest`, the
 //! default), or missed ticks are skipped (`CatchUp::Skip`): `last_tick` moves
 //! forward without a job.
@@ -52,9 +55,10 @@ impl Client {
     /// # Errors
     /// If the database cannot be read.
     pub async fn recurring(&self) -> Result<Vec<RecurringTask>> {
-        let rows = sqlx::query(self.store().sql(
-            "SELECT task, expression, timezone, last_tick FROM queue_cron ORDER BY task",
-        ))
+        let rows = sqlx::query(
+            self.store()
+                .sql("SELECT task, expression, timezone, last_tick FROM queue_cron ORDER BY task"),
+        )
         .fetch_all(self.pool())
         .await?;
         let now = self.now();
@@ -89,6 +93,8 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
     let tasks: Vec<CronTask> = shared
         .registry
         .iter()
+        // A runtime fires the recurring tasks of the queues it serves.
+        .filter(|reg| shared.queues.iter().any(|q| q == reg.options.queue))
         .filter_map(|reg| {
             let expr = reg.options.cron?;
             // Validated by Registry::collect.
@@ -104,7 +110,10 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
     let mut registered = false;
     let mut failures = 0;
     loop {
-        let mut wait = shared.poll_interval.max(Duration::from_millis(100)).min(Duration::from_secs(1));
+        let mut wait = shared
+            .poll_interval
+            .max(Duration::from_millis(100))
+            .min(Duration::from_secs(1));
         let step = async {
             if !registered {
                 register(&client, &tasks).await?;
@@ -174,12 +183,16 @@ async fn fire_due(client: &Client, tasks: &[CronTask]) -> Result<Option<DateTime
     let rows = sqlx::query(client.store().sql("SELECT task, last_tick FROM queue_cron"))
         .fetch_all(client.pool())
         .await?;
-    let last: HashMap<String, DateTime<Utc>> =
-        rows.iter().map(|r| (r.get::<String, _>(0), r.get(1))).collect();
+    let last: HashMap<String, DateTime<Utc>> = rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get(1)))
+        .collect();
     let mut earliest: Option<DateTime<Utc>> = None;
     for t in tasks {
         let name = t.reg.options.name;
-        let Some(&last_tick) = last.get(name) else { continue };
+        let Some(&last_tick) = last.get(name) else {
+            continue;
+        };
         if let Some(tick) = t.schedule.latest_at_or_before(now, last_tick) {
             let on_time = (now - tick).to_std().map_or(true, |late| late <= ON_TIME);
             let enqueue = on_time || t.reg.options.catch_up == CatchUp::Latest;
@@ -226,7 +239,9 @@ async fn fire(
             priority: o.priority.get(),
             payload: "null".to_owned(),
             max_attempts: o.max_attempts(),
-            deadline_ms: o.deadline.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            deadline_ms: o
+                .deadline
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             run_at: tick.min(now),
         };
         store.insert_jobs_in(&mut tx, &[job], now, 1).await?;

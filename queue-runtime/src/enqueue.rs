@@ -89,7 +89,8 @@ impl<T: Serialize> EnqueueBuilder<T> {
             source,
         })?;
         let queue = self.queue.unwrap_or_else(|| self.options.queue.to_owned());
-        queue_core::validate_queue_name(&queue).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        queue_core::validate_queue_name(&queue)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut run_at = self.run_at.unwrap_or(now);
         if let Some(d) = self.delay {
             run_at = crate::clock::add(run_at.max(now), d);
@@ -114,7 +115,11 @@ impl Client {
     ///
     /// # Errors
     /// As [`EnqueueBuilder::enqueue`]; on error nothing was enqueued.
-    pub async fn enqueue_many_with<T, I>(&self, options: TaskOptions, payloads: I) -> Result<Vec<JobId>>
+    pub async fn enqueue_many_with<T, I>(
+        &self,
+        options: TaskOptions,
+        payloads: I,
+    ) -> Result<Vec<JobId>>
     where
         T: Serialize,
         I: IntoIterator<Item = T>,

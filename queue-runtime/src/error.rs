@@ -16,7 +16,9 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// Two `#[task]` functions were registered under one name.
-    #[error("two tasks are named `{name}`: {first} and {second}; give one of them `#[task(name = \"...\")]`")]
+    #[error(
+        "two tasks are named `{name}`: {first} and {second}; give one of them `#[task(name = \"...\")]`"
+    )]
     DuplicateTask {
         /// The shared name.
         name: String,
@@ -40,7 +42,9 @@ pub enum Error {
         message: String,
     },
     /// The schema in the database is newer than this build knows.
-    #[error("the database schema is at version {found}, newer than this build's {known}; upgrade queue-runtime")]
+    #[error(
+        "the database schema is at version {found}, newer than this build's {known}; upgrade queue-runtime"
+    )]
     SchemaTooNew {
         /// The version found in the database.
         found: i64,
@@ -98,5 +102,8 @@ pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
-    ) || matches!(sql_error_number(e), Some(1927 | 2006 | 2013 | 1053 | 1077 | 1078 | 1079 | 1080))
+    ) || matches!(
+        sql_error_number(e),
+        Some(1927 | 2006 | 2013 | 1053 | 1077 | 1078 | 1079 | 1080)
+    )
 }

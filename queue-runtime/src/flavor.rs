@@ -39,7 +39,10 @@ impl Flavor {
                 // limit", so never send 0.
                 let micros = limit.as_micros().clamp(1000, 31_536_000_000_000);
                 let secs = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
-                (format!("SET STATEMENT max_statement_time={secs} FOR {sql}"), true)
+                (
+                    format!("SET STATEMENT max_statement_time={secs} FOR {sql}"),
+                    true,
+                )
             }
             Flavor::MySql => {
                 let trimmed = sql.trim_start();
@@ -75,10 +78,16 @@ mod tests {
     fn mariadb_limits_any_statement() {
         let (sql, limited) =
             Flavor::MariaDb.limit_statement("UPDATE t SET a = 1", Duration::from_millis(1500));
-        assert_eq!(sql, "SET STATEMENT max_statement_time=1.500000 FOR UPDATE t SET a = 1");
+        assert_eq!(
+            sql,
+            "SET STATEMENT max_statement_time=1.500000 FOR UPDATE t SET a = 1"
+        );
         assert!(limited);
         let (sql, _) = Flavor::MariaDb.limit_statement("SELECT 1", Duration::ZERO);
-        assert_eq!(sql, "SET STATEMENT max_statement_time=0.001000 FOR SELECT 1");
+        assert_eq!(
+            sql,
+            "SET STATEMENT max_statement_time=0.001000 FOR SELECT 1"
+        );
     }
 
     #[test]
@@ -95,7 +104,10 @@ mod tests {
 
     #[test]
     fn detects_flavour() {
-        assert_eq!(Flavor::from_version("10.11.19-MariaDB-0+deb12u1"), Flavor::MariaDb);
+        assert_eq!(
+            Flavor::from_version("10.11.19-MariaDB-0+deb12u1"),
+            Flavor::MariaDb
+        );
         assert_eq!(Flavor::from_version("8.0.36"), Flavor::MySql);
     }
 }

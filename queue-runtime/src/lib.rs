@@ -30,10 +30,11 @@
 //!
 //! See `docs/architecture.md` for the schema and the claim path.
 
-pub mod clock;
 mod client;
-mod cron;
+pub mod clock;
 mod context;
+mod cron;
+mod db;
 mod enqueue;
 mod error;
 pub mod flavor;
@@ -45,6 +46,7 @@ mod store;
 pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::TaskContext;
+pub use db::{Db, DbTransaction};
 pub use cron::RecurringTask;
 pub use enqueue::EnqueueBuilder;
 pub use error::{Error, Result};
@@ -82,7 +84,10 @@ pub mod __private {
     }
 
     /// Checks at compile time that a payload type can be stored.
-    pub const fn assert_payload<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>() {}
+    pub const fn assert_payload<
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    >() {
+    }
 
     /// The claim statement for given cursors, for plan tests.
     pub fn claim_sql(last: &[u64; 5], stragglers: &[(u8, u64)]) -> (String, Vec<u64>) {

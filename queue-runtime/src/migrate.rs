@@ -67,7 +67,9 @@ async fn apply(conn: &mut sqlx::MySqlConnection) -> Result<()> {
             continue;
         }
         for statement in split_statements(sql) {
-            sqlx::query(AssertSqlSafe(statement)).execute(&mut *conn).await?;
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await?;
         }
         sqlx::query(
             "INSERT IGNORE INTO queue_schema_migrations (version, name, applied_at) VALUES (?, ?, UTC_TIMESTAMP(6))",
@@ -115,6 +117,10 @@ mod tests {
     fn splits_the_bundled_migrations() {
         let stmts = split_statements(MIGRATIONS[0].2);
         assert_eq!(stmts.len(), 3);
-        assert!(stmts.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
+        assert!(
+            stmts
+                .iter()
+                .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS"))
+        );
     }
 }

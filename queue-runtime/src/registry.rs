@@ -84,3 +84,72 @@ impl Registry {
         q
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler(_: TaskContext, _: &str) -> HandlerFuture {
+        Box::pin(async { Ok(()) })
+    }
+
+    static A: TaskRegistration = TaskRegistration {
+        options: TaskOptions::new("billing.charge"),
+        handler,
+        file: "src/a.rs",
+        line: 10,
+    };
+    static B: TaskRegistration = TaskRegistration {
+        options: TaskOptions::new("billing.charge"),
+        handler,
+        file: "src/b.rs",
+        line: 20,
+    };
+    static C: TaskRegistration = TaskRegistration {
+        options: TaskOptions {
+            queue: "mail",
+            ..TaskOptions::new("mail.send")
+        },
+        handler,
+        file: "src/c.rs",
+        line: 5,
+    };
+    static BAD_CRON: TaskRegistration = TaskRegistration {
+        options: TaskOptions {
+            cron: Some("not a cron"),
+            ..TaskOptions::new("bad.cron")
+        },
+        handler,
+        file: "src/d.rs",
+        line: 1,
+    };
+
+    #[test]
+    fn two_tasks_with_one_name_fail_naming_both() {
+        let err = Registry::from_iter([&B, &C, &A]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::DuplicateTask { name, first, second }
+                if name == "billing.charge" && first == "src/a.rs:10" && second == "src/b.rs:20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("src/a.rs:10") && text.contains("src/b.rs:20"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn registry_lists_tasks_and_queues() {
+        let r = Registry::from_iter([&A, &C]).unwrap();
+        assert!(r.get("mail.send").is_some());
+        assert!(r.get("nope").is_none());
+        assert_eq!(r.queues(), vec!["default".to_owned(), "mail".to_owned()]);
+    }
+
+    #[test]
+    fn an_invalid_cron_expression_is_an_error_at_start() {
+        let err = Registry::from_iter([&BAD_CRON]).unwrap_err();
+        assert!(err.to_string().contains("bad.cron"), "{err}");
+    }
+}

@@ -110,11 +110,16 @@ impl RuntimeBuilder {
             Some(q) => q,
             None => {
                 let q = registry.queues();
-                if q.is_empty() { vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()] } else { q }
+                if q.is_empty() {
+                    vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()]
+                } else {
+                    q
+                }
             }
         };
         for q in &queues {
-            queue_core::validate_queue_name(q).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            queue_core::validate_queue_name(q)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
         let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -217,7 +222,10 @@ impl Runtime {
         // Running handlers are stopped and report a hand-back.
         self.shared.hand_back.send_replace(true);
         if handed_back > 0 {
-            tracing::info!(jobs = handed_back, "handing back unfinished jobs at shutdown");
+            tracing::info!(
+                jobs = handed_back,
+                "handing back unfinished jobs at shutdown"
+            );
         }
         // Wait for the executors to report (aborted ones report a hand-back).
         let until = Instant::now() + Duration::from_secs(5);
@@ -277,7 +285,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -304,9 +314,22 @@ struct InFlight {
 /// An outcome to write.
 #[derive(Debug)]
 enum Ack {
-    Complete { id: JobId, attempt: u32 },
-    Retry { id: JobId, attempt: u32, run_at: DateTime<Utc>, error: String, uncount: bool },
-    Dead { id: JobId, attempt: u32, error: String },
+    Complete {
+        id: JobId,
+        attempt: u32,
+    },
+    Retry {
+        id: JobId,
+        attempt: u32,
+        run_at: DateTime<Utc>,
+        error: String,
+        uncount: bool,
+    },
+    Dead {
+        id: JobId,
+        attempt: u32,
+        error: String,
+    },
     Stop,
 }
 
@@ -380,7 +403,11 @@ impl Metrics {
         let mut c = ring.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         c.push_back((now, d));
-        while c.front().is_some_and(|f| now.duration_since(f.0) > Duration::from_secs(60)) || c.len() > 100_000 {
+        while c
+            .front()
+            .is_some_and(|f| now.duration_since(f.0) > Duration::from_secs(60))
+            || c.len() > 100_000
+        {
             c.pop_front();
         }
     }
@@ -458,7 +485,17 @@ async fn producer(shared: Arc<Shared>) {
             }
             let now = client.now();
             let started = Instant::now();
-            match client.store().claim(&mut cursors[qi], want, &shared.owner, add(now, shared.lease), now).await {
+            match client
+                .store()
+                .claim(
+                    &mut cursors[qi],
+                    want,
+                    &shared.owner,
+                    add(now, shared.lease),
+                    now,
+                )
+                .await
+            {
                 Ok(jobs) => {
                     client.inner.metrics.record_claim(started.elapsed());
                     shared.outage.ok();
@@ -560,7 +597,12 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
     let _enter = span.enter();
     match &ack {
         Ack::Complete { .. } => tracing::debug!("job succeeded"),
-        Ack::Retry { error, run_at, uncount: false, .. } => {
+        Ack::Retry {
+            error,
+            run_at,
+            uncount: false,
+            ..
+        } => {
             tracing::warn!(error = %error, retry_at = %run_at, max_attempts = job.max_attempts, "job failed; will retry");
         }
         Ack::Retry { error, .. } => tracing::info!(reason = %error, "job handed back"),
@@ -571,7 +613,11 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
     }
     if shared.ack_tx.send(ack).is_err() {
         // The acker is gone (runtime dropped): the lease expires and the job runs again.
-        shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.id);
+        shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
     }
 }
 
@@ -587,9 +633,18 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
             UNKNOWN_TASK_DELAY.as_secs()
         );
         tracing::warn!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
-        return Ack::Retry { id, attempt, run_at: add(client.now(), UNKNOWN_TASK_DELAY), error, uncount: true };
+        return Ack::Retry {
+            id,
+            attempt,
+            run_at: add(client.now(), UNKNOWN_TASK_DELAY),
+            error,
+            uncount: true,
+        };
     };
-    let budget = job.deadline_ms.map(Duration::from_millis).or(reg.options.deadline);
+    let budget = job
+        .deadline_ms
+        .map(Duration::from_millis)
+        .or(reg.options.deadline);
     let deadline = budget.map(Deadline::after);
     let ctx = TaskContext::new(
         id,
@@ -643,11 +698,21 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         Err(e) => {
             let text = error_text(&e, client.flavor());
             if e.is_permanent() || attempt >= job.max_attempts {
-                Ack::Dead { id, attempt, error: text }
+                Ack::Dead {
+                    id,
+                    attempt,
+                    error: text,
+                }
             } else {
                 let mut rng = fastrand::Rng::new();
                 let delay = reg.options.backoff.delay(attempt, &mut rng);
-                Ack::Retry { id, attempt, run_at: add(client.now(), delay), error: text, uncount: false }
+                Ack::Retry {
+                    id,
+                    attempt,
+                    run_at: add(client.now(), delay),
+                    error: text,
+                    uncount: false,
+                }
             }
         }
     }
@@ -753,8 +818,16 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         loop {
             let now = client.now();
             let r = match &a {
-                Ack::Retry { id, attempt, run_at, error, uncount } => {
-                    store.retry_later(*id, *attempt, *run_at, error, now, *uncount).await
+                Ack::Retry {
+                    id,
+                    attempt,
+                    run_at,
+                    error,
+                    uncount,
+                } => {
+                    store
+                        .retry_later(*id, *attempt, *run_at, error, now, *uncount)
+                        .await
                 }
                 Ack::Dead { id, attempt, error } => store.bury(*id, *attempt, error, now).await,
                 _ => Ok(true),
@@ -779,7 +852,11 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             }
         }
         if let Some(id) = id {
-            shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         }
     }
 }
@@ -796,7 +873,12 @@ async fn heartbeat(shared: Arc<Shared>) {
             continue;
         }
         let now = shared.client.now();
-        match shared.client.store().heartbeat(&shared.owner, &jobs, add(now, shared.lease), now).await {
+        match shared
+            .client
+            .store()
+            .heartbeat(&shared.owner, &jobs, add(now, shared.lease), now)
+            .await
+        {
             Ok(n) => {
                 shared.outage.ok();
                 if (n as usize) < jobs.len() {
@@ -855,7 +937,9 @@ async fn dispatcher(shared: Arc<Shared>) {
     loop {
         let now = client.now();
         let since = match last_ok {
-            Some(t) if last_full.elapsed() < Duration::from_secs(300) => Some(t - chrono::Duration::seconds(600)),
+            Some(t) if last_full.elapsed() < Duration::from_secs(300) => {
+                Some(t - chrono::Duration::seconds(600))
+            }
             _ => {
                 last_full = Instant::now();
                 None

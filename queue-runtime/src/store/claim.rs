@@ -116,7 +116,11 @@ impl Cursors {
 impl Store {
     /// Non-locking look behind the cursors. Returns rows that are in the
     /// claim index at or below a cursor: committed late, or released.
-    pub(crate) async fn probe(&self, queue: &str, ranges: &[(u8, u64, u64)]) -> Result<Vec<(u8, u64)>> {
+    pub(crate) async fn probe(
+        &self,
+        queue: &str,
+        ranges: &[(u8, u64, u64)],
+    ) -> Result<Vec<(u8, u64)>> {
         if ranges.is_empty() {
             return Ok(Vec::new());
         }
@@ -157,19 +161,32 @@ impl Store {
         }
         let stragglers = std::mem::take(&mut cursors.stragglers);
         let result = super::retry_deadlocks(|| {
-            self.try_claim(&cursors.queue, &cursors.last, &stragglers, limit, owner, lease_until, now)
+            self.try_claim(
+                &cursors.queue,
+                &cursors.last,
+                &stragglers,
+                limit,
+                owner,
+                lease_until,
+                now,
+            )
         })
         .await;
         match result {
             Ok((jobs, keys)) => {
                 // Stragglers the claim passed over were locked by another
                 // claimer or are gone; the next probe finds any that remain.
-                let from_range: Vec<(u8, u64)> =
-                    keys.iter().copied().filter(|k| !stragglers.contains(k)).collect();
+                let from_range: Vec<(u8, u64)> = keys
+                    .iter()
+                    .copied()
+                    .filter(|k| !stragglers.contains(k))
+                    .collect();
                 if keys.len() == limit {
                     // Cut off by LIMIT: keep the stragglers not reached.
-                    cursors.stragglers =
-                        stragglers.into_iter().filter(|k| !keys.contains(k)).collect();
+                    cursors.stragglers = stragglers
+                        .into_iter()
+                        .filter(|k| !keys.contains(k))
+                        .collect();
                 }
                 cursors.advance(&from_range);
                 Ok(jobs)
@@ -218,7 +235,10 @@ impl Store {
                 sql.push_str(" OR ");
             }
             first = false;
-            sql.push_str(&format!("(priority = {p} AND seq IN ({}))", placeholders(n)));
+            sql.push_str(&format!(
+                "(priority = {p} AND seq IN ({}))",
+                placeholders(n)
+            ));
         }
         sql.push(')');
         let mut q = self.q(&sql).bind(queue);
@@ -292,10 +312,16 @@ pub(crate) fn claim_sql(last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> (Stri
         }
         sql.push_str(&format!("(priority = {p} AND seq > ?)"));
         binds.push(cursor);
-        let mine: Vec<u64> =
-            stragglers.iter().filter(|s| usize::from(s.0) == p).map(|s| s.1).collect();
+        let mine: Vec<u64> = stragglers
+            .iter()
+            .filter(|s| usize::from(s.0) == p)
+            .map(|s| s.1)
+            .collect();
         if !mine.is_empty() {
-            sql.push_str(&format!(" OR (priority = {p} AND seq IN ({}))", placeholders(mine.len())));
+            sql.push_str(&format!(
+                " OR (priority = {p} AND seq IN ({}))",
+                placeholders(mine.len())
+            ));
             binds.extend(mine);
         }
     }

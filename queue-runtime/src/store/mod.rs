@@ -85,7 +85,11 @@ impl Store {
 
     /// Inserts jobs; those due at `now` also enter the claim index. Returns
     /// their ids in order. One transaction for the whole slice.
-    pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<Vec<JobId>> {
+    pub(crate) async fn insert_jobs(
+        &self,
+        jobs: &[NewJob],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobId>> {
         const CHUNK: usize = 2000;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -135,7 +139,11 @@ impl Store {
             let mut q = self.q(&sql);
             for job in part {
                 let due = job.run_at <= now;
-                let state = if due { JobState::Ready } else { JobState::Scheduled };
+                let state = if due {
+                    JobState::Ready
+                } else {
+                    JobState::Scheduled
+                };
                 q = q
                     .bind(&job.task)
                     .bind(&job.queue)
@@ -163,7 +171,8 @@ impl Store {
                 .filter(|(j, _)| j.run_at <= now)
                 .collect();
             if !due.is_empty() {
-                let mut sql = String::from("INSERT INTO queue_ready (queue, priority, job_id) VALUES ");
+                let mut sql =
+                    String::from("INSERT INTO queue_ready (queue, priority, job_id) VALUES ");
                 for i in 0..due.len() {
                     if i > 0 {
                         sql.push_str(", ");
@@ -210,7 +219,8 @@ impl Store {
         now: DateTime<Utc>,
         uncount_attempt: bool,
     ) -> Result<bool> {
-        retry_deadlocks(|| self.try_reschedule(id, attempt, run_at, error, now, uncount_attempt)).await
+        retry_deadlocks(|| self.try_reschedule(id, attempt, run_at, error, now, uncount_attempt))
+            .await
     }
 
     async fn try_reschedule(
@@ -256,7 +266,13 @@ impl Store {
     }
 
     /// Marks a job dead with its error, only while still at `attempt`.
-    pub(crate) async fn bury(&self, id: JobId, attempt: u32, error: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub(crate) async fn bury(
+        &self,
+        id: JobId,
+        attempt: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let sql = "UPDATE queue_jobs SET state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
                    last_error = ?, updated_at = ? WHERE id = ? AND attempts = ? AND state = ?";
         let n = retry_deadlocks(|| async {
@@ -291,7 +307,12 @@ impl Store {
                 "UPDATE queue_jobs SET lease_expires_at = ?, updated_at = ? WHERE lease_owner = ? AND state = ? AND ({})",
                 fence(part.len())
             );
-            let mut q = self.q(&sql).bind(until).bind(now).bind(owner).bind(JobState::Running.as_u8());
+            let mut q = self
+                .q(&sql)
+                .bind(until)
+                .bind(now)
+                .bind(owner)
+                .bind(JobState::Running.as_u8());
             for (id, attempt) in part {
                 q = q.bind(id.0).bind(*attempt);
             }
@@ -320,10 +341,14 @@ impl Store {
         }
     }
 
-    async fn try_rescue(&self, now: DateTime<Utc>, since: Option<DateTime<Utc>>) -> Result<(u64, u64, bool)> {
+    async fn try_rescue(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(u64, u64, bool)> {
         const BATCH: usize = 200;
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let lower = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let rows = self
             .q(
                 "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
@@ -341,7 +366,11 @@ impl Store {
             let id: u64 = row.get(0);
             let attempts: u32 = row.get(1);
             let max: u32 = row.get(2);
-            if attempts >= max { bury.push(id) } else { requeue.push(id) }
+            if attempts >= max {
+                bury.push(id)
+            } else {
+                requeue.push(id)
+            }
         }
         if !requeue.is_empty() {
             let list = placeholders(requeue.len());
@@ -350,7 +379,11 @@ impl Store {
                  last_error = CONCAT('lease expired: the worker running attempt ', attempts, ' was lost'), \
                  updated_at = ? WHERE id IN ({list})"
             );
-            let mut q = self.q(&sql).bind(JobState::Ready.as_u8()).bind(now).bind(now);
+            let mut q = self
+                .q(&sql)
+                .bind(JobState::Ready.as_u8())
+                .bind(now)
+                .bind(now);
             for id in &requeue {
                 q = q.bind(*id);
             }
@@ -372,7 +405,11 @@ impl Store {
                  updated_at = ? WHERE id IN ({})",
                 placeholders(bury.len())
             );
-            let mut q = self.q(&sql).bind(JobState::Dead.as_u8()).bind(now).bind(now);
+            let mut q = self
+                .q(&sql)
+                .bind(JobState::Dead.as_u8())
+                .bind(now)
+                .bind(now);
             for id in &bury {
                 q = q.bind(*id);
             }
@@ -384,7 +421,11 @@ impl Store {
 
     /// Moves scheduled jobs due at `now` into the claim index, oldest first,
     /// looking only at run times after `since` when given. Returns how many.
-    pub(crate) async fn dispatch_due(&self, now: DateTime<Utc>, since: Option<DateTime<Utc>>) -> Result<u64> {
+    pub(crate) async fn dispatch_due(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
         let mut total = 0;
         loop {
             let (n, more) = retry_deadlocks(|| self.try_dispatch(now, since)).await?;
@@ -395,10 +436,14 @@ impl Store {
         }
     }
 
-    async fn try_dispatch(&self, now: DateTime<Utc>, since: Option<DateTime<Utc>>) -> Result<(u64, bool)> {
+    async fn try_dispatch(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(u64, bool)> {
         const BATCH: usize = 500;
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let lower = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let ids: Vec<u64> = self
             .q(
                 "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
@@ -440,7 +485,10 @@ impl Store {
     }
 
     /// The earliest scheduled run time after `after`, if any.
-    pub(crate) async fn next_scheduled(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    pub(crate) async fn next_scheduled(
+        &self,
+        after: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
         Ok(self
             .q(
                 "SELECT scheduled_at FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
@@ -465,10 +513,12 @@ where
         match f().await {
             Err(crate::Error::Database(e)) if is_retryable(&e) && attempt < 8 => {
                 tracing::debug!(error = %e, attempt, "retrying after a deadlock");
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 3 + fastrand::u64(0..5))).await;
+                tokio::time::sleep(Duration::from_millis(
+                    u64::from(attempt) * 3 + fastrand::u64(0..5),
+                ))
+                .await;
             }
             other => return other,
         }
     }
 }
-

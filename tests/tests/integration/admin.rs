@@ -46,10 +46,22 @@ async fn fails_until_retried(n: u32) -> Result<(), TaskError> {
 async fn dead_jobs_can_be_listed_retried_and_purged() {
     let (db, client) = setup().await;
     let id = fails_until_retried::enqueue(&client, 1).await.unwrap();
-    let runtime = Runtime::builder(client.clone()).queues(["admin"]).start().await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["admin"])
+        .start()
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(10), "the job is dead", || {
         let client = client.clone();
-        async move { client.stats().await.unwrap().queues.get("admin").is_some_and(|q| q.dead == 1) }
+        async move {
+            client
+                .stats()
+                .await
+                .unwrap()
+                .queues
+                .get("admin")
+                .is_some_and(|q| q.dead == 1)
+        }
     })
     .await;
     let dead = client.dead_jobs(5).await.unwrap();
@@ -64,17 +76,32 @@ async fn dead_jobs_can_be_listed_retried_and_purged() {
         async move { client.job(id).await.unwrap().is_none() }
     })
     .await;
-    assert!(matches!(client.retry_dead(id).await, Err(Error::NotDead(_))));
+    assert!(matches!(
+        client.retry_dead(id).await,
+        Err(Error::NotDead(_))
+    ));
 
     // Purge: a dead job older than the cutoff goes, a newer one stays.
     let old = fails_until_retried::enqueue(&client, 2).await.unwrap();
-    sqlx::query("UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY WHERE id = ?")
+    sqlx::query(
+        "UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY WHERE id = ?",
+    )
+    .bind(old.0)
+    .execute(client.pool())
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM queue_ready WHERE job_id = ?")
         .bind(old.0)
         .execute(client.pool())
         .await
         .unwrap();
-    sqlx::query("DELETE FROM queue_ready WHERE job_id = ?").bind(old.0).execute(client.pool()).await.unwrap();
-    assert_eq!(client.purge_dead(Duration::from_secs(86_400)).await.unwrap(), 1);
+    assert_eq!(
+        client
+            .purge_dead(Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(client.job(old).await.unwrap().is_none());
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
@@ -83,12 +110,25 @@ async fn dead_jobs_can_be_listed_retried_and_purged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_per_queue_and_state() {
     let (db, client) = setup().await;
-    fails_until_retried::enqueue_many(&client, [1, 2, 3]).await.unwrap();
-    fails_until_retried::with(4).delay(Duration::from_secs(3600)).enqueue(&client).await.unwrap();
-    fails_until_retried::with(5).queue("other").enqueue(&client).await.unwrap();
+    fails_until_retried::enqueue_many(&client, [1, 2, 3])
+        .await
+        .unwrap();
+    fails_until_retried::with(4)
+        .delay(Duration::from_secs(3600))
+        .enqueue(&client)
+        .await
+        .unwrap();
+    fails_until_retried::with(5)
+        .queue("other")
+        .enqueue(&client)
+        .await
+        .unwrap();
     let s = client.stats().await.unwrap();
     let admin = s.queues["admin"];
-    assert_eq!((admin.ready, admin.scheduled, admin.running, admin.dead), (3, 1, 0, 0));
+    assert_eq!(
+        (admin.ready, admin.scheduled, admin.running, admin.dead),
+        (3, 1, 0, 0)
+    );
     assert_eq!(s.queues["other"].ready, 1);
     assert_eq!(s.total.total(), 5);
     assert!(s.history_list_length.is_some());

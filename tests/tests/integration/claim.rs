@@ -37,14 +37,20 @@ async fn claim_reads_the_primary_key_in_order_without_filesort() {
     let (db, client) = setup().await;
     fill_ready(client.pool(), "a", 5000).await;
     fill_ready(client.pool(), "b", 5000).await;
-    sqlx::query("ANALYZE TABLE queue_ready").execute(client.pool()).await.unwrap();
+    sqlx::query("ANALYZE TABLE queue_ready")
+        .execute(client.pool())
+        .await
+        .unwrap();
     for (last, stragglers) in [
         ([0u64; 5], vec![]),
         ([100, 0, 2000, 0, 4000], vec![(4u8, 3u64), (1, 7)]),
     ] {
         let (sql, binds) = queue_runtime::__private::claim_sql(&last, &stragglers);
         let explain = format!("EXPLAIN FORMAT=JSON {sql}");
-        let row = bind_claim(&explain, "a", &binds, 10).fetch_one(client.pool()).await.unwrap();
+        let row = bind_claim(&explain, "a", &binds, 10)
+            .fetch_one(client.pool())
+            .await
+            .unwrap();
         let plan: String = row.get(0);
         let json: serde_json::Value = serde_json::from_str(&plan).unwrap();
         let text = plan.to_lowercase();
@@ -84,7 +90,7 @@ async fn a_second_worker_gets_its_own_rows_while_the_first_holds_its_claim() {
         .iter()
         .map(|r| r.get(1))
         .collect();
-    let locked_a: i64 = sqlx::query_scalar(
+    let locked_a: u64 = sqlx::query_scalar(
         "SELECT trx_rows_locked FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = CONNECTION_ID()",
     )
     .fetch_one(&mut *a)
@@ -98,9 +104,19 @@ async fn a_second_worker_gets_its_own_rows_while_the_first_holds_its_claim() {
         .map(|r| r.get(1))
         .collect();
     assert_eq!(rows_a.len(), 10);
-    assert_eq!(rows_b.len(), 10, "the second worker is not blocked or starved");
-    assert!(rows_a.iter().all(|r| !rows_b.contains(r)), "{rows_a:?} vs {rows_b:?}");
-    assert!(locked_a <= 11, "the first claim locked only what it took: {locked_a} rows");
+    assert_eq!(
+        rows_b.len(),
+        10,
+        "the second worker is not blocked or starved"
+    );
+    assert!(
+        rows_a.iter().all(|r| !rows_b.contains(r)),
+        "{rows_a:?} vs {rows_b:?}"
+    );
+    assert!(
+        locked_a <= 11,
+        "the first claim locked only what it took: {locked_a} rows"
+    );
     a.rollback().await.unwrap();
     b.rollback().await.unwrap();
     db.drop_db().await;
@@ -118,7 +134,11 @@ async fn late_job(n: u32) -> Result<(), TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_committed_behind_the_cursor_is_still_claimed() {
     let (db, client) = setup().await;
-    let runtime = Runtime::builder(client.clone()).queues(["late"]).start().await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["late"])
+        .start()
+        .await
+        .unwrap();
     late_job::enqueue_many(&client, 0..50).await.unwrap();
     wait_until(Duration::from_secs(10), "the first jobs ran", || async {
         LATE_RAN.load(Ordering::SeqCst) == 50

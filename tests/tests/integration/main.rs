@@ -4,8 +4,10 @@
 
 mod admin;
 mod claim;
+mod deadlines;
 mod outcomes;
 mod priority;
+mod schedule;
 
 use queue_runtime::Client;
 use queue_tests::TestDb;

@@ -44,7 +44,10 @@ async fn send_message(ctx: TaskContext, msg: Message) -> Result<(), TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_messages_three_always_fail() {
     let (db, client) = setup().await;
-    let msgs = (1..=20).map(|id| Message { id, to: format!("user{id}@example.com") });
+    let msgs = (1..=20).map(|id| Message {
+        id,
+        to: format!("user{id}@example.com"),
+    });
     let ids = send_message::enqueue_many(&client, msgs).await.unwrap();
     assert_eq!(ids.len(), 20);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
@@ -127,7 +130,11 @@ async fn undecodable_payload_ends_dead_with_a_clear_error() {
             .await
             .unwrap();
     }
-    let runtime = Runtime::builder(client.clone()).queues(["decode"]).start().await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["decode"])
+        .start()
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(10), "both jobs dead", || {
         let client = client.clone();
         async move { client.stats().await.unwrap().total.dead == 2 }
@@ -138,8 +145,16 @@ async fn undecodable_payload_ends_dead_with_a_clear_error() {
     assert_eq!(dead.len(), 2);
     for d in dead {
         assert_eq!(d.attempts, 1, "a decode failure is not retried");
-        assert!(d.last_error.starts_with("payload cannot be decoded"), "{}", d.last_error);
-        assert!(d.payload == "not json" || d.payload.contains("order"), "payload kept: {}", d.payload);
+        assert!(
+            d.last_error.starts_with("payload cannot be decoded"),
+            "{}",
+            d.last_error
+        );
+        assert!(
+            d.payload == "not json" || d.payload.contains("order"),
+            "payload kept: {}",
+            d.payload
+        );
     }
     assert_eq!(DECODE_RAN.load(Ordering::SeqCst), 0);
     db.drop_db().await;
@@ -166,7 +181,11 @@ async fn panics_are_errors_and_permanent_errors_are_not_retried() {
     let (db, client) = setup().await;
     let p = panicking_task::enqueue(&client, ()).await.unwrap();
     let q = permanent_failure::enqueue(&client, ()).await.unwrap();
-    let runtime = Runtime::builder(client.clone()).queues(["panics"]).start().await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["panics"])
+        .start()
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(10), "both jobs dead", || {
         let client = client.clone();
         async move { client.stats().await.unwrap().total.dead == 2 }
@@ -176,7 +195,10 @@ async fn panics_are_errors_and_permanent_errors_are_not_retried() {
     let p = client.job(p).await.unwrap().unwrap();
     assert_eq!(p.state, JobState::Dead);
     assert_eq!(p.attempts, 2);
-    assert_eq!(p.last_error.as_deref(), Some("panicked: boom in the handler"));
+    assert_eq!(
+        p.last_error.as_deref(),
+        Some("panicked: boom in the handler")
+    );
     assert_eq!(PANICS.load(Ordering::SeqCst), 2);
     let q = client.job(q).await.unwrap().unwrap();
     assert_eq!(q.attempts, 1);
@@ -201,17 +223,31 @@ async fn unknown_task_is_handed_back_not_lost() {
         .execute(client.pool())
         .await
         .unwrap();
-    let runtime = Runtime::builder(client.clone()).queues(["orphans"]).start().await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["orphans"])
+        .start()
+        .await
+        .unwrap();
     let id = queue_runtime::JobId(id);
     wait_until(Duration::from_secs(10), "the job handed back", || {
         let client = client.clone();
-        async move { client.job(id).await.unwrap().is_some_and(|j| j.state == JobState::Scheduled) }
+        async move {
+            client
+                .job(id)
+                .await
+                .unwrap()
+                .is_some_and(|j| j.state == JobState::Scheduled)
+        }
     })
     .await;
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     let job = client.job(id).await.unwrap().unwrap();
     assert_eq!(job.attempts, 0, "the hand-back does not spend an attempt");
-    assert!(job.last_error.unwrap().contains("unknown task `no.such.task`"));
+    assert!(
+        job.last_error
+            .unwrap()
+            .contains("unknown task `no.such.task`")
+    );
     assert!(job.run_at > client.now() + chrono::Duration::seconds(30));
     db.drop_db().await;
 }

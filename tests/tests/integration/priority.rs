@@ -20,35 +20,51 @@ async fn prio_job(n: (u8, u32)) -> Result<(), TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_zero_overtakes_a_priority_four_backlog() {
     let (db, client) = setup().await;
-    prio_job::enqueue_many(&client, (0..300).map(|i| (4u8, i))).await.unwrap();
+    prio_job::enqueue_many(&client, (0..300).map(|i| (4u8, i)))
+        .await
+        .unwrap();
     let runtime = Runtime::builder(client.clone())
         .concurrency(2)
         .queues(["prio"])
         .start()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "part of the backlog ran", || async {
-        LOG.lock().unwrap().len() >= 20
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "part of the backlog ran",
+        || async { LOG.lock().unwrap().len() >= 20 },
+    )
     .await;
     let before = LOG.lock().unwrap().len();
-    prio_job::with((0, 0)).priority(0).enqueue(&client).await.unwrap();
-    wait_until(Duration::from_secs(10), "the priority-0 job ran", || async {
-        LOG.lock().unwrap().iter().any(|e| e.0 == 0)
-    })
+    prio_job::with((0, 0))
+        .priority(0)
+        .enqueue(&client)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the priority-0 job ran",
+        || async { LOG.lock().unwrap().iter().any(|e| e.0 == 0) },
+    )
     .await;
     let log = LOG.lock().unwrap().clone();
     let pos = log.iter().position(|e| e.0 == 0).unwrap();
     // Jobs already claimed when it arrived may finish first: at most the
     // concurrency's worth, plus one claim round.
-    assert!(pos <= before + 4, "priority-0 job ran at position {pos}, backlog had run {before}");
+    assert!(
+        pos <= before + 4,
+        "priority-0 job ran at position {pos}, backlog had run {before}"
+    );
     assert!(log.len() < 300, "it did not wait for the backlog");
     // Within priority 4, enqueue order is kept (two run at once, so
     // neighbours may swap).
     let p4: Vec<u32> = log.iter().filter(|e| e.0 == 4).map(|e| e.1).collect();
     for (k, v) in p4.iter().enumerate() {
         let k = k as u32;
-        assert!(v.abs_diff(k) <= 3, "priority-4 job {v} ran at position {k}: {p4:?}");
+        assert!(
+            v.abs_diff(k) <= 3,
+            "priority-4 job {v} ran at position {k}: {p4:?}"
+        );
     }
     runtime.shutdown(Duration::from_secs(10)).await.unwrap();
     db.drop_db().await;

@@ -1,0 +1,619 @@
+//! Fault injection, for real, against MariaDB: worker processes killed with
+//! SIGKILL, stopped past their lease, killing themselves; the database
+//! server stopped and started under load; four processes sharing one
+//! queue; graceful shutdown handing jobs back. Each test asserts on every
+//! job, from the `executions` table the tasks write (see `faults/tasks.rs`).
+//!
+//! These tests are heavy and some are timing-sensitive (short leases), so
+//! they run one at a time (a lock, [`SERIAL`]), in their own test binary.
+//!
+//! `server_restart_during_thousands_of_jobs` stops and starts the private
+//! MariaDB server of `scripts/db.sh`: every other test using that server at
+//! the same time fails. Within this binary the lock keeps the others out;
+//! `scripts/test` runs it in a separate, last `cargo test` invocation. It
+//! fails (never skips) when `DATABASE_URL` names another server. To try it
+//! while others use the shared server, run the built test binary with a
+//! server of its own, e.g.
+//! `CARGO_TARGET_DIR=/tmp/faults-db QUEUE_DB_PORT=3367 target/debug/deps/faults-… server_restart`
+//! (only `scripts/db.sh` reads those two variables there).
+
+#[path = "faults/tasks.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod tasks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use queue_runtime::{Client, JobState, Runtime};
+use queue_tests::{TestDb, wait_until};
+use sqlx::Row;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use tasks::Work;
+
+/// One fault test at a time: they are heavy, use short leases, and one of
+/// them stops the database server.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A fresh database with the schema and the `executions` table, and a client.
+async fn setup() -> (TestDb, Client) {
+    queue_tests::init_tracing();
+    let db = TestDb::new().await;
+    let client = Client::connect(&db.url).await.expect("connect");
+    client.migrate().await.expect("migrate");
+    sqlx::query(tasks::EXECUTIONS_DDL).execute(&db.pool).await.expect("create executions");
+    (db, client)
+}
+
+/// One row of `executions`.
+#[derive(Clone, Debug)]
+struct Execution {
+    n: u64,
+    job_id: u64,
+    attempt: u32,
+    pid: u32,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+async fn executions(db: &TestDb) -> Vec<Execution> {
+    sqlx::query(
+        "SELECT n, job_id, attempt, pid, started_at, ended_at FROM executions ORDER BY n, started_at, exec",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("read executions")
+    .iter()
+    .map(|r| Execution {
+        n: r.get(0),
+        job_id: r.get(1),
+        attempt: r.get(2),
+        pid: r.get(3),
+        started_at: r.get(4),
+        ended_at: r.get(5),
+    })
+    .collect()
+}
+
+/// Executions grouped by job number.
+fn by_job(rows: &[Execution]) -> BTreeMap<u64, Vec<Execution>> {
+    let mut map: BTreeMap<u64, Vec<Execution>> = BTreeMap::new();
+    for r in rows {
+        map.entry(r.n).or_default().push(r.clone());
+    }
+    map
+}
+
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.expect(sql)
+}
+
+/// Jobs not yet finished (ready, scheduled, running or dead).
+async fn unfinished(client: &Client) -> u64 {
+    client.stats().await.expect("stats").total.total()
+}
+
+fn work(n: u64, sleep_ms: u64, later_sleep_ms: u64, mark_start: bool) -> Work {
+    Work { n, sleep_ms, later_sleep_ms, mark_start, fail_first: false }
+}
+
+/// A `queue-test-worker` process; its stdout and stderr are collected (and
+/// echoed to the test's output, shown when the test fails).
+struct Worker {
+    child: Child,
+    pid: u32,
+    log: Arc<Mutex<String>>,
+}
+
+/// Options of a worker process.
+struct WorkerOpts {
+    queue: &'static str,
+    concurrency: usize,
+    lease: Option<Duration>,
+    heartbeat: Option<Duration>,
+    drain: Duration,
+}
+
+impl Default for WorkerOpts {
+    fn default() -> Self {
+        WorkerOpts { queue: "faults", concurrency: 10, lease: None, heartbeat: None, drain: Duration::from_secs(5) }
+    }
+}
+
+impl Worker {
+    fn spawn(db: &TestDb, opts: WorkerOpts) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue-test-worker"));
+        cmd.env("QUEUE_TEST_DATABASE_URL", &db.url)
+            .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()))
+            .arg("--queue")
+            .arg(opts.queue)
+            .arg("--concurrency")
+            .arg(opts.concurrency.to_string())
+            .arg("--drain-ms")
+            .arg(opts.drain.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(lease) = opts.lease {
+            cmd.arg("--lease-ms").arg(lease.as_millis().to_string());
+        }
+        if let Some(hb) = opts.heartbeat {
+            cmd.arg("--heartbeat-ms").arg(hb.as_millis().to_string());
+        }
+        let mut child = cmd.spawn().expect("spawn queue-test-worker");
+        let pid = child.id().expect("worker pid");
+        let log = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for stream in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[worker {pid}] {line}");
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Worker { child, pid, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lines of the log that contain `needle`.
+    fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    async fn wait_ready(&self) {
+        wait_until(Duration::from_secs(30), "the worker to start", || async {
+            self.log().contains("ready ")
+        })
+        .await;
+    }
+
+    async fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid.to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", self.pid);
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    async fn sigkill(&mut self) -> ExitStatus {
+        self.child.start_kill().expect("SIGKILL the worker");
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    /// SIGTERM (graceful shutdown), and wait until the process exits.
+    async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM").await;
+        self.wait_exit(Duration::from_secs(60)).await
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the worker"),
+            Err(_) => panic!("worker {} did not exit within {timeout:?}", self.pid),
+        }
+    }
+}
+
+/// SIGKILL a worker with jobs in flight: after its lease, another worker
+/// runs every one of them again as attempt 2, and the jobs that were still
+/// waiting run once; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_worker_jobs_run_again_after_the_lease_as_attempt_2() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup().await;
+    const IN_FLIGHT: u64 = 20;
+    const WAITING: u64 = 20;
+    let lease = Duration::from_secs(2);
+    let opts = || WorkerOpts {
+        concurrency: IN_FLIGHT as usize,
+        lease: Some(lease),
+        heartbeat: Some(Duration::from_millis(500)),
+        ..WorkerOpts::default()
+    };
+
+    // Worker A takes 20 jobs whose first execution would take a minute.
+    let slow = (0..IN_FLIGHT).map(|n| work(n, 60_000, 20, true));
+    tasks::work::enqueue_many(&client, slow).await.unwrap();
+    let mut a = Worker::spawn(&db, opts());
+    wait_until(Duration::from_secs(30), "worker A to run all 20 slow jobs", || async {
+        count(&db, "SELECT COUNT(*) FROM executions").await == IN_FLIGHT as i64
+    })
+    .await;
+    // A is full: these wait in ready until A is gone.
+    let quick = (IN_FLIGHT..IN_FLIGHT + WAITING).map(|n| work(n, 20, 20, true));
+    tasks::work::enqueue_many(&client, quick).await.unwrap();
+    // Let A heartbeat a few times: its leases are alive, not left over from the claim.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.total.running, IN_FLIGHT, "A holds its 20 jobs: {stats:?}");
+    assert_eq!(stats.total.ready, WAITING, "the other 20 wait: {stats:?}");
+
+    let killed_at = Utc::now();
+    let status = a.sigkill().await;
+    assert!(!status.success(), "A was killed: {status:?}");
+    let mut b = Worker::spawn(&db, opts());
+    wait_until(Duration::from_secs(60), "every job to finish after A died", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let rows = executions(&db).await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.total, queue_runtime::QueueCounts::default(), "nothing ready, running or dead");
+
+    let jobs = by_job(&rows);
+    assert_eq!(jobs.len() as u64, IN_FLIGHT + WAITING, "every job ran: {jobs:?}");
+    let mut first_rescued: Option<DateTime<Utc>> = None;
+    for (n, runs) in &jobs {
+        if *n < IN_FLIGHT {
+            assert_eq!(runs.len(), 2, "job {n} ran on A, then once again on B: {runs:?}");
+            let (on_a, on_b) = (&runs[0], &runs[1]);
+            assert_eq!((on_a.pid, on_a.attempt, on_a.ended_at), (a.pid, 1, None), "job {n}: {runs:?}");
+            assert_eq!((on_b.pid, on_b.attempt), (b.pid, 2), "job {n} ran again as attempt 2: {runs:?}");
+            assert!(on_b.ended_at.is_some(), "job {n} finished on B: {runs:?}");
+            assert_eq!(on_a.job_id, on_b.job_id);
+            first_rescued = Some(first_rescued.map_or(on_b.started_at, |t| t.min(on_b.started_at)));
+        } else {
+            assert_eq!(runs.len(), 1, "waiting job {n} ran once: {runs:?}");
+            assert_eq!((runs[0].pid, runs[0].attempt), (b.pid, 1), "job {n}: {runs:?}");
+            assert!(runs[0].ended_at.is_some());
+        }
+    }
+    let rescue = (first_rescued.unwrap() - killed_at).to_std().unwrap_or_default();
+    eprintln!("SIGKILL: {IN_FLIGHT} jobs rescued, first rerun {rescue:?} after the kill (lease {lease:?})");
+    assert!(b.log_count("took back jobs whose lease expired") >= 1, "B logged the rescue");
+    assert!(b.terminate().await.success(), "B shuts down cleanly");
+    db.drop_db().await;
+}
+
+/// A worker that lost its lease while it was stopped (SIGSTOP, as a long
+/// GC pause or a network partition would) finishes its attempt after
+/// another worker took the job: its outcome (here a permanent failure,
+/// which would bury the job) is not recorded over the new owner's attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_worker_does_not_record_over_the_new_owner() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup().await;
+    let opts = || WorkerOpts {
+        concurrency: 2,
+        lease: Some(Duration::from_secs(1)),
+        heartbeat: Some(Duration::from_millis(200)),
+        ..WorkerOpts::default()
+    };
+    let mut a = Worker::spawn(&db, opts());
+    a.wait_ready().await;
+    // First execution: 3 s, then a permanent failure. Later ones: 4 s, success.
+    let id = tasks::work::enqueue(
+        &client,
+        Work { n: 1, sleep_ms: 3_000, later_sleep_ms: 4_000, mark_start: true, fail_first: true },
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(30), "A to start the job", || async {
+        count(&db, "SELECT COUNT(*) FROM executions").await == 1
+    })
+    .await;
+    a.signal("STOP").await;
+    let mut b = Worker::spawn(&db, opts());
+    wait_until(Duration::from_secs(30), "B to take the job over as attempt 2", || async {
+        count(&db, "SELECT COUNT(*) FROM executions WHERE attempt = 2").await == 1
+    })
+    .await;
+    a.signal("CONT").await;
+    // A's handler wakes past its sleep, records its end, fails permanently;
+    // the runtime's bury is fenced off by B's attempt.
+    wait_until(Duration::from_secs(30), "A to finish its stale attempt", || async {
+        count(&db, "SELECT COUNT(*) FROM executions WHERE attempt = 1 AND ended_at IS NOT NULL").await == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "A to try to record its outcome", || async {
+        a.log_count("outcome not recorded") >= 1
+    })
+    .await;
+    let job = client.job(id).await.unwrap();
+    assert!(
+        job.as_ref().is_some_and(|j| j.state == JobState::Running && j.attempts == 2),
+        "the job is still B's running attempt 2, not buried by A: {job:?}"
+    );
+    wait_until(Duration::from_secs(30), "B to finish the job", || async { unfinished(&client).await == 0 })
+        .await;
+    let rows = executions(&db).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].pid, rows[0].attempt), (a.pid, 1));
+    assert_eq!((rows[1].pid, rows[1].attempt), (b.pid, 2));
+    assert!(rows.iter().all(|r| r.ended_at.is_some()), "{rows:?}");
+    // This is the "may run twice at once" case of docs/delivery.md: the
+    // lease expired while A's handler still ran.
+    assert!(rows[1].started_at < rows[0].ended_at.unwrap(), "the two attempts overlapped: {rows:?}");
+    assert!(client.dead_jobs(10).await.unwrap().is_empty());
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    db.drop_db().await;
+}
+
+/// A job that kills its process every time ends dead after its attempts
+/// (retries = 1: two attempts), each death followed by a fresh worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_killing_its_process_ends_dead() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup().await;
+    let opts = || WorkerOpts {
+        queue: "faults_abort",
+        concurrency: 2,
+        lease: Some(Duration::from_secs(1)),
+        heartbeat: Some(Duration::from_millis(200)),
+        ..WorkerOpts::default()
+    };
+    let id = tasks::kill_process::enqueue(&client, work(7, 0, 0, true)).await.unwrap();
+    let mut pids = Vec::new();
+    for attempt in 1..=2 {
+        let mut w = Worker::spawn(&db, opts());
+        let status = w.wait_exit(Duration::from_secs(60)).await;
+        assert!(!status.success(), "attempt {attempt} killed worker {}: {status:?}", w.pid);
+        pids.push(w.pid);
+        let job = client.job(id).await.unwrap().expect("the job is kept");
+        assert_eq!((job.state, job.attempts), (JobState::Running, attempt), "{job:?}");
+    }
+    // A third worker finds the last lease expired and no attempt left.
+    let mut w = Worker::spawn(&db, opts());
+    wait_until(Duration::from_secs(30), "the job to end dead", || async {
+        client.stats().await.unwrap().total.dead == 1
+    })
+    .await;
+    let dead = client.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (id, 2), "{dead:?}");
+    assert!(
+        dead[0].last_error.contains("lease expired") && dead[0].last_error.contains("no attempts left"),
+        "{}",
+        dead[0].last_error
+    );
+    let rows = executions(&db).await;
+    let seen: Vec<(u32, u32)> = rows.iter().map(|r| (r.attempt, r.pid)).collect();
+    assert_eq!(seen, vec![(1, pids[0]), (2, pids[1])], "one start per attempt, each in its own process");
+    assert!(w.terminate().await.success(), "the third worker was not killed");
+    db.drop_db().await;
+}
+
+/// Four worker processes × concurrency 10 over 20,000 jobs that all
+/// succeed: each job runs exactly once, as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_run_twenty_thousand_jobs_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup().await;
+    const JOBS: u64 = 20_000;
+    const CHUNK: u64 = 2_000;
+    let mut workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&db, WorkerOpts::default())).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    let started = Instant::now();
+    // Enqueue while the workers claim, in chunks of 2,000 (one transaction each).
+    for first in (0..JOBS).step_by(CHUNK as usize) {
+        let ids = tasks::work::enqueue_many(&client, (first..first + CHUNK).map(|n| work(n, 0, 0, false)))
+            .await
+            .unwrap();
+        assert_eq!(ids.len() as u64, CHUNK);
+    }
+    let enqueued = started.elapsed();
+    wait_until(Duration::from_secs(600), "all 20,000 jobs to finish", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let took = started.elapsed();
+    let rows = executions(&db).await;
+    assert_eq!(rows.len() as u64, JOBS, "one execution per job");
+    let jobs = by_job(&rows);
+    assert_eq!(jobs.len() as u64, JOBS, "every job ran");
+    assert_eq!(jobs.keys().next(), Some(&0));
+    assert_eq!(jobs.keys().last(), Some(&(JOBS - 1)));
+    assert!(rows.iter().all(|r| r.attempt == 1 && r.ended_at.is_some()), "all at attempt 1");
+    let distinct_ids = rows.iter().map(|r| r.job_id).collect::<std::collections::HashSet<_>>();
+    assert_eq!(distinct_ids.len() as u64, JOBS);
+    let mut per_pid: HashMap<u32, usize> = HashMap::new();
+    for r in &rows {
+        *per_pid.entry(r.pid).or_default() += 1;
+    }
+    assert_eq!(per_pid.len(), 4, "all four workers took part: {per_pid:?}");
+    for w in &workers {
+        assert!(per_pid.contains_key(&w.pid));
+        assert_eq!(w.log_count("lease"), 0, "no lease was lost or rescued:\n{}", w.log());
+    }
+    eprintln!(
+        "4 workers: {JOBS} jobs in {took:?} (enqueued in {enqueued:?}), {:.0} jobs/s; per worker {per_pid:?}",
+        JOBS as f64 / took.as_secs_f64()
+    );
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}
+
+/// `shutdown(drain)` with jobs that outlast the drain: it returns promptly,
+/// stops their handlers, and hands them back to ready with the interrupted
+/// attempt not counted; another runtime starts them at once, long before
+/// their 60 s lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_back_unfinished_jobs() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup().await;
+    const JOBS: u64 = 5;
+    let lease = Duration::from_secs(60);
+    let ids = tasks::work::enqueue_many(&client, (0..JOBS).map(|n| work(n, 30_000, 20, true)))
+        .await
+        .unwrap();
+    let a = Runtime::builder(client.clone())
+        .queues(["faults"])
+        .concurrency(10)
+        .lease(lease)
+        .cron(false)
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "runtime A to start every job", || async {
+        count(&db, "SELECT COUNT(*) FROM executions").await == JOBS as i64
+    })
+    .await;
+    assert_eq!(tasks::ALIVE.load(std::sync::atomic::Ordering::SeqCst), JOBS as usize);
+
+    let shutdown_at = Instant::now();
+    let result = a.shutdown(Duration::from_millis(500)).await;
+    let took = shutdown_at.elapsed();
+    result.expect("shutdown hands the jobs back and returns Ok");
+    assert!(took < Duration::from_secs(10), "shutdown returned promptly, took {took:?}");
+    assert_eq!(
+        tasks::ALIVE.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the unfinished handlers were stopped, not left running"
+    );
+    for id in &ids {
+        let job = client.job(*id).await.unwrap().expect("job kept");
+        assert_eq!(job.state, JobState::Ready, "{job:?}");
+        assert_eq!(job.attempts, 0, "the interrupted attempt is not counted: {job:?}");
+        assert!(job.last_error.as_deref().unwrap_or("").contains("handed back"), "{job:?}");
+    }
+
+    let b = Runtime::builder(client.clone())
+        .queues(["faults"])
+        .concurrency(10)
+        .lease(lease)
+        .cron(false)
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "runtime B to finish the handed-back jobs", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let restarted = shutdown_at.elapsed();
+    assert!(restarted < lease / 2, "B ran them {restarted:?} after the shutdown, not after the lease");
+    b.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let rows = executions(&db).await;
+    for (n, runs) in by_job(&rows) {
+        assert_eq!(runs.len(), 2, "job {n}: interrupted on A, run on B: {runs:?}");
+        assert_eq!((runs[0].attempt, runs[0].ended_at), (1, None), "job {n}: {runs:?}");
+        assert_eq!(runs[1].attempt, 1, "job {n}: the hand-back did not spend an attempt: {runs:?}");
+        assert!(runs[1].ended_at.is_some());
+    }
+    eprintln!("graceful shutdown: returned in {took:?}; handed-back jobs all done {restarted:?} after it");
+    db.drop_db().await;
+}
+
+/// Stop the MariaDB server in the middle of 3,000 jobs, keep it down, start
+/// it again: the worker keeps running, logs the outage once, resumes; every
+/// job completes, none is lost, none runs twice at the same time; enqueue
+/// during the outage returns an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_during_thousands_of_jobs() {
+    let _serial = SERIAL.lock().await;
+    let private = tokio::task::spawn_blocking(queue_tests::is_private_server).await.unwrap();
+    assert!(
+        private,
+        "server_restart_during_thousands_of_jobs stops and starts the database server, which it \
+         can do only with the private server of scripts/db.sh; DATABASE_URL names another server \
+         ({}). Unset DATABASE_URL (or point it at scripts/db.sh's URL) to run it.",
+        queue_tests::redact_url(&queue_tests::admin_url())
+    );
+    let (db, client) = setup().await;
+    const JOBS: u64 = 3_000;
+    // The lease is longer than the outage will be: the point here is that
+    // the runtime rides out the outage, not a lease expiry (see the SIGKILL
+    // test for that). The outage's length is measured and checked below.
+    let lease = Duration::from_secs(30);
+    tasks::work::enqueue_many(&client, (0..JOBS).map(|n| work(n, 10, 10, false))).await.unwrap();
+    let mut w = Worker::spawn(
+        &db,
+        WorkerOpts { concurrency: 10, lease: Some(lease), heartbeat: Some(Duration::from_secs(2)), ..WorkerOpts::default() },
+    );
+    wait_until(Duration::from_secs(60), "the worker to be well into the jobs", || async {
+        count(&db, "SELECT COUNT(*) FROM executions").await >= 300
+    })
+    .await;
+    let before = count(&db, "SELECT COUNT(*) FROM executions").await;
+    assert!(before < (JOBS as i64) / 2, "the run is still young when the server stops ({before} done)");
+
+    let down_at = Instant::now();
+    queue_tests::stop_server().await;
+    let stopped_in = down_at.elapsed();
+    // Enqueue fails while the server is down, with an error the caller gets.
+    let enqueue_started = Instant::now();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(60),
+        tasks::work::enqueue(&client, work(JOBS, 10, 10, false)),
+    )
+    .await
+    .expect("enqueue returns (an error) during the outage instead of hanging");
+    let enqueue_failed_in = enqueue_started.elapsed();
+    let err = attempt.expect_err("enqueue fails while the server is down");
+    // Keep it down a few seconds in all.
+    let down_for = Duration::from_secs(3);
+    if down_at.elapsed() < down_for {
+        tokio::time::sleep(down_for - down_at.elapsed()).await;
+    }
+    queue_tests::start_server().await;
+    let outage = down_at.elapsed();
+    assert!(outage < lease / 2, "the outage ({outage:?}) stayed well within the lease ({lease:?})");
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "the worker kept running through the outage:\n{}",
+        w.log()
+    );
+    // The caller can handle the error: enqueue again once the server is back.
+    tasks::work::enqueue(&client, work(JOBS, 10, 10, false)).await.expect("enqueue after the outage");
+
+    wait_until(Duration::from_secs(180), "every job to finish after the restart", || async {
+        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
+    })
+    .await;
+    let rows = executions(&db).await;
+    let jobs = by_job(&rows);
+    assert_eq!(jobs.len() as u64, JOBS + 1, "every job ran, none is lost");
+    assert!(rows.iter().all(|r| r.ended_at.is_some()));
+    let mut twice = 0;
+    for (n, runs) in &jobs {
+        if runs.len() > 1 {
+            twice += 1;
+            // Ran again because its outcome could not be recorded: never at
+            // the same time as the earlier execution, and as a later attempt.
+            for pair in runs.windows(2) {
+                assert!(
+                    pair[1].started_at >= pair[0].ended_at.unwrap(),
+                    "job {n} ran twice at the same time: {runs:?}"
+                );
+                assert!(pair[1].attempt > pair[0].attempt, "job {n}: {runs:?}");
+            }
+        }
+    }
+    assert!(client.dead_jobs(10).await.unwrap().is_empty());
+    let status = w.terminate().await;
+    let log = w.log();
+    let unavailable = w.log_count("database unavailable");
+    let reachable = w.log_count("database reachable again");
+    eprintln!(
+        "server restart: {JOBS} jobs, {before} done before the stop; server stopped in {stopped_in:?}, \
+         down {outage:?} in all; enqueue failed after {enqueue_failed_in:?} with: {err}; \
+         {twice} jobs ran twice (not concurrently); worker logged 'database unavailable' {unavailable}x, \
+         'reachable again' {reachable}x"
+    );
+    assert_eq!(unavailable, 1, "the outage is logged once:\n{log}");
+    assert_eq!(reachable, 1, "its end is logged once:\n{log}");
+    assert!(status.success(), "the worker shut down cleanly after the outage: {status:?}\n{log}");
+    db.drop_db().await;
+}

@@ -1,0 +1,157 @@
+//! The tasks of the fault-injection tests, shared by the test binary
+//! (`tests/faults.rs`, which enqueues them and runs some in process) and the
+//! worker process (`src/bin/queue-test-worker.rs`), so that both register
+//! the same task names.
+//!
+//! Every execution of a job is written to the `executions` table of the
+//! test database ([`EXECUTIONS_DDL`]): one row per start, keyed by a random
+//! token, with the job's number, attempt, the process id, and start and end
+//! times. The statements are idempotent (the token is the primary key) and
+//! retried until the database answers, so a row survives a database outage,
+//! and a process killed mid-job leaves a row without an end.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use queue_runtime::{TaskContext, TaskError, task};
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+
+/// The table the tasks record their executions in.
+pub const EXECUTIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS executions (
+    exec       CHAR(32)         NOT NULL PRIMARY KEY,
+    n          BIGINT UNSIGNED  NOT NULL,
+    job_id     BIGINT UNSIGNED  NOT NULL,
+    attempt    INT UNSIGNED     NOT NULL,
+    pid        INT UNSIGNED     NOT NULL,
+    started_at DATETIME(6)      NOT NULL,
+    ended_at   DATETIME(6)      NULL,
+    KEY executions_n (n)
+) ENGINE = InnoDB";
+
+/// What one job of [`work`] does.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Work {
+    /// The job's number in the test (its identity across attempts).
+    pub n: u64,
+    /// How long the job's first execution sleeps.
+    pub sleep_ms: u64,
+    /// How long every later execution (rescued, handed back) sleeps.
+    pub later_sleep_ms: u64,
+    /// Record the start before sleeping (so a test sees the job running, and
+    /// a killed process leaves a row), not only the whole execution at its end.
+    pub mark_start: bool,
+    /// The first execution fails permanently (after sleeping): used to show
+    /// that a worker whose lease was taken cannot bury the job.
+    pub fail_first: bool,
+}
+
+/// Handlers of this process that are running now (started and not yet
+/// returned or dropped).
+pub static ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+struct Alive;
+
+impl Alive {
+    fn new() -> Alive {
+        ALIVE.fetch_add(1, Ordering::SeqCst);
+        Alive
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sleeps, records, and succeeds (or fails, see [`Work::fail_first`]).
+#[task(name = "faults.work", queue = "faults", retries = 3, backoff = "constant(50ms)")]
+pub async fn work(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
+    let _alive = Alive::new();
+    let pool = ctx.client().pool().clone();
+    let exec = uuid::Uuid::new_v4().simple().to_string();
+    let started = Utc::now();
+    let mut first = true;
+    if w.mark_start || w.fail_first {
+        first = persist(|| async {
+            let earlier: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE n = ? AND exec <> ?")
+                .bind(w.n)
+                .bind(&exec)
+                .fetch_one(&pool)
+                .await?;
+            record(&pool, &exec, &w, &ctx, started, None).await?;
+            Ok(earlier == 0)
+        })
+        .await?;
+    }
+    let ms = if first { w.sleep_ms } else { w.later_sleep_ms };
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let ended = Utc::now();
+    persist(|| record(&pool, &exec, &w, &ctx, started, Some(ended))).await?;
+    if w.fail_first && first {
+        return Err(TaskError::permanent(std::io::Error::other("the first execution fails")));
+    }
+    Ok(())
+}
+
+/// Records its start, then kills its process (as a segfault or the OOM
+/// killer would), every time.
+#[task(name = "faults.abort", queue = "faults_abort", retries = 1)]
+pub async fn kill_process(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
+    let pool = ctx.client().pool().clone();
+    let exec = uuid::Uuid::new_v4().simple().to_string();
+    let started = Utc::now();
+    persist(|| record(&pool, &exec, &w, &ctx, started, None)).await?;
+    eprintln!("faults.abort: job {} attempt {}: aborting the process", w.n, ctx.attempt());
+    std::process::abort();
+}
+
+/// Inserts (or completes) the execution row `exec`. Idempotent.
+async fn record(
+    pool: &MySqlPool,
+    exec: &str,
+    w: &Work,
+    ctx: &TaskContext,
+    started: DateTime<Utc>,
+    ended: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO executions (exec, n, job_id, attempt, pid, started_at, ended_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE ended_at = VALUES(ended_at)",
+    )
+    .bind(exec)
+    .bind(w.n)
+    .bind(ctx.job_id().0)
+    .bind(ctx.attempt())
+    .bind(std::process::id())
+    .bind(started)
+    .bind(ended)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Runs `f` until it succeeds (the database may be restarting), for up to
+/// two minutes.
+async fn persist<T, F, Fut>(mut f: F) -> Result<T, TaskError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= until => return Err(e.into()),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

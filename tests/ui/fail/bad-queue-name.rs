@@ -1,0 +1,8 @@
+use queue_runtime::{TaskError, task};
+
+#[task(queue = "mail queue")]
+async fn send() -> Result<(), TaskError> {
+    Ok(())
+}
+
+fn main() {}

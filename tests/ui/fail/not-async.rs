@@ -1,0 +1,8 @@
+use queue_runtime::{TaskError, task};
+
+#[task]
+fn send() -> Result<(), TaskError> {
+    Ok(())
+}
+
+fn main() {}

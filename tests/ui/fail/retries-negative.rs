@@ -1,0 +1,8 @@
+use queue_runtime::{TaskError, task};
+
+#[task(retries = -1)]
+async fn send() -> Result<(), TaskError> {
+    Ok(())
+}
+
+fn main() {}
