@@ -76,8 +76,7 @@ async fn fetch_rates(ctx: TaskContext) -> Result<(), TaskError> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .init();
     let url = queue_examples::demo_database("queue_deadlines_demo").await?;

@@ -64,7 +64,7 @@ async fn send_email(ctx: TaskContext, email: Email) -> Result<(), TaskError> {
 /// accept mail; every other attempt fails with probability 15%.
 async fn fake_smtp(email: &Email) -> Result<(), SmtpError> {
     tokio::time::sleep(Duration::from_millis(fastrand::u64(5..25))).await;
-    if email.id % 37 == 0 {
+    if email.id.is_multiple_of(37) {
         return Err(SmtpError::MailboxUnavailable(email.to.clone()));
     }
     if fastrand::u8(0..100) < 15 {

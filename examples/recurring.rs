@@ -18,7 +18,11 @@ use queue_runtime::{Client, Runtime, TaskContext, TaskError, task};
 static REPORTS: AtomicU32 = AtomicU32::new(0);
 
 /// Rebuilds a report every two seconds.
-#[task(cron = "*/2 * * * * *", queue = "reports", name = "demo.rebuild_report")]
+#[task(
+    cron = "*/2 * * * * *",
+    queue = "reports",
+    name = "demo.rebuild_report"
+)]
 async fn rebuild_report(ctx: TaskContext) -> Result<(), TaskError> {
     let n = REPORTS.fetch_add(1, Ordering::SeqCst) + 1;
     println!("  report rebuilt (#{n}, job {})", ctx.job_id());
@@ -26,7 +30,12 @@ async fn rebuild_report(ctx: TaskContext) -> Result<(), TaskError> {
 }
 
 /// Sends a digest at 08:30 Berlin time on weekdays.
-#[task(cron = "30 8 * * MON-FRI", tz = "Europe/Berlin", queue = "reports", name = "demo.weekday_digest")]
+#[task(
+    cron = "30 8 * * MON-FRI",
+    tz = "Europe/Berlin",
+    queue = "reports",
+    name = "demo.weekday_digest"
+)]
 async fn weekday_digest() -> Result<(), TaskError> {
     Ok(())
 }
@@ -57,8 +66,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("enqueued a reminder due in 3 s; starting two runtimes");
 
-    let ra = Runtime::builder(a.clone()).queues(["reports"]).start().await?;
-    let rb = Runtime::builder(b.clone()).queues(["reports"]).start().await?;
+    let ra = Runtime::builder(a.clone())
+        .queues(["reports"])
+        .start()
+        .await?;
+    let rb = Runtime::builder(b.clone())
+        .queues(["reports"])
+        .start()
+        .await?;
 
     for task in a.recurring().await? {
         println!(

@@ -268,8 +268,8 @@ pub async fn drop_db(name: &str) {
     }
 }
 
-/// Resident set size of this process, MiB.
-pub fn rss_mib() -> f64 {
+/// Resident set size of this process, MB (10^6 bytes).
+pub fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -278,7 +278,7 @@ pub fn rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
         .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
 }
 
 /// Starts this program again with a hidden subcommand; its stdout is piped

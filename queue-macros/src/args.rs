@@ -198,7 +198,10 @@ impl TaskArgs {
 
     /// The span of `key` if it was given.
     fn given(&self, key: Key) -> Option<Span> {
-        self.seen.iter().find(|(k, _)| *k == key).map(|&(_, span)| span)
+        self.seen
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|&(_, span)| span)
     }
 
     /// `tz` and `catch_up` only mean something for a periodic task.
@@ -236,9 +239,8 @@ impl TaskArgs {
             Key::Retries => {
                 let msg = "`retries` must be a non-negative integer";
                 let v = non_negative_int(value).ok_or_else(|| error(value, msg))?;
-                let v = u32::try_from(v).map_err(|_| {
-                    error(value, format!("`retries` must be at most {}", u32::MAX))
-                })?;
+                let v = u32::try_from(v)
+                    .map_err(|_| error(value, format!("`retries` must be at most {}", u32::MAX)))?;
                 self.retries = Some(v);
             }
             Key::Deadline => {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use proc_macro2::{Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
-use quote::{ToTokens, quote, quote_spanned};
 use queue_core::{Backoff, CatchUp, Priority, TaskOptions};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::ItemFn;
 use syn::spanned::Spanned;
 
@@ -22,13 +22,13 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     let (args, mut errors) = TaskArgs::parse(args);
     let (model, model_errors) = TaskModel::from_syn(&func);
     errors.extend(model_errors);
-    if args.is_periodic() {
-        if let Some(payload) = &model.payload {
-            errors.push(syn::Error::new_spanned(
-                &payload.ty,
-                "a task with `cron` takes no payload: a cron tick carries none",
-            ));
-        }
+    if args.is_periodic()
+        && let Some(payload) = &model.payload
+    {
+        errors.push(syn::Error::new_spanned(
+            &payload.ty,
+            "a task with `cron` takes no payload: a cron tick carries none",
+        ));
     }
 
     match errors.into_error() {
@@ -79,7 +79,7 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
         Some(p) if p.usable => Some(rescope(p.ty.to_token_stream())),
         Some(_) => None,
     };
-    let typed_api = payload_ty.as_ref().map(|ty| typed_api(ty));
+    let typed_api = payload_ty.as_ref().map(typed_api);
     let handler = match (&payload_ty, &model.output) {
         (Some(_), Some(output)) if complete => Some(handler(model, output)),
         _ => None,
@@ -255,7 +255,7 @@ fn options(args: &TaskArgs) -> TokenStream {
 fn duration(d: Duration) -> TokenStream {
     let p = quote!(::queue_runtime::__private);
     match u64::try_from(d.as_millis()) {
-        Ok(ms) if d.subsec_nanos() % 1_000_000 == 0 => {
+        Ok(ms) if d.subsec_nanos().is_multiple_of(1_000_000) => {
             let ms = Literal::u64_unsuffixed(ms);
             quote!(#p::Duration::from_millis(#ms))
         }

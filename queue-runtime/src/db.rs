@@ -67,8 +67,22 @@ type Item = Result<Either<MySqlQueryResult, MySqlRow>, sqlx::Error>;
 ///
 /// It implements [`sqlx::Executor`] for MySQL like `&MySqlPool`, so
 /// `sqlx::query("…").fetch_one(ctx.db())` works; each statement runs on a
-/// connection of the client's pool, limited by the deadline as the
-/// [module documentation](self) describes.
+/// connection of the client's pool:
+///
+/// - once the deadline has passed, it fails at once with
+///   `sqlx::Error::Io` (kind `TimedOut`, text "deadline exceeded", with
+///   [`DeadlineExceeded`] in its source chain): no connection is acquired
+///   and nothing is sent;
+/// - before the deadline, the server limits it to the time left, lock waits
+///   included (MariaDB: `SET STATEMENT innodb_lock_wait_timeout=…,
+///   max_statement_time=… FOR …`; MySQL 8: the `MAX_EXECUTION_TIME` hint on
+///   a `SELECT`, and for other statements a lowered session
+///   `innodb_lock_wait_timeout` plus a watchdog that sends `KILL QUERY` at
+///   the deadline). The server's timeout error comes back untouched;
+/// - a connection whose statement was abandoned mid-flight (its future
+///   dropped) or killed by the watchdog is closed, not returned to the pool.
+///
+/// See `docs/deadlines.md`.
 ///
 /// The deadline is the earlier of the one the handle was made with (the
 /// attempt's) and [`Deadline::current`] at the time the statement is issued,
@@ -133,7 +147,7 @@ impl<'a> Db<'a> {
             reusable: true,
         };
         let conn = tx.conn.as_deref_mut().expect("just set");
-        bounded(deadline, conn.execute("BEGIN")).await?;
+        bounded(deadline, conn.execute("BEGIN")).await??;
         tx.in_flight = false;
         tx.open = true;
         Ok(tx)
@@ -208,7 +222,7 @@ impl<'c> Executor<'c> for Db<'c> {
                 reusable: false,
             };
             let conn = lease.conn.as_deref_mut().expect("just set");
-            let statement = bounded(deadline, conn.prepare_with(sql, parameters)).await;
+            let statement = bounded(deadline, conn.prepare_with(sql, parameters)).await?;
             lease.reusable = true;
             statement
         }
@@ -418,7 +432,7 @@ impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
                 .as_deref_mut()
                 .expect("a live transaction has its connection");
             self.in_flight = true;
-            let statement = bounded(deadline, conn.prepare_with(sql, parameters)).await;
+            let statement = bounded(deadline, conn.prepare_with(sql, parameters)).await?;
             self.in_flight = false;
             statement
         }
@@ -452,17 +466,20 @@ fn effective(own: Option<Deadline>) -> Option<Deadline> {
     }
 }
 
-/// Runs `fut`, failing with the deadline error if `deadline` passes first.
+/// Runs `fut` unless `deadline` passes first. The outer error is the
+/// deadline error, returned when `fut` was dropped unfinished (so whatever
+/// it was doing on a connection was abandoned mid-flight); the inner result
+/// is `fut`'s.
 async fn bounded<T>(
     deadline: Option<Deadline>,
     fut: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
+) -> Result<Result<T, sqlx::Error>, sqlx::Error> {
     match deadline {
         Some(d) => d
             .run(fut)
             .await
-            .unwrap_or_else(|DeadlineExceeded| Err(deadline_exceeded())),
-        None => fut.await,
+            .map_err(|DeadlineExceeded| deadline_exceeded()),
+        None => Ok(fut.await),
     }
 }
 
@@ -475,7 +492,7 @@ async fn acquire(
     if deadline.is_some_and(|d| d.is_exceeded()) {
         return Err(deadline_exceeded());
     }
-    bounded(deadline, pool.acquire()).await
+    bounded(deadline, pool.acquire()).await?
 }
 
 /// A pooled connection that is closed, not returned, unless `reusable` was

@@ -46,8 +46,8 @@ mod store;
 pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::TaskContext;
-pub use db::{Db, DbTransaction};
 pub use cron::RecurringTask;
+pub use db::{Db, DbTransaction};
 pub use enqueue::EnqueueBuilder;
 pub use error::{Error, Result};
 pub use queue_core::{

@@ -57,10 +57,10 @@ async fn apply(conn: &mut sqlx::MySqlConnection) -> Result<()> {
         .map(|r| r.get::<i64, _>(0))
         .collect();
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if let Some(&found) = applied.iter().max() {
-        if found > known {
-            return Err(crate::Error::SchemaTooNew { found, known });
-        }
+    if let Some(&found) = applied.iter().max()
+        && found > known
+    {
+        return Err(crate::Error::SchemaTooNew { found, known });
     }
     for &(version, name, sql) in MIGRATIONS {
         if applied.contains(&version) {

@@ -131,6 +131,7 @@ impl RuntimeBuilder {
             queues,
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
             in_flight: Mutex::new(HashMap::new()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             ack_tx,
             stop: stop_rx,
             hand_back: watch::channel(false).0,
@@ -146,6 +147,7 @@ impl RuntimeBuilder {
         background.push(tokio::spawn(heartbeat(shared.clone())));
         background.push(tokio::spawn(rescuer(shared.clone())));
         background.push(tokio::spawn(dispatcher(shared.clone())));
+        background.push(tokio::spawn(monitor(shared.clone())));
         if self.cron {
             background.push(tokio::spawn(crate::cron::scheduler(shared.clone())));
         }
@@ -272,6 +274,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<String>,
     semaphore: Arc<Semaphore>,
     in_flight: Mutex<HashMap<JobId, InFlight>>,
+    /// Prefetched jobs waiting for a free slot.
+    waiting: std::sync::atomic::AtomicUsize,
     ack_tx: mpsc::UnboundedSender<Ack>,
     pub(crate) stop: watch::Receiver<bool>,
     /// Set when a shutdown's drain time is over: running handlers stop.
@@ -309,6 +313,10 @@ impl Shared {
 
 struct InFlight {
     attempt: u32,
+    /// The attempt's outcome is queued for the acker (or being written): a
+    /// heartbeat that no longer matches the job may just have raced with
+    /// its success, so the job is not counted as lost.
+    reported: bool,
 }
 
 /// An outcome to write.
@@ -424,8 +432,9 @@ impl Metrics {
         }
         let mut v: Vec<Duration> = c.iter().map(|x| x.1).collect();
         v.sort();
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Some((at(0.5), at(0.99)))
+        // Nearest rank: index ⌈q·n⌉ − 1.
+        let at = |per_mille: usize| v[(v.len() * per_mille).div_ceil(1000).saturating_sub(1)];
+        Some((at(500), at(990)))
     }
 }
 
@@ -433,8 +442,8 @@ async fn producer(shared: Arc<Shared>) {
     let client = &shared.client;
     let mut cursors: Vec<Cursors> = shared.queues.iter().map(|q| Cursors::new(q)).collect();
     let mut ready_rx = client.inner.ready_gen.subscribe();
-    let (probe_tx, probe_rx) = mpsc::channel::<(usize, Vec<(u8, u64, u64)>)>(16);
-    let (found_tx, mut found_rx) = mpsc::channel::<(usize, Vec<(u8, u64)>)>(16);
+    let (probe_tx, probe_rx) = mpsc::channel::<ProbeRequest>(16);
+    let (found_tx, mut found_rx) = mpsc::channel::<ProbeFinds>(16);
     let prober = tokio::spawn(prober(shared.clone(), probe_rx, found_tx));
     let mut failures = 0u32;
     let mut next = 0usize;
@@ -464,7 +473,8 @@ async fn producer(shared: Arc<Shared>) {
                 full_due = false;
             }
         }
-        let free = shared.semaphore.available_permits();
+        let free = (shared.semaphore.available_permits() + shared.prefetch)
+            .saturating_sub(prefetched(&shared));
         if free == 0 {
             // Wait for a slot (or stop).
             let mut stop = shared.stop.clone();
@@ -535,17 +545,21 @@ async fn producer(shared: Arc<Shared>) {
     prober.abort();
 }
 
-/// Prefetched jobs are those claimed beyond the semaphore: none in this
-/// design, since every claimed job takes a permit before it starts; kept as
-/// a hook for the prefetch option.
-fn prefetched(_shared: &Shared) -> usize {
-    0
+/// Jobs claimed beyond the free slots that are waiting for one.
+fn prefetched(shared: &Shared) -> usize {
+    shared.waiting.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// A probe request: a queue's index and the `(priority, low, high]` ranges
+/// behind its cursors.
+type ProbeRequest = (usize, Vec<(u8, u64, u64)>);
+/// A probe's finds: a queue's index and `(priority, seq)` keys.
+type ProbeFinds = (usize, Vec<(u8, u64)>);
 
 async fn prober(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<(usize, Vec<(u8, u64, u64)>)>,
-    tx: mpsc::Sender<(usize, Vec<(u8, u64)>)>,
+    mut rx: mpsc::Receiver<ProbeRequest>,
+    tx: mpsc::Sender<ProbeFinds>,
 ) {
     while let Some((qi, ranges)) = rx.recv().await {
         let queue = &shared.queues[qi];
@@ -565,7 +579,13 @@ async fn prober(
 fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
     let permit = match shared.semaphore.clone().try_acquire_owned() {
         Ok(p) => Some(p),
-        Err(_) => None, // prefetched beyond the free slots: waits below
+        Err(_) => {
+            // Prefetched beyond the free slots: waits below for one.
+            shared
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
     };
     let shared2 = shared.clone();
     let id = job.id;
@@ -575,14 +595,26 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
     tokio::spawn(async move {
         let _permit = match permit {
             Some(p) => p,
-            None => match shared2.semaphore.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+            None => {
+                let p = shared2.semaphore.clone().acquire_owned().await;
+                shared2
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
         };
         execute(shared2, job).await;
     });
-    map.insert(id, InFlight { attempt });
+    map.insert(
+        id,
+        InFlight {
+            attempt,
+            reported: false,
+        },
+    );
 }
 
 async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
@@ -610,6 +642,15 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
             tracing::error!(error = %error, attempts = job.attempt, "job is dead");
         }
         Ack::Stop => {}
+    }
+    if let Some(f) = shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&job.id)
+        .filter(|f| f.attempt == job.attempt)
+    {
+        f.reported = true;
     }
     if shared.ack_tx.send(ack).is_err() {
         // The acker is gone (runtime dropped): the lease expires and the job runs again.
@@ -881,9 +922,25 @@ async fn heartbeat(shared: Arc<Shared>) {
         {
             Ok(n) => {
                 shared.outage.ok();
-                if (n as usize) < jobs.len() {
+                // A job that is not matched either lost its lease or had its
+                // outcome written meanwhile (a success deletes it). Discount
+                // every job whose outcome is queued or written by now, so a
+                // busy runtime does not cry wolf; a job truly lost keeps
+                // missing the fence at every beat while it runs, and its
+                // outcome is reported as not recorded when it ends.
+                let unmatched = jobs.len().saturating_sub(n as usize);
+                let settled = if unmatched == 0 {
+                    0
+                } else {
+                    let map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                    jobs.iter()
+                        .filter(|(id, a)| map.get(id).is_none_or(|f| f.attempt != *a || f.reported))
+                        .count()
+                };
+                let lost = unmatched.saturating_sub(settled);
+                if lost > 0 {
                     tracing::warn!(
-                        lost = jobs.len() - n as usize,
+                        lost,
                         "some running jobs lost their lease (taken back after it expired); their outcomes will not be recorded"
                     );
                 }
@@ -954,10 +1011,10 @@ async fn dispatcher(shared: Arc<Shared>) {
                 if n > 0 {
                     client.inner.ready_gen.send_modify(|g| *g += 1);
                 }
-                if let Ok(Some(next)) = client.store().next_scheduled(now).await {
-                    if let Ok(d) = (next - now).to_std() {
-                        wait = wait.min(d);
-                    }
+                if let Ok(Some(next)) = client.store().next_scheduled(now).await
+                    && let Ok(d) = (next - now).to_std()
+                {
+                    wait = wait.min(d);
                 }
             }
             Err(e) => {
@@ -977,6 +1034,45 @@ async fn dispatcher(shared: Arc<Shared>) {
                 }
             } => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Watches for purge lag: every 10 s, logs the claim latency and InnoDB's
+/// history list length (at debug level), and warns when the claim p99 has
+/// doubled while the history list grew past 100,000 — the sign of a
+/// long-open read view stalling purge (docs/architecture.md).
+async fn monitor(shared: Arc<Shared>) {
+    let period = Duration::from_secs(10);
+    let mut baseline: Option<Duration> = None;
+    let mut warned = false;
+    loop {
+        if shared.sleep_or_stop(period).await {
+            return;
+        }
+        let Some((p50, p99)) = shared.client.inner.metrics.claim_latency() else {
+            continue;
+        };
+        let hll = crate::client::history_list_length(shared.client.pool()).await;
+        tracing::debug!(claim_p50 = ?p50, claim_p99 = ?p99, history_list_length = ?hll, "claim health");
+        let base = *baseline.get_or_insert(p99);
+        let slow = p99 > base * 2 && p99 > Duration::from_millis(5);
+        let lagging = hll.is_some_and(|h| h > 100_000);
+        if slow && lagging {
+            if !warned {
+                tracing::warn!(
+                    claim_p99 = ?p99,
+                    baseline_p99 = ?base,
+                    history_list_length = ?hll,
+                    "claims slowed while InnoDB's history list grew: a long-open transaction may be stalling purge"
+                );
+                warned = true;
+            }
+        } else {
+            warned = false;
+            if p99 < base {
+                baseline = Some(p99);
+            }
         }
     }
 }

@@ -75,9 +75,8 @@ impl Cursors {
         }
         let lagged = self.history.front().map_or([0; LEVELS], |h| h.1);
         let mut out = Vec::new();
-        for p in 0..LEVELS {
-            let high = self.last[p];
-            let low = if full { 0 } else { lagged[p] };
+        for (p, (&high, &lag)) in self.last.iter().zip(lagged.iter()).enumerate() {
+            let low = if full { 0 } else { lag };
             if high > low {
                 out.push((p as u8, low, high));
             }

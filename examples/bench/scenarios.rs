@@ -1,0 +1,780 @@
+//! enqueue, ceiling, throughput, latency, idle and memory; the targets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use queue_runtime::{Client, Runtime};
+use serde_json::json;
+use sqlx::{Connection, MySqlConnection};
+
+use crate::report::{Report, num, pct, table};
+use crate::tasks::{self, now_us};
+use crate::{Opts, Res, drop_db, fresh, rss_mb, spawn_self};
+
+/// What later targets need from earlier scenarios.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    pub enqueue_many: Vec<(u64, f64)>,
+    pub ceiling: Vec<(u64, f64)>,
+    pub throughput_c10: Option<f64>,
+    pub latency_same_p50: Option<f64>,
+    pub latency_cross_p50: Option<(f64, u64)>,
+    pub idle_per_s: Option<f64>,
+    pub memory: Option<(f64, f64, f64)>,
+    pub churn: Vec<crate::churn::Outcome>,
+}
+
+/// The server error number of a database error (1213 deadlock, 1205 lock
+/// wait timeout).
+pub fn err_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
+        _ => None,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------
+
+/// `enqueue`: one by one (sequential and 10 at a time), and `enqueue_many`
+/// in chunks of 1,000 and 5,000.
+pub async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    let mut rows = Vec::new();
+    // One by one, sequential.
+    {
+        let (_, client) = fresh("bench_enqueue").await?;
+        let n = opts.singles;
+        let mut lat = Vec::with_capacity(n as usize);
+        let t = Instant::now();
+        for _ in 0..n {
+            let t0 = Instant::now();
+            tasks::noop::enqueue(&client, ()).await?;
+            lat.push(ms(t0.elapsed()));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let rate = n as f64 / secs;
+        let v = "enqueue, one by one";
+        rows.push(vec![
+            v.into(),
+            num(n as f64),
+            num(secs),
+            num(rate),
+            num(pct(&lat, 50.0)),
+            num(pct(&lat, 99.0)),
+        ]);
+        let s = json!({"jobs": n, "callers": 1});
+        report.emit("enqueue", v, "throughput", rate, "jobs/s", s.clone());
+        report.emit("enqueue", v, "call_p50", pct(&lat, 50.0), "ms", s.clone());
+        report.emit("enqueue", v, "call_p99", pct(&lat, 99.0), "ms", s);
+        client.pool().close().await;
+    }
+    // One by one, 10 callers at once (commits share fsyncs).
+    {
+        let (_, client) = fresh("bench_enqueue").await?;
+        let n = opts.singles;
+        let lat = Arc::new(Mutex::new(Vec::new()));
+        let t = Instant::now();
+        let mut hs = Vec::new();
+        for _ in 0..10 {
+            let (c, lat) = (client.clone(), lat.clone());
+            let k = n / 10;
+            hs.push(tokio::spawn(async move {
+                for _ in 0..k {
+                    let t0 = Instant::now();
+                    tasks::noop::enqueue(&c, ()).await?;
+                    lat.lock().unwrap().push(ms(t0.elapsed()));
+                }
+                Ok::<_, queue_runtime::Error>(())
+            }));
+        }
+        for h in hs {
+            h.await??;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let lat = lat.lock().unwrap().clone();
+        let rate = lat.len() as f64 / secs;
+        let v = "enqueue, one by one, 10 callers";
+        rows.push(vec![
+            v.into(),
+            num(lat.len() as f64),
+            num(secs),
+            num(rate),
+            num(pct(&lat, 50.0)),
+            num(pct(&lat, 99.0)),
+        ]);
+        let s = json!({"jobs": lat.len(), "callers": 10});
+        report.emit("enqueue", v, "throughput", rate, "jobs/s", s.clone());
+        report.emit("enqueue", v, "call_p50", pct(&lat, 50.0), "ms", s.clone());
+        report.emit("enqueue", v, "call_p99", pct(&lat, 99.0), "ms", s);
+        client.pool().close().await;
+    }
+    // enqueue_many in chunks.
+    for chunk in [1_000u64, 5_000] {
+        let (_, client) = fresh("bench_enqueue").await?;
+        let n = opts.enqueue_jobs;
+        let mut lat = Vec::new();
+        let t = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk);
+            let t0 = Instant::now();
+            tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
+            lat.push(ms(t0.elapsed()));
+            left -= k;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let rate = n as f64 / secs;
+        let v = format!("enqueue_many, chunks of {}", num(chunk as f64));
+        rows.push(vec![
+            v.clone(),
+            num(n as f64),
+            num(secs),
+            num(rate),
+            num(pct(&lat, 50.0)),
+            num(pct(&lat, 99.0)),
+        ]);
+        let s = json!({"jobs": n, "chunk": chunk, "callers": 1});
+        report.emit("enqueue", &v, "throughput", rate, "jobs/s", s.clone());
+        report.emit("enqueue", &v, "call_p50", pct(&lat, 50.0), "ms", s);
+        ctx.enqueue_many.push((chunk, rate));
+        client.pool().close().await;
+    }
+    drop_db("bench_enqueue").await;
+    table(
+        "### enqueue (no runtime running; call = one enqueue or enqueue_many call)",
+        &["variant", "jobs", "s", "jobs/s", "call p50 ms", "call p99 ms"],
+        &rows,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// Fills `table` with `n` rows through MariaDB's sequence engine, 100,000
+/// rows per statement: `columns` are the columns named, `values` the SELECT
+/// list over `seq_1_to_k` (`seq` is the row number).
+pub async fn fill(
+    conn: &mut MySqlConnection,
+    table: &str,
+    columns: &str,
+    values: &str,
+    n: u64,
+) -> Res<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(100_000);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} ({columns}) SELECT {values} FROM seq_1_to_{k}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// `ceiling`: the bare SKIP LOCKED loop, no runtime.
+pub async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    const WORKERS: usize = 10;
+    let url = queue_examples::demo_database("bench_ceiling").await?;
+    let mut admin = MySqlConnection::connect(&url).await?;
+    sqlx::query(
+        "CREATE TABLE jobs_ceiling (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         payload VARCHAR(64) NOT NULL) ENGINE = InnoDB",
+    )
+    .execute(&mut admin)
+    .await?;
+    let n = opts.jobs;
+    let mut rows = Vec::new();
+    for k in [1u64, 10, 50] {
+        sqlx::query("TRUNCATE TABLE jobs_ceiling")
+            .execute(&mut admin)
+            .await?;
+        fill(&mut admin, "jobs_ceiling", "payload", "'null'", n).await?;
+        let done = Arc::new(AtomicU64::new(0));
+        let retries = Arc::new(AtomicU64::new(0));
+        let txn_ms = Arc::new(Mutex::new(Vec::new()));
+        let mut conns = Vec::new();
+        for _ in 0..WORKERS {
+            let mut c = MySqlConnection::connect(&url).await?;
+            sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(&mut c)
+                .await?;
+            conns.push(c);
+        }
+        let t = Instant::now();
+        let mut hs = Vec::new();
+        for mut c in conns {
+            let (done, retries, txn_ms) = (done.clone(), retries.clone(), txn_ms.clone());
+            let select = format!(
+                "SELECT id FROM jobs_ceiling ORDER BY id LIMIT {k} FOR UPDATE SKIP LOCKED"
+            );
+            hs.push(tokio::spawn(async move {
+                let mut local = Vec::new();
+                loop {
+                    let t0 = Instant::now();
+                    let r: Result<usize, sqlx::Error> = async {
+                        let mut tx = c.begin().await?;
+                        let ids: Vec<u64> =
+                            sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+                                .fetch_all(&mut *tx)
+                                .await?;
+                        if ids.is_empty() {
+                            tx.commit().await?;
+                            return Ok(0);
+                        }
+                        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM jobs_ceiling WHERE id IN ({list})"
+                        )))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(ids.len())
+                    }
+                    .await;
+                    match r {
+                        Ok(0) => break,
+                        Ok(got) => {
+                            local.push(ms(t0.elapsed()));
+                            done.fetch_add(got as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if matches!(err_number(&e), Some(1213 | 1205)) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                txn_ms.lock().unwrap().extend(local);
+                Ok(())
+            }));
+        }
+        for h in hs {
+            h.await??;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let got = done.load(Ordering::Relaxed);
+        let rate = got as f64 / secs;
+        let lat = txn_ms.lock().unwrap().clone();
+        let v = format!("k = {k}");
+        rows.push(vec![
+            v.clone(),
+            num(got as f64),
+            num(secs),
+            num(rate),
+            num(pct(&lat, 50.0)),
+            num(pct(&lat, 99.0)),
+            num(retries.load(Ordering::Relaxed) as f64),
+        ]);
+        let s = json!({"jobs": n, "workers": WORKERS, "batch": k, "isolation": "READ-COMMITTED"});
+        report.emit("ceiling", &v, "throughput", rate, "jobs/s", s.clone());
+        report.emit("ceiling", &v, "txn_p50", pct(&lat, 50.0), "ms", s.clone());
+        report.emit("ceiling", &v, "txn_p99", pct(&lat, 99.0), "ms", s);
+        ctx.ceiling.push((k, rate));
+    }
+    drop(admin);
+    drop_db("bench_ceiling").await;
+    table(
+        &format!(
+            "### ceiling: {WORKERS} workers, each: BEGIN; SELECT id … ORDER BY id LIMIT k FOR UPDATE SKIP LOCKED; DELETE … WHERE id IN (…); COMMIT"
+        ),
+        &["batch", "jobs", "s", "jobs/s", "txn p50 ms", "txn p99 ms", "deadlocks retried"],
+        &rows,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// Waits until the queue holds no ready, running or scheduled job.
+async fn wait_empty(client: &Client, timeout: Duration) -> Res<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        let t = client.stats().await?.total;
+        if t.ready + t.running + t.scheduled == 0 {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(format!("queue not empty after {timeout:?}: {t:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `count()` reaches `n`; fails if it stops moving for 60 s.
+async fn wait_count(n: u64, count: impl Fn() -> u64) -> Res<()> {
+    let mut last = (count(), Instant::now());
+    loop {
+        let c = count();
+        if c >= n {
+            return Ok(());
+        }
+        if c != last.0 {
+            last = (c, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            return Err(format!("stalled at {c} of {n} for 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `throughput`: N no-op jobs drained by one runtime at concurrency 1, 10
+/// and 50, and by 4 runtimes in separate processes.
+pub async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    let n = opts.jobs;
+    let mut rows = Vec::new();
+    for (procs, conc) in [(1usize, 1usize), (1, 10), (1, 50), (4, 10)] {
+        let (url, client) = fresh("bench_tp").await?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(5_000);
+            tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
+            left -= k;
+        }
+        tasks::reset();
+        let variant = if procs == 1 {
+            format!("1 runtime, concurrency {conc}")
+        } else {
+            format!("{procs} processes, concurrency {conc} each")
+        };
+        let (first, end, claim) = if procs == 1 {
+            let rt = Runtime::builder(client.clone())
+                .concurrency(conc)
+                .queues(["bench"])
+                .cron(false)
+                .start()
+                .await?;
+            wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
+            wait_empty(&client, Duration::from_secs(60)).await?;
+            let end = now_us();
+            let claim = client.stats().await?.claim_latency;
+            rt.shutdown(Duration::from_secs(10)).await?;
+            (tasks::FIRST_US.load(Ordering::SeqCst), end, claim)
+        } else {
+            let counts = Arc::new(Mutex::new(vec![(0u64, 0u64); procs]));
+            let mut children = Vec::new();
+            for i in 0..procs {
+                let counts = counts.clone();
+                children.push(spawn_self(
+                    &[
+                        "__drain".into(),
+                        "--url".into(),
+                        url.clone(),
+                        "--concurrency".into(),
+                        conc.to_string(),
+                    ],
+                    move |line| {
+                        let mut it = line.split_whitespace();
+                        if it.next() == Some("count") {
+                            let d = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                            let f = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                            counts.lock().unwrap()[i] = (d, f);
+                        }
+                    },
+                )?);
+            }
+            let sum = {
+                let counts = counts.clone();
+                move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()
+            };
+            let r = wait_count(n, sum).await;
+            let r = match r {
+                Ok(()) => wait_empty(&client, Duration::from_secs(60)).await,
+                e => e,
+            };
+            let end = now_us();
+            for c in &mut children {
+                drop(c.stdin.take());
+            }
+            for mut c in children {
+                let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+            }
+            r?;
+            let first = counts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.1)
+                .filter(|&f| f > 0)
+                .min()
+                .unwrap_or(0);
+            (first, end, None)
+        };
+        let secs = end.saturating_sub(first) as f64 / 1e6;
+        let rate = n as f64 / secs;
+        if procs == 1 && conc == 10 {
+            ctx.throughput_c10 = Some(rate);
+        }
+        let (c50, c99) = claim.map_or((f64::NAN, f64::NAN), |(a, b)| (ms(a), ms(b)));
+        rows.push(vec![
+            variant.clone(),
+            num(n as f64),
+            num(secs),
+            num(rate),
+            num(c50),
+            num(c99),
+        ]);
+        let s = json!({"jobs": n, "processes": procs, "concurrency": conc, "prefetch": 0,
+                       "poll_interval_ms": 500, "enqueued_with": "enqueue_many, chunks of 5,000"});
+        report.emit("throughput", &variant, "throughput", rate, "jobs/s", s.clone());
+        if claim.is_some() {
+            report.emit("throughput", &variant, "claim_p50", c50, "ms", s.clone());
+            report.emit("throughput", &variant, "claim_p99", c99, "ms", s);
+        }
+        client.pool().close().await;
+    }
+    drop_db("bench_tp").await;
+    table(
+        "### throughput: no-op jobs, from the first job's start to an empty queue (claim latency: the runtime's Stats, last 60 s)",
+        &["variant", "jobs", "s", "jobs/s", "claim p50 ms", "claim p99 ms"],
+        &rows,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// Enqueues `timed` jobs at `rate` per second for `secs`, each in its own
+/// tokio task so that a slow insert does not delay the next. Returns how
+/// many were enqueued and the enqueue call's p50 (ms).
+pub async fn trickle(client: &Client, rate: u64, secs: u64) -> Res<(u64, f64)> {
+    let n = rate * secs;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut hs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        tokio::time::sleep_until(start + period * u32::try_from(i)?).await;
+        let (c, calls) = (client.clone(), calls.clone());
+        hs.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = tasks::timed::enqueue(&c, now_us()).await;
+            calls.lock().unwrap().push(ms(t0.elapsed()));
+            r
+        }));
+    }
+    let mut ok = 0;
+    for h in hs {
+        if h.await?.is_ok() {
+            ok += 1;
+        }
+    }
+    let p50 = pct(&calls.lock().unwrap(), 50.0);
+    Ok((ok, p50))
+}
+
+async fn wait_latencies(n: u64) -> Res<Vec<f64>> {
+    wait_count(n, || tasks::LAT_MS.lock().unwrap().len() as u64).await?;
+    Ok(std::mem::take(&mut *tasks::LAT_MS.lock().unwrap()))
+}
+
+/// `latency`: a trickle enqueued from this process and from another one;
+/// enqueue-to-start p50/p99.
+pub async fn latency(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    let (url, client) = fresh("bench_lat").await?;
+    let mut rows = Vec::new();
+    for (variant, cross, poll_ms) in [
+        ("same process", false, 500u64),
+        ("another process", true, 500),
+        ("another process", true, 100),
+    ] {
+        let rt = Runtime::builder(client.clone())
+            .concurrency(10)
+            .queues(["bench_lat"])
+            .poll_interval(Duration::from_millis(poll_ms))
+            .cron(false)
+            .start()
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tasks::reset();
+        let (sent, enq_p50) = if cross {
+            let out = Arc::new(Mutex::new((0u64, f64::NAN)));
+            let o2 = out.clone();
+            let mut child = spawn_self(
+                &[
+                    "__trickle".into(),
+                    "--url".into(),
+                    url.clone(),
+                    "--rate".into(),
+                    opts.rate.to_string(),
+                    "--secs".into(),
+                    opts.latency_secs.to_string(),
+                ],
+                move |line| {
+                    let mut it = line.split_whitespace();
+                    match (it.next(), it.next()) {
+                        (Some("sent"), Some(v)) => o2.lock().unwrap().0 = v.parse().unwrap_or(0),
+                        (Some("enqueue_p50_ms"), Some(v)) => {
+                            o2.lock().unwrap().1 = v.parse().unwrap_or(f64::NAN);
+                        }
+                        _ => {}
+                    }
+                },
+            )?;
+            drop(child.stdin.take());
+            let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+            if !status.success() {
+                return Err("the enqueuing process failed".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *out.lock().unwrap()
+        } else {
+            trickle(&client, opts.rate, opts.latency_secs).await?
+        };
+        let lat = wait_latencies(sent).await?;
+        rt.shutdown(Duration::from_secs(5)).await?;
+        let (p50, p99, max) = (pct(&lat, 50.0), pct(&lat, 99.0), pct(&lat, 100.0));
+        let name = format!("enqueued from {variant}, poll {poll_ms} ms");
+        if !cross {
+            ctx.latency_same_p50 = Some(p50);
+        } else if poll_ms == 500 {
+            ctx.latency_cross_p50 = Some((p50, poll_ms));
+        }
+        rows.push(vec![
+            name.clone(),
+            num(sent as f64),
+            num(p50),
+            num(p99),
+            num(max),
+            num(enq_p50),
+        ]);
+        let s = json!({"rate_per_s": opts.rate, "secs": opts.latency_secs, "jobs": sent,
+                       "concurrency": 10, "poll_interval_ms": poll_ms,
+                       "from": if cross { "another process" } else { "same process" }});
+        report.emit("latency", &name, "start_p50", p50, "ms", s.clone());
+        report.emit("latency", &name, "start_p99", p99, "ms", s.clone());
+        report.emit("latency", &name, "start_max", max, "ms", s.clone());
+        report.emit("latency", &name, "enqueue_call_p50", enq_p50, "ms", s);
+    }
+    client.pool().close().await;
+    drop_db("bench_lat").await;
+    table(
+        &format!(
+            "### latency: {} jobs/s for {} s; enqueue-to-start = handler start − time taken just before the enqueue call",
+            opts.rate, opts.latency_secs
+        ),
+        &["variant", "jobs", "p50 ms", "p99 ms", "max ms", "enqueue call p50 ms"],
+        &rows,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// `idle`: the statements an idle runtime sends, counted client-side.
+pub async fn idle(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    let (_, client) = fresh("bench_idle").await?;
+    let rt = Runtime::builder(client.clone())
+        .concurrency(10)
+        .queues(["bench"])
+        .cron(false)
+        .start()
+        .await?;
+    // Some work first, so the claim cursors have moved (an idle runtime
+    // that has worked probes behind them for a while).
+    tasks::reset();
+    tasks::noop::enqueue_many(&client, std::iter::repeat_n((), 100)).await?;
+    wait_count(100, || tasks::DONE.load(Ordering::Relaxed)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::sqltap::take_counts();
+    crate::sqltap::COUNT.store(true, Ordering::SeqCst);
+    let secs = opts.idle_secs;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    crate::sqltap::COUNT.store(false, Ordering::SeqCst);
+    let counts = crate::sqltap::take_counts();
+    rt.shutdown(Duration::from_secs(5)).await?;
+    client.pool().close().await;
+    drop_db("bench_idle").await;
+    let total: u64 = counts.values().sum();
+    let per_s = total as f64 / secs as f64;
+    ctx.idle_per_s = Some(per_s);
+    let mut rows: Vec<Vec<String>> = counts
+        .iter()
+        .map(|(k, v)| vec![k.clone(), num(*v as f64), num(*v as f64 / secs as f64)])
+        .collect();
+    rows.push(vec![
+        "total".into(),
+        num(total as f64),
+        num(per_s),
+    ]);
+    let s = json!({"secs": secs, "concurrency": 10, "poll_interval_ms": 500, "queues": 1});
+    report.emit("idle", "idle runtime, 1 queue", "statements_per_s", per_s, "1/s", s);
+    table(
+        &format!(
+            "### idle: statements one idle runtime (1 queue, poll 500 ms) sent in {secs} s, counted from sqlx's statement log (pings not included)"
+        ),
+        &["statement", "count", "per s"],
+        &rows,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// `memory`: resident size of a process running a runtime, with an empty
+/// queue and with `mem_jobs` queued (enqueued by another process).
+pub async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+    let (url, client) = fresh("bench_mem").await?;
+    tasks::reset();
+    let rt = Runtime::builder(client.clone())
+        .concurrency(10)
+        .queues(["bench_mem"])
+        .cron(false)
+        .start()
+        .await?;
+    let sample = |secs: f64| async move {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let mut max = 0f64;
+        while Instant::now() < until {
+            max = max.max(rss_mb());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        max
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let empty = sample(3.0).await;
+    let n = opts.mem_jobs;
+    let t = Instant::now();
+    let mut child = spawn_self(
+        &[
+            "__enqueue".into(),
+            "--url".into(),
+            url.clone(),
+            "--n".into(),
+            n.to_string(),
+            "--chunk".into(),
+            "5000".into(),
+        ],
+        |_| {},
+    )?;
+    drop(child.stdin.take());
+    let mut during = 0f64;
+    loop {
+        during = during.max(rss_mb());
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let enqueue_secs = t.elapsed().as_secs_f64();
+    let after = sample(10.0).await;
+    let full = rss_mb();
+    let stats = client.stats().await?;
+    let queued = stats.total.ready;
+    let running = stats.total.running;
+    tasks::RELEASE.store(true, Ordering::SeqCst);
+    rt.shutdown(Duration::from_secs(5)).await?;
+    client.pool().close().await;
+    drop_db("bench_mem").await;
+    let max = during.max(after);
+    let delta = max - empty;
+    ctx.memory = Some((empty, max, delta));
+    let s = json!({"queued": queued, "running": running, "concurrency": 10, "enqueued_by": "another process"});
+    report.emit("memory", "runtime process", "rss_empty_queue", empty, "MB", s.clone());
+    report.emit("memory", "runtime process", "rss_full_queue", full, "MB", s.clone());
+    report.emit("memory", "runtime process", "rss_max", max, "MB", s.clone());
+    report.emit("memory", "runtime process", "rss_growth", delta, "MB", s);
+    table(
+        &format!(
+            "### memory: VmRSS of the process running a runtime (concurrency 10, jobs held running) while another process enqueued {} jobs in {:.0} s",
+            num(n as f64),
+            enqueue_secs
+        ),
+        &["empty queue MB", "max while filling and 10 s after MB", "at the end MB", "growth MB", "ready jobs at the end", "running"],
+        &[vec![num(empty), num(max), num(full), num(delta), num(queued as f64), num(running as f64)]],
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// The issue's targets, from what this run measured.
+pub fn targets(report: &mut Report, _opts: &Opts, ctx: &Ctx) {
+    let best_ceiling = ctx
+        .ceiling
+        .iter()
+        .copied()
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    match (ctx.throughput_c10, best_ceiling) {
+        (Some(tp), Some((k, c))) => report.target(
+            "throughput, concurrency 10",
+            "≥ 1.5 × the ceiling loop's best",
+            format!(
+                "{} jobs/s = {:.2} × ceiling k={k} ({} jobs/s)",
+                num(tp),
+                tp / c,
+                num(c)
+            ),
+            Some(tp / c >= 1.5),
+        ),
+        _ => report.target(
+            "throughput, concurrency 10",
+            "≥ 1.5 × the ceiling loop's best",
+            "needs throughput and ceiling in one run".into(),
+            None,
+        ),
+    }
+    let many = ctx
+        .enqueue_many
+        .iter()
+        .copied()
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    match many {
+        Some((chunk, rate)) => report.target(
+            "enqueue_many",
+            "≥ 50,000 jobs/s",
+            format!("{} jobs/s (chunks of {})", num(rate), num(chunk as f64)),
+            Some(rate >= 50_000.0),
+        ),
+        None => report.target("enqueue_many", "≥ 50,000 jobs/s", "not run".into(), None),
+    }
+    match ctx.latency_same_p50 {
+        Some(p) => report.target(
+            "latency, same process",
+            "p50 enqueue-to-start < 5 ms",
+            format!("p50 {} ms", num(p)),
+            Some(p < 5.0),
+        ),
+        None => report.target("latency, same process", "p50 < 5 ms", "not run".into(), None),
+    }
+    match ctx.latency_cross_p50 {
+        Some((p, poll)) => report.target(
+            "latency, another process",
+            "p50 < half the poll interval",
+            format!("p50 {} ms (poll {poll} ms: limit {} ms)", num(p), poll / 2),
+            Some(p < poll as f64 / 2.0),
+        ),
+        None => report.target(
+            "latency, another process",
+            "p50 < half the poll interval",
+            "not run".into(),
+            None,
+        ),
+    }
+    if let Some(q) = ctx.idle_per_s {
+        report.target(
+            "idle polling",
+            "cheap (documented)",
+            format!("{} statements/s per idle runtime", num(q)),
+            None,
+        );
+    }
+    for o in &ctx.churn {
+        o.targets(report);
+    }
+    match ctx.memory {
+        Some((empty, max, delta)) => report.target(
+            "memory",
+            "RSS growth ≤ 20 MB from empty to the full queue",
+            format!("{} → {} MB: +{} MB", num(empty), num(max), num(delta)),
+            Some(delta <= 20.0),
+        ),
+        None => report.target("memory", "RSS growth ≤ 20 MB", "not run".into(), None),
+    }
+}
