@@ -39,7 +39,11 @@ static DONE: AtomicU64 = AtomicU64::new(0);
 /// image id, so a second run overwrites the first instead of adding to it.
 #[task(queue = "images", retries = 3, name = "demo.make_thumbnails")]
 async fn make_thumbnails(ctx: TaskContext, image: Image) -> Result<(), TaskError> {
-    println!("  image {:>3}: started (attempt {})", image.id, ctx.attempt());
+    println!(
+        "  image {:>3}: started (attempt {})",
+        image.id,
+        ctx.attempt()
+    );
     tokio::time::sleep(Duration::from_millis(image.millis)).await;
     println!("  image {:>3}: done", image.id);
     DONE.fetch_add(1, Ordering::Relaxed);
@@ -54,16 +58,28 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options { jobs: 20, run_for: None, drain: Duration::from_secs(30) };
+    let mut o = Options {
+        jobs: 20,
+        run_for: None,
+        drain: Duration::from_secs(30),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let secs = || value.parse::<f64>().map_err(|e| format!("{flag} {value}: {e}"));
+        let secs = || {
+            value
+                .parse::<f64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--jobs" => o.jobs = value.parse().map_err(|e| format!("--jobs {value}: {e}"))?,
             "--for" => o.run_for = Some(Duration::from_secs_f64(secs()?)),
             "--drain" => o.drain = Duration::from_secs_f64(secs()?),
-            _ => return Err(format!("unknown argument {flag} (use --jobs N, --for SECONDS, --drain SECONDS)")),
+            _ => {
+                return Err(format!(
+                    "unknown argument {flag} (use --jobs N, --for SECONDS, --drain SECONDS)"
+                ));
+            }
         }
     }
     Ok(o)
@@ -110,10 +126,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = queue_examples::demo_database("queue_shutdown_demo").await?;
     let client = Client::connect(&url).await?;
     client.migrate().await?;
-    let images = (1..=opts.jobs).map(|id| Image { id, millis: 1_000 + fastrand::u64(0..5_000) });
+    let images = (1..=opts.jobs).map(|id| Image {
+        id,
+        millis: 1_000 + fastrand::u64(0..5_000),
+    });
     make_thumbnails::enqueue_many(&client, images).await?;
 
-    let runtime = Runtime::builder(client.clone()).concurrency(4).queues(["images"]).start().await?;
+    let runtime = Runtime::builder(client.clone())
+        .concurrency(4)
+        .queues(["images"])
+        .start()
+        .await?;
     println!(
         "running {} jobs, 4 at a time (pid {}); stop with Ctrl-C or `kill {}`",
         opts.jobs,
@@ -122,18 +145,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let why = stop_signal(opts.run_for).await;
-    println!("{why}: shutting down, letting running jobs finish for up to {:?}", opts.drain);
+    println!(
+        "{why}: shutting down, letting running jobs finish for up to {:?}",
+        opts.drain
+    );
     let started = Instant::now();
     // Stop claiming, drain, hand back the rest. An error means some outcome
     // could not be written (database gone): those jobs come back after
     // their lease expires instead, so nothing is lost either way.
     let result = runtime.shutdown(opts.drain).await;
-    println!("shutdown returned after {:.1?}: {result:?}", started.elapsed());
+    println!(
+        "shutdown returned after {:.1?}: {result:?}",
+        started.elapsed()
+    );
 
     let stats = client.stats().await?;
     println!();
     println!("finished              {}", DONE.load(Ordering::Relaxed));
-    println!("ready (incl. handed back, for the next process)  {}", stats.total.ready);
+    println!(
+        "ready (incl. handed back, for the next process)  {}",
+        stats.total.ready
+    );
     println!("still running         {}", stats.total.running);
     println!("dead                  {}", stats.total.dead);
     result?;

@@ -75,7 +75,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
 
-    for task in a.recurring().await? {
+    // The runtimes register their recurring tasks as they start.
+    let mut tasks = a.recurring().await?;
+    while tasks.len() < 2 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tasks = a.recurring().await?;
+    }
+    for task in tasks {
         println!(
             "recurring: {:<22} {:<22} {:<14} next {}",
             task.task,

@@ -21,7 +21,7 @@ use crate::tasks::{self, now_us};
 use crate::{Opts, Res, drop_db, fresh};
 
 /// The variants, in the order they run.
-pub const VARIANTS: &[&str] = &["runtime", "runtime+readview", "seed", "seed+readview"];
+pub(crate) const VARIANTS: &[&str] = &["runtime", "runtime+readview", "seed", "seed+readview"];
 
 const WORKERS: usize = 6;
 const WINDOW: Duration = Duration::from_secs(5);
@@ -31,31 +31,31 @@ const URGENT_LIMIT_MS: f64 = 100.0;
 
 /// One 5-s row.
 #[derive(Debug, Clone)]
-pub struct Window {
-    pub t: f64,
-    pub jobs_per_s: f64,
-    pub pick_p50: f64,
-    pub pick_p99: f64,
-    pub claim_p50: f64,
-    pub claim_p99: f64,
-    pub urgent_n: usize,
-    pub urgent_p99: f64,
-    pub hll: f64,
-    pub secs: f64,
+pub(crate) struct Window {
+    pub(crate) t: f64,
+    pub(crate) jobs_per_s: f64,
+    pub(crate) pick_p50: f64,
+    pub(crate) pick_p99: f64,
+    pub(crate) claim_p50: f64,
+    pub(crate) claim_p99: f64,
+    pub(crate) urgent_n: usize,
+    pub(crate) urgent_p99: f64,
+    pub(crate) hll: f64,
+    pub(crate) secs: f64,
 }
 
 /// What a variant measured.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    pub variant: String,
-    pub windows: Vec<Window>,
-    pub done: u64,
-    pub total: u64,
-    pub secs: f64,
-    pub urgent_enqueued: u64,
-    pub urgent_started: u64,
-    pub urgent_max_ms: f64,
-    pub deadlocks: u64,
+pub(crate) struct Outcome {
+    pub(crate) variant: String,
+    pub(crate) windows: Vec<Window>,
+    pub(crate) done: u64,
+    pub(crate) total: u64,
+    pub(crate) secs: f64,
+    pub(crate) urgent_enqueued: u64,
+    pub(crate) urgent_started: u64,
+    pub(crate) urgent_max_ms: f64,
+    pub(crate) deadlocks: u64,
 }
 
 impl Outcome {
@@ -72,7 +72,7 @@ impl Outcome {
 
     /// The churn targets (for the runtime's variants; the seed's are shown
     /// as they are).
-    pub fn targets(&self, report: &mut Report) {
+    pub(crate) fn targets(&self, report: &mut Report) {
         let ours = self.variant.starts_with("runtime");
         let label = |what: &str| format!("churn {}: {what}", self.variant);
         match self.ends() {
@@ -202,7 +202,7 @@ struct SeedSinks {
 }
 
 /// Runs the churn variants.
-pub async fn churn(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn churn(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     for v in VARIANTS {
         if !opts.churn_variants.iter().any(|x| x == v) {
             continue;

@@ -51,18 +51,18 @@ type Res<T> = Result<T, BoxError>;
 
 /// Sizes and switches of a run.
 #[derive(Debug, Clone)]
-pub struct Opts {
-    pub quick: bool,
-    pub jobs: u64,
-    pub enqueue_jobs: u64,
-    pub singles: u64,
-    pub latency_secs: u64,
-    pub rate: u64,
-    pub churn_jobs: u64,
-    pub churn_secs: u64,
-    pub churn_variants: Vec<String>,
-    pub mem_jobs: u64,
-    pub idle_secs: u64,
+pub(crate) struct Opts {
+    pub(crate) quick: bool,
+    pub(crate) jobs: u64,
+    pub(crate) enqueue_jobs: u64,
+    pub(crate) singles: u64,
+    pub(crate) latency_secs: u64,
+    pub(crate) rate: u64,
+    pub(crate) churn_jobs: u64,
+    pub(crate) churn_secs: u64,
+    pub(crate) churn_variants: Vec<String>,
+    pub(crate) mem_jobs: u64,
+    pub(crate) idle_secs: u64,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -248,7 +248,7 @@ async fn server_report(url: &str, opts: &Opts) -> Res<Report> {
 // Helpers shared by the scenarios.
 
 /// A fresh, migrated database `name`; returns its URL and a client.
-pub async fn fresh(name: &str) -> Res<(String, Client)> {
+pub(crate) async fn fresh(name: &str) -> Res<(String, Client)> {
     let url = queue_examples::demo_database(name).await?;
     let client = Client::connect(&url).await?;
     client.migrate().await?;
@@ -256,7 +256,7 @@ pub async fn fresh(name: &str) -> Res<(String, Client)> {
 }
 
 /// Drops a bench database.
-pub async fn drop_db(name: &str) {
+pub(crate) async fn drop_db(name: &str) {
     let url = queue_examples::database_url();
     let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
     if let Ok(mut c) =
@@ -269,7 +269,7 @@ pub async fn drop_db(name: &str) {
 }
 
 /// Resident set size of this process, MB (10^6 bytes).
-pub fn rss_mb() -> f64 {
+pub(crate) fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -283,7 +283,7 @@ pub fn rss_mb() -> f64 {
 
 /// Starts this program again with a hidden subcommand; its stdout is piped
 /// and read line by line into `on_line` on a thread.
-pub fn spawn_self(
+pub(crate) fn spawn_self(
     args: &[String],
     on_line: impl Fn(&str) + Send + 'static,
 ) -> Res<Child> {

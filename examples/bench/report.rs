@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 /// The p-th percentile (0..=100) of `v`, nearest rank; NaN when empty.
-pub fn pct(v: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -14,7 +14,7 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
 }
 
 /// Formats a number for a table: NaN as "-", few decimals for small values.
-pub fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     if v.is_nan() {
         "-".into()
     } else if v.abs() >= 1000.0 {
@@ -43,7 +43,7 @@ pub fn num(v: f64) -> String {
 
 /// Prints a table: a title, headers and rows (Markdown, so a run's output
 /// pastes into docs/benchmarks.md as it is).
-pub fn table(title: &str, headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(title: &str, headers: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -85,26 +85,26 @@ pub fn table(title: &str, headers: &[&str], rows: &[Vec<String>]) {
 
 /// One target of the issue and how this run did against it.
 #[derive(Debug, Clone)]
-pub struct Target {
-    pub name: String,
-    pub goal: String,
-    pub measured: String,
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) goal: String,
+    pub(crate) measured: String,
     /// None: not measured in this run.
-    pub pass: Option<bool>,
+    pub(crate) pass: Option<bool>,
 }
 
 /// Everything a run reports.
 #[derive(Debug)]
-pub struct Report {
-    pub server: String,
+pub(crate) struct Report {
+    pub(crate) server: String,
     /// Settings every result carries (server settings, machine, sizes).
-    pub common: Map<String, Value>,
-    pub targets: Vec<Target>,
+    pub(crate) common: Map<String, Value>,
+    pub(crate) targets: Vec<Target>,
 }
 
 impl Report {
     /// Prints one JSON line for a result.
-    pub fn emit(
+    pub(crate) fn emit(
         &self,
         scenario: &str,
         variant: &str,
@@ -135,7 +135,7 @@ impl Report {
     }
 
     /// Records a target's outcome.
-    pub fn target(&mut self, name: &str, goal: &str, measured: String, pass: Option<bool>) {
+    pub(crate) fn target(&mut self, name: &str, goal: &str, measured: String, pass: Option<bool>) {
         self.targets.push(Target {
             name: name.into(),
             goal: goal.into(),
@@ -145,7 +145,7 @@ impl Report {
     }
 
     /// Prints the targets table and one JSON line per target.
-    pub fn print_targets(&self) {
+    pub(crate) fn print_targets(&self) {
         if self.targets.is_empty() {
             return;
         }

@@ -14,20 +14,20 @@ use crate::{Opts, Res, drop_db, fresh, rss_mb, spawn_self};
 
 /// What later targets need from earlier scenarios.
 #[derive(Debug, Default)]
-pub struct Ctx {
-    pub enqueue_many: Vec<(u64, f64)>,
-    pub ceiling: Vec<(u64, f64)>,
-    pub throughput_c10: Option<f64>,
-    pub latency_same_p50: Option<f64>,
-    pub latency_cross_p50: Option<(f64, u64)>,
-    pub idle_per_s: Option<f64>,
-    pub memory: Option<(f64, f64, f64)>,
-    pub churn: Vec<crate::churn::Outcome>,
+pub(crate) struct Ctx {
+    pub(crate) enqueue_many: Vec<(u64, f64)>,
+    pub(crate) ceiling: Vec<(u64, f64)>,
+    pub(crate) throughput_c10: Option<f64>,
+    pub(crate) latency_same_p50: Option<f64>,
+    pub(crate) latency_cross_p50: Option<(f64, u64)>,
+    pub(crate) idle_per_s: Option<f64>,
+    pub(crate) memory: Option<(f64, f64, f64)>,
+    pub(crate) churn: Vec<crate::churn::Outcome>,
 }
 
 /// The server error number of a database error (1213 deadlock, 1205 lock
 /// wait timeout).
-pub fn err_number(e: &sqlx::Error) -> Option<u16> {
+pub(crate) fn err_number(e: &sqlx::Error) -> Option<u16> {
     match e {
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
@@ -44,7 +44,7 @@ fn ms(d: Duration) -> f64 {
 
 /// `enqueue`: one by one (sequential and 10 at a time), and `enqueue_many`
 /// in chunks of 1,000 and 5,000.
-pub async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let mut rows = Vec::new();
     // One by one, sequential.
     {
@@ -159,7 +159,7 @@ pub async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()>
 /// Fills `table` with `n` rows through MariaDB's sequence engine, 100,000
 /// rows per statement: `columns` are the columns named, `values` the SELECT
 /// list over `seq_1_to_k` (`seq` is the row number).
-pub async fn fill(
+pub(crate) async fn fill(
     conn: &mut MySqlConnection,
     table: &str,
     columns: &str,
@@ -180,7 +180,7 @@ pub async fn fill(
 }
 
 /// `ceiling`: the bare SKIP LOCKED loop, no runtime.
-pub async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     const WORKERS: usize = 10;
     let url = queue_examples::demo_database("bench_ceiling").await?;
     let mut admin = MySqlConnection::connect(&url).await?;
@@ -326,7 +326,7 @@ async fn wait_count(n: u64, count: impl Fn() -> u64) -> Res<()> {
 
 /// `throughput`: N no-op jobs drained by one runtime at concurrency 1, 10
 /// and 50, and by 4 runtimes in separate processes.
-pub async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let n = opts.jobs;
     let mut rows = Vec::new();
     for (procs, conc) in [(1usize, 1usize), (1, 10), (1, 50), (4, 10)] {
@@ -443,7 +443,7 @@ pub async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<
 /// Enqueues `timed` jobs at `rate` per second for `secs`, each in its own
 /// tokio task so that a slow insert does not delay the next. Returns how
 /// many were enqueued and the enqueue call's p50 (ms).
-pub async fn trickle(client: &Client, rate: u64, secs: u64) -> Res<(u64, f64)> {
+pub(crate) async fn trickle(client: &Client, rate: u64, secs: u64) -> Res<(u64, f64)> {
     let n = rate * secs;
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
@@ -476,7 +476,7 @@ async fn wait_latencies(n: u64) -> Res<Vec<f64>> {
 
 /// `latency`: a trickle enqueued from this process and from another one;
 /// enqueue-to-start p50/p99.
-pub async fn latency(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn latency(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let (url, client) = fresh("bench_lat").await?;
     let mut rows = Vec::new();
     for (variant, cross, poll_ms) in [
@@ -568,7 +568,7 @@ pub async fn latency(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()>
 // ---------------------------------------------------------------------------
 
 /// `idle`: the statements an idle runtime sends, counted client-side.
-pub async fn idle(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn idle(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let (_, client) = fresh("bench_idle").await?;
     let rt = Runtime::builder(client.clone())
         .concurrency(10)
@@ -619,7 +619,7 @@ pub async fn idle(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
 
 /// `memory`: resident size of a process running a runtime, with an empty
 /// queue and with `mem_jobs` queued (enqueued by another process).
-pub async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
+pub(crate) async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let (url, client) = fresh("bench_mem").await?;
     tasks::reset();
     let rt = Runtime::builder(client.clone())
@@ -695,7 +695,7 @@ pub async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> 
 // ---------------------------------------------------------------------------
 
 /// The targets, from what this run measured.
-pub fn targets(report: &mut Report, _opts: &Opts, ctx: &Ctx) {
+pub(crate) fn targets(report: &mut Report, _opts: &Opts, ctx: &Ctx) {
     let best_ceiling = ctx
         .ceiling
         .iter()

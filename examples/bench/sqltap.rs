@@ -25,16 +25,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Count statements by kind while set.
-pub static COUNT: AtomicBool = AtomicBool::new(false);
+pub(crate) static COUNT: AtomicBool = AtomicBool::new(false);
 /// Record the claim's locking SELECT while set.
-pub static PICKS: AtomicBool = AtomicBool::new(false);
+pub(crate) static PICKS: AtomicBool = AtomicBool::new(false);
 
 static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 static PICK_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
 
 /// Installs the global subscriber: runtime warnings to stderr (`RUST_LOG`
 /// overrides), plus this tap.
-pub fn install() {
+pub(crate) fn install() {
     let fmt_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,sqlx=error".into());
     let fmt = tracing_subscriber::fmt::layer()
@@ -48,12 +48,12 @@ pub fn install() {
 }
 
 /// Takes the statement counts gathered so far.
-pub fn take_counts() -> BTreeMap<String, u64> {
+pub(crate) fn take_counts() -> BTreeMap<String, u64> {
     std::mem::take(&mut *COUNTS.lock().unwrap())
 }
 
 /// Takes the pick latencies (ms) gathered so far.
-pub fn take_picks() -> Vec<f64> {
+pub(crate) fn take_picks() -> Vec<f64> {
     std::mem::take(&mut *PICK_MS.lock().unwrap())
 }
 
@@ -120,7 +120,7 @@ fn is_claim_select(sql: &str) -> bool {
 
 /// A short name for a statement: verb and table, without MariaDB's
 /// `SET STATEMENT max_statement_time=… FOR` prefix.
-pub fn classify(sql: &str) -> String {
+pub(crate) fn classify(sql: &str) -> String {
     let mut s = sql.trim();
     if s.starts_with("SET STATEMENT") {
         if let Some(i) = s.find(" FOR ") {

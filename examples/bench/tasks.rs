@@ -8,7 +8,7 @@ use queue_runtime::{TaskError, task};
 
 /// Microseconds since the Unix epoch (the clock every process of the bench
 /// shares, being on one machine).
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     u64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -19,20 +19,20 @@ pub fn now_us() -> u64 {
 }
 
 /// No-op jobs finished.
-pub static DONE: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DONE: AtomicU64 = AtomicU64::new(0);
 /// When the first no-op job of a run started (µs since epoch; 0: none yet).
-pub static FIRST_US: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FIRST_US: AtomicU64 = AtomicU64::new(0);
 /// Enqueue-to-start latencies of `timed` jobs, ms.
-pub static LAT_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+pub(crate) static LAT_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
 /// Burst jobs of the churn scenario finished.
-pub static BULK_DONE: AtomicU64 = AtomicU64::new(0);
+pub(crate) static BULK_DONE: AtomicU64 = AtomicU64::new(0);
 /// Enqueue-to-start latencies of the churn scenario's priority-0 jobs, ms.
-pub static URGENT_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+pub(crate) static URGENT_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
 /// Held jobs (memory scenario) return once this is set.
-pub static RELEASE: AtomicBool = AtomicBool::new(false);
+pub(crate) static RELEASE: AtomicBool = AtomicBool::new(false);
 
 /// Resets every counter and sink.
-pub fn reset() {
+pub(crate) fn reset() {
     DONE.store(0, Ordering::SeqCst);
     FIRST_US.store(0, Ordering::SeqCst);
     BULK_DONE.store(0, Ordering::SeqCst);
@@ -47,7 +47,7 @@ fn lag_ms(sent_us: u64) -> f64 {
 
 /// Does nothing: the throughput scenarios measure the runtime, not the work.
 #[task(queue = "bench", name = "bench.noop")]
-pub async fn noop() -> Result<(), TaskError> {
+pub(crate) async fn noop() -> Result<(), TaskError> {
     if DONE.load(Ordering::Relaxed) == 0 {
         let _ = FIRST_US.compare_exchange(0, now_us(), Ordering::SeqCst, Ordering::SeqCst);
     }
@@ -58,7 +58,7 @@ pub async fn noop() -> Result<(), TaskError> {
 /// Records the time from its enqueue (the payload: µs since epoch, taken
 /// just before the enqueue call) to its start.
 #[task(queue = "bench_lat", name = "bench.timed")]
-pub async fn timed(sent_us: u64) -> Result<(), TaskError> {
+pub(crate) async fn timed(sent_us: u64) -> Result<(), TaskError> {
     let ms = lag_ms(sent_us);
     LAT_MS.lock().unwrap().push(ms);
     Ok(())
@@ -66,14 +66,14 @@ pub async fn timed(sent_us: u64) -> Result<(), TaskError> {
 
 /// The churn scenario's burst: priority 4, no work.
 #[task(queue = "bench_churn", priority = 4, name = "bench.bulk")]
-pub async fn bulk() -> Result<(), TaskError> {
+pub(crate) async fn bulk() -> Result<(), TaskError> {
     BULK_DONE.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
 /// The churn scenario's priority-0 arrivals: records enqueue-to-start.
 #[task(queue = "bench_churn", priority = 0, name = "bench.urgent")]
-pub async fn urgent(sent_us: u64) -> Result<(), TaskError> {
+pub(crate) async fn urgent(sent_us: u64) -> Result<(), TaskError> {
     let ms = lag_ms(sent_us);
     URGENT_MS.lock().unwrap().push(ms);
     Ok(())
@@ -82,7 +82,7 @@ pub async fn urgent(sent_us: u64) -> Result<(), TaskError> {
 /// Holds its slot until [`RELEASE`] (memory scenario: keeps the queue full
 /// while the runtime serves it).
 #[task(queue = "bench_mem", name = "bench.hold")]
-pub async fn hold() -> Result<(), TaskError> {
+pub(crate) async fn hold() -> Result<(), TaskError> {
     while !RELEASE.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -74,14 +74,20 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
     };
     let options = options(args);
 
-    let payload_ty = match &model.payload {
-        None => Some(quote!(())),
-        Some(p) if p.usable => Some(rescope(p.ty.to_token_stream())),
+    // The generated items that handle payloads are spanned at the payload
+    // type, so that a type that cannot be a payload is reported there (and
+    // not at the attribute), and at the function's name those that callers
+    // see, so that "function defined here" points at the task.
+    let payload = match &model.payload {
+        None => Some((quote!(()), Span::call_site())),
+        Some(p) if p.usable => Some((rescope(p.ty.to_token_stream()), p.ty.span())),
         Some(_) => None,
     };
-    let typed_api = payload_ty.as_ref().map(typed_api);
-    let handler = match (&payload_ty, &model.output) {
-        (Some(_), Some(output)) if complete => Some(handler(model, output)),
+    let typed_api = payload
+        .as_ref()
+        .map(|(ty, span)| typed_api(ty, *span, ident.span()));
+    let handler = match (&payload, &model.output) {
+        (Some((_, span)), Some(output)) if complete => Some(handler(model, *span, output)),
         _ => None,
     };
 
@@ -106,15 +112,27 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
 }
 
 /// `Payload`, `with`, `enqueue`, `enqueue_many`.
-fn typed_api(payload_ty: &TokenStream) -> TokenStream {
+fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> TokenStream {
+    let with = Ident::new("with", fn_span);
+    let enqueue = Ident::new("enqueue", fn_span);
+    let enqueue_many = Ident::new("enqueue_many", fn_span);
+    let with_body = quote_spanned! {payload_span=>
+        ::queue_runtime::EnqueueBuilder::new(OPTIONS, payload)
+    };
+    let enqueue_body = quote_spanned! {payload_span=>
+        #with(payload).enqueue(client).await
+    };
+    let enqueue_many_body = quote_spanned! {payload_span=>
+        client.enqueue_many_with(OPTIONS, payloads).await
+    };
     quote! {
         /// The type of the task's payload (`()` for a task without one).
         pub type Payload = #payload_ty;
 
         /// A job of this task carrying `payload`, to adjust (priority,
         /// delay, run time, deadline, queue) and then enqueue.
-        pub fn with(payload: Payload) -> ::queue_runtime::EnqueueBuilder<Payload> {
-            ::queue_runtime::EnqueueBuilder::new(OPTIONS, payload)
+        pub fn #with(payload: Payload) -> ::queue_runtime::EnqueueBuilder<Payload> {
+            #with_body
         }
 
         /// Enqueues a job of this task carrying `payload`, with the task's
@@ -123,11 +141,11 @@ fn typed_api(payload_ty: &TokenStream) -> TokenStream {
         /// # Errors
         /// If the payload cannot be encoded or the insert fails; nothing is
         /// enqueued then.
-        pub async fn enqueue(
+        pub async fn #enqueue(
             client: &::queue_runtime::Client,
             payload: Payload,
         ) -> ::core::result::Result<::queue_runtime::JobId, ::queue_runtime::Error> {
-            with(payload).enqueue(client).await
+            #enqueue_body
         }
 
         /// Enqueues one job of this task per payload, in multi-row inserts
@@ -136,18 +154,18 @@ fn typed_api(payload_ty: &TokenStream) -> TokenStream {
         /// # Errors
         /// If a payload cannot be encoded or an insert fails; nothing is
         /// enqueued then.
-        pub async fn enqueue_many<I: ::core::iter::IntoIterator<Item = Payload>>(
+        pub async fn #enqueue_many<I: ::core::iter::IntoIterator<Item = Payload>>(
             client: &::queue_runtime::Client,
             payloads: I,
         ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
         {
-            client.enqueue_many_with(OPTIONS, payloads).await
+            #enqueue_many_body
         }
     }
 }
 
 /// The payload check, the decode-and-call shim and its registration.
-fn handler(model: &TaskModel, output: &syn::Type) -> TokenStream {
+fn handler(model: &TaskModel, payload_span: Span, output: &syn::Type) -> TokenStream {
     let ident = &model.ident;
     let assert_payload = model.payload.as_ref().map(|p| {
         let ty = rescope(p.ty.to_token_stream());
@@ -162,9 +180,9 @@ fn handler(model: &TaskModel, output: &syn::Type) -> TokenStream {
     if model.payload.is_some() {
         call_args.push(quote!(__payload));
     }
-    // Spanned at the return type, so that an error type that does not
-    // convert into `TaskError` is reported there.
-    let into_result = quote_spanned! {output.span()=>
+    // Spanned at the error type, so that one that does not convert into
+    // `TaskError` is reported there.
+    let into_result = quote_spanned! {error_type(output).span()=>
         ::queue_runtime::__private::into_task_result(__result)
     };
     // Spanned at the function's name, so that a future that is not `Send`
@@ -176,6 +194,7 @@ fn handler(model: &TaskModel, output: &syn::Type) -> TokenStream {
         })
     };
     let line = line_of(ident);
+    let decode = quote_spanned!(payload_span=> ::queue_runtime::__private::decode::<Payload>);
 
     quote! {
         #assert_payload
@@ -184,7 +203,7 @@ fn handler(model: &TaskModel, output: &syn::Type) -> TokenStream {
             __ctx: ::queue_runtime::TaskContext,
             __payload: &str,
         ) -> ::queue_runtime::__private::HandlerFuture {
-            let __payload = match ::queue_runtime::__private::decode::<Payload>(__payload) {
+            let __payload = match #decode(__payload) {
                 ::core::result::Result::Ok(payload) => payload,
                 ::core::result::Result::Err(e) => {
                     return ::std::boxed::Box::pin(async move { ::core::result::Result::Err(e) });
@@ -202,6 +221,20 @@ fn handler(model: &TaskModel, output: &syn::Type) -> TokenStream {
             }
         }
     }
+}
+
+/// `E` in a return type written `Result<(), E>` (whatever the path to
+/// `Result`), else the whole type.
+fn error_type(output: &syn::Type) -> &syn::Type {
+    if let syn::Type::Path(p) = output
+        && let Some(last) = p.path.segments.last()
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        && args.args.len() == 2
+        && let Some(syn::GenericArgument::Type(e)) = args.args.last()
+    {
+        return e;
+    }
+    output
 }
 
 /// The line of the function's name, for the "declared twice" error.

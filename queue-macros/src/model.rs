@@ -29,8 +29,8 @@ pub(crate) struct Payload {
     /// The type as written.
     pub(crate) ty: Type,
     /// Whether the type can be a payload at all (not a reference, not
-    /// `impl Trait`). A rejected type has an error reported already and is
-    /// kept only to point at.
+    /// `impl Trait`, not naming the function's generics). A rejected type
+    /// has an error reported already and is kept only to point at.
     pub(crate) usable: bool,
 }
 
@@ -121,6 +121,14 @@ impl TaskModel {
                 ty: ty.clone(),
                 usable,
             });
+        }
+
+        // A payload type naming the function's generics means nothing
+        // outside it.
+        if !sig.generics.params.is_empty()
+            && let Some(payload) = &mut payload
+        {
+            payload.usable = false;
         }
 
         let output = match &sig.output {

@@ -228,6 +228,17 @@ impl<'c> Executor<'c> for Db<'c> {
         }
         .boxed()
     }
+
+    /// Required by sqlx's query macros (its `offline` feature, which
+    /// queue-runtime turns on so that a host application using the macros
+    /// builds): describes the statement on a pooled connection, without a
+    /// limit.
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<MySql>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.describe(sql)
+    }
 }
 
 /// A transaction begun by [`Db::begin`], with every statement limited by the
@@ -435,6 +446,23 @@ impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
             let statement = bounded(deadline, conn.prepare_with(sql, parameters)).await?;
             self.in_flight = false;
             statement
+        }
+        .boxed()
+    }
+
+    /// Required by sqlx's query macros: describes the statement on the
+    /// transaction's connection.
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<MySql>, sqlx::Error>>
+    where
+        't: 'e,
+    {
+        async move {
+            self.check_abandoned();
+            let conn = self
+                .conn
+                .as_deref_mut()
+                .expect("a live transaction has its connection");
+            conn.describe(sql).await
         }
         .boxed()
     }

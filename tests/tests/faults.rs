@@ -45,7 +45,10 @@ async fn setup() -> (TestDb, Client) {
     let db = TestDb::new().await;
     let client = Client::connect(&db.url).await.expect("connect");
     client.migrate().await.expect("migrate");
-    sqlx::query(tasks::EXECUTIONS_DDL).execute(&db.pool).await.expect("create executions");
+    sqlx::query(tasks::EXECUTIONS_DDL)
+        .execute(&db.pool)
+        .await
+        .expect("create executions");
     (db, client)
 }
 
@@ -88,8 +91,12 @@ fn by_job(rows: &[Execution]) -> BTreeMap<u64, Vec<Execution>> {
     map
 }
 
-async fn count(db: &TestDb, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&db.pool).await.expect(sql)
+async fn count(db: &TestDb, sql: &'static str) -> u64 {
+    let n: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&db.pool)
+        .await
+        .expect(sql);
+    u64::try_from(n).expect("a count")
 }
 
 /// Jobs not yet finished (ready, scheduled, running or dead).
@@ -98,7 +105,13 @@ async fn unfinished(client: &Client) -> u64 {
 }
 
 fn work(n: u64, sleep_ms: u64, later_sleep_ms: u64, mark_start: bool) -> Work {
-    Work { n, sleep_ms, later_sleep_ms, mark_start, fail_first: false }
+    Work {
+        n,
+        sleep_ms,
+        later_sleep_ms,
+        mark_start,
+        fail_first: false,
+    }
 }
 
 /// A `queue-test-worker` process; its stdout and stderr are collected (and
@@ -120,7 +133,13 @@ struct WorkerOpts {
 
 impl Default for WorkerOpts {
     fn default() -> Self {
-        WorkerOpts { queue: "faults", concurrency: 10, lease: None, heartbeat: None, drain: Duration::from_secs(5) }
+        WorkerOpts {
+            queue: "faults",
+            concurrency: 10,
+            lease: None,
+            heartbeat: None,
+            drain: Duration::from_secs(5),
+        }
     }
 }
 
@@ -128,7 +147,10 @@ impl Worker {
     fn spawn(db: &TestDb, opts: WorkerOpts) -> Worker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue-test-worker"));
         cmd.env("QUEUE_TEST_DATABASE_URL", &db.url)
-            .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .arg("--queue")
             .arg(opts.queue)
             .arg("--concurrency")
@@ -150,7 +172,10 @@ impl Worker {
         let log = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
-        for stream in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+        for stream in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
             let log = log.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
@@ -232,9 +257,11 @@ async fn sigkill_worker_jobs_run_again_after_the_lease_as_attempt_2() {
     let slow = (0..IN_FLIGHT).map(|n| work(n, 60_000, 20, true));
     tasks::work::enqueue_many(&client, slow).await.unwrap();
     let mut a = Worker::spawn(&db, opts());
-    wait_until(Duration::from_secs(30), "worker A to run all 20 slow jobs", || async {
-        count(&db, "SELECT COUNT(*) FROM executions").await == IN_FLIGHT as i64
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "worker A to run all 20 slow jobs",
+        || async { count(&db, "SELECT COUNT(*) FROM executions").await == IN_FLIGHT },
+    )
     .await;
     // A is full: these wait in ready until A is gone.
     let quick = (IN_FLIGHT..IN_FLIGHT + WAITING).map(|n| work(n, 20, 20, true));
@@ -242,42 +269,78 @@ async fn sigkill_worker_jobs_run_again_after_the_lease_as_attempt_2() {
     // Let A heartbeat a few times: its leases are alive, not left over from the claim.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stats = client.stats().await.unwrap();
-    assert_eq!(stats.total.running, IN_FLIGHT, "A holds its 20 jobs: {stats:?}");
+    assert_eq!(
+        stats.total.running, IN_FLIGHT,
+        "A holds its 20 jobs: {stats:?}"
+    );
     assert_eq!(stats.total.ready, WAITING, "the other 20 wait: {stats:?}");
 
     let killed_at = Utc::now();
     let status = a.sigkill().await;
     assert!(!status.success(), "A was killed: {status:?}");
     let mut b = Worker::spawn(&db, opts());
-    wait_until(Duration::from_secs(60), "every job to finish after A died", || async {
-        unfinished(&client).await == 0
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "every job to finish after A died",
+        || async { unfinished(&client).await == 0 },
+    )
     .await;
     let rows = executions(&db).await;
     let stats = client.stats().await.unwrap();
-    assert_eq!(stats.total, queue_runtime::QueueCounts::default(), "nothing ready, running or dead");
+    assert_eq!(
+        stats.total,
+        queue_runtime::QueueCounts::default(),
+        "nothing ready, running or dead"
+    );
 
     let jobs = by_job(&rows);
-    assert_eq!(jobs.len() as u64, IN_FLIGHT + WAITING, "every job ran: {jobs:?}");
+    assert_eq!(
+        jobs.len() as u64,
+        IN_FLIGHT + WAITING,
+        "every job ran: {jobs:?}"
+    );
     let mut first_rescued: Option<DateTime<Utc>> = None;
     for (n, runs) in &jobs {
         if *n < IN_FLIGHT {
-            assert_eq!(runs.len(), 2, "job {n} ran on A, then once again on B: {runs:?}");
+            assert_eq!(
+                runs.len(),
+                2,
+                "job {n} ran on A, then once again on B: {runs:?}"
+            );
             let (on_a, on_b) = (&runs[0], &runs[1]);
-            assert_eq!((on_a.pid, on_a.attempt, on_a.ended_at), (a.pid, 1, None), "job {n}: {runs:?}");
-            assert_eq!((on_b.pid, on_b.attempt), (b.pid, 2), "job {n} ran again as attempt 2: {runs:?}");
+            assert_eq!(
+                (on_a.pid, on_a.attempt, on_a.ended_at),
+                (a.pid, 1, None),
+                "job {n}: {runs:?}"
+            );
+            assert_eq!(
+                (on_b.pid, on_b.attempt),
+                (b.pid, 2),
+                "job {n} ran again as attempt 2: {runs:?}"
+            );
             assert!(on_b.ended_at.is_some(), "job {n} finished on B: {runs:?}");
             assert_eq!(on_a.job_id, on_b.job_id);
             first_rescued = Some(first_rescued.map_or(on_b.started_at, |t| t.min(on_b.started_at)));
         } else {
             assert_eq!(runs.len(), 1, "waiting job {n} ran once: {runs:?}");
-            assert_eq!((runs[0].pid, runs[0].attempt), (b.pid, 1), "job {n}: {runs:?}");
+            assert_eq!(
+                (runs[0].pid, runs[0].attempt),
+                (b.pid, 1),
+                "job {n}: {runs:?}"
+            );
             assert!(runs[0].ended_at.is_some());
         }
     }
-    let rescue = (first_rescued.unwrap() - killed_at).to_std().unwrap_or_default();
-    eprintln!("SIGKILL: {IN_FLIGHT} jobs rescued, first rerun {rescue:?} after the kill (lease {lease:?})");
-    assert!(b.log_count("took back jobs whose lease expired") >= 1, "B logged the rescue");
+    let rescue = (first_rescued.unwrap() - killed_at)
+        .to_std()
+        .unwrap_or_default();
+    eprintln!(
+        "SIGKILL: {IN_FLIGHT} jobs rescued, first rerun {rescue:?} after the kill (lease {lease:?})"
+    );
+    assert!(
+        b.log_count("took back jobs whose lease expired") >= 1,
+        "B logged the rescue"
+    );
     assert!(b.terminate().await.success(), "B shuts down cleanly");
     db.drop_db().await;
 }
@@ -301,7 +364,13 @@ async fn stale_worker_does_not_record_over_the_new_owner() {
     // First execution: 3 s, then a permanent failure. Later ones: 4 s, success.
     let id = tasks::work::enqueue(
         &client,
-        Work { n: 1, sleep_ms: 3_000, later_sleep_ms: 4_000, mark_start: true, fail_first: true },
+        Work {
+            n: 1,
+            sleep_ms: 3_000,
+            later_sleep_ms: 4_000,
+            mark_start: true,
+            fail_first: true,
+        },
     )
     .await
     .unwrap();
@@ -311,28 +380,44 @@ async fn stale_worker_does_not_record_over_the_new_owner() {
     .await;
     a.signal("STOP").await;
     let mut b = Worker::spawn(&db, opts());
-    wait_until(Duration::from_secs(30), "B to take the job over as attempt 2", || async {
-        count(&db, "SELECT COUNT(*) FROM executions WHERE attempt = 2").await == 1
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "B to take the job over as attempt 2",
+        || async { count(&db, "SELECT COUNT(*) FROM executions WHERE attempt = 2").await == 1 },
+    )
     .await;
     a.signal("CONT").await;
     // A's handler wakes past its sleep, records its end, fails permanently;
     // the runtime's bury is fenced off by B's attempt.
-    wait_until(Duration::from_secs(30), "A to finish its stale attempt", || async {
-        count(&db, "SELECT COUNT(*) FROM executions WHERE attempt = 1 AND ended_at IS NOT NULL").await == 1
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "A to finish its stale attempt",
+        || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM executions WHERE attempt = 1 AND ended_at IS NOT NULL",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
-    wait_until(Duration::from_secs(20), "A to try to record its outcome", || async {
-        a.log_count("outcome not recorded") >= 1
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "A to try to record its outcome",
+        || async { a.log_count("outcome not recorded") >= 1 },
+    )
     .await;
     let job = client.job(id).await.unwrap();
     assert!(
-        job.as_ref().is_some_and(|j| j.state == JobState::Running && j.attempts == 2),
+        job.as_ref()
+            .is_some_and(|j| j.state == JobState::Running && j.attempts == 2),
         "the job is still B's running attempt 2, not buried by A: {job:?}"
     );
-    wait_until(Duration::from_secs(30), "B to finish the job", || async { unfinished(&client).await == 0 })
-        .await;
+    wait_until(Duration::from_secs(30), "B to finish the job", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
     let rows = executions(&db).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!((rows[0].pid, rows[0].attempt), (a.pid, 1));
@@ -340,7 +425,10 @@ async fn stale_worker_does_not_record_over_the_new_owner() {
     assert!(rows.iter().all(|r| r.ended_at.is_some()), "{rows:?}");
     // This is the "may run twice at once" case of docs/delivery.md: the
     // lease expired while A's handler still ran.
-    assert!(rows[1].started_at < rows[0].ended_at.unwrap(), "the two attempts overlapped: {rows:?}");
+    assert!(
+        rows[1].started_at < rows[0].ended_at.unwrap(),
+        "the two attempts overlapped: {rows:?}"
+    );
     assert!(client.dead_jobs(10).await.unwrap().is_empty());
     assert!(a.terminate().await.success());
     assert!(b.terminate().await.success());
@@ -360,15 +448,25 @@ async fn a_task_that_keeps_killing_its_process_ends_dead() {
         heartbeat: Some(Duration::from_millis(200)),
         ..WorkerOpts::default()
     };
-    let id = tasks::kill_process::enqueue(&client, work(7, 0, 0, true)).await.unwrap();
+    let id = tasks::kill_process::enqueue(&client, work(7, 0, 0, true))
+        .await
+        .unwrap();
     let mut pids = Vec::new();
     for attempt in 1..=2 {
         let mut w = Worker::spawn(&db, opts());
         let status = w.wait_exit(Duration::from_secs(60)).await;
-        assert!(!status.success(), "attempt {attempt} killed worker {}: {status:?}", w.pid);
+        assert!(
+            !status.success(),
+            "attempt {attempt} killed worker {}: {status:?}",
+            w.pid
+        );
         pids.push(w.pid);
         let job = client.job(id).await.unwrap().expect("the job is kept");
-        assert_eq!((job.state, job.attempts), (JobState::Running, attempt), "{job:?}");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Running, attempt),
+            "{job:?}"
+        );
     }
     // A third worker finds the last lease expired and no attempt left.
     let mut w = Worker::spawn(&db, opts());
@@ -380,14 +478,22 @@ async fn a_task_that_keeps_killing_its_process_ends_dead() {
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].id, dead[0].attempts), (id, 2), "{dead:?}");
     assert!(
-        dead[0].last_error.contains("lease expired") && dead[0].last_error.contains("no attempts left"),
+        dead[0].last_error.contains("lease expired")
+            && dead[0].last_error.contains("no attempts left"),
         "{}",
         dead[0].last_error
     );
     let rows = executions(&db).await;
     let seen: Vec<(u32, u32)> = rows.iter().map(|r| (r.attempt, r.pid)).collect();
-    assert_eq!(seen, vec![(1, pids[0]), (2, pids[1])], "one start per attempt, each in its own process");
-    assert!(w.terminate().await.success(), "the third worker was not killed");
+    assert_eq!(
+        seen,
+        vec![(1, pids[0]), (2, pids[1])],
+        "one start per attempt, each in its own process"
+    );
+    assert!(
+        w.terminate().await.success(),
+        "the third worker was not killed"
+    );
     db.drop_db().await;
 }
 
@@ -399,22 +505,29 @@ async fn four_workers_run_twenty_thousand_jobs_exactly_once() {
     let (db, client) = setup().await;
     const JOBS: u64 = 20_000;
     const CHUNK: u64 = 2_000;
-    let mut workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&db, WorkerOpts::default())).collect();
+    let mut workers: Vec<Worker> = (0..4)
+        .map(|_| Worker::spawn(&db, WorkerOpts::default()))
+        .collect();
     for w in &workers {
         w.wait_ready().await;
     }
     let started = Instant::now();
     // Enqueue while the workers claim, in chunks of 2,000 (one transaction each).
     for first in (0..JOBS).step_by(CHUNK as usize) {
-        let ids = tasks::work::enqueue_many(&client, (first..first + CHUNK).map(|n| work(n, 0, 0, false)))
-            .await
-            .unwrap();
+        let ids = tasks::work::enqueue_many(
+            &client,
+            (first..first + CHUNK).map(|n| work(n, 0, 0, false)),
+        )
+        .await
+        .unwrap();
         assert_eq!(ids.len() as u64, CHUNK);
     }
     let enqueued = started.elapsed();
-    wait_until(Duration::from_secs(600), "all 20,000 jobs to finish", || async {
-        unfinished(&client).await == 0
-    })
+    wait_until(
+        Duration::from_secs(600),
+        "all 20,000 jobs to finish",
+        || async { unfinished(&client).await == 0 },
+    )
     .await;
     let took = started.elapsed();
     let rows = executions(&db).await;
@@ -423,8 +536,14 @@ async fn four_workers_run_twenty_thousand_jobs_exactly_once() {
     assert_eq!(jobs.len() as u64, JOBS, "every job ran");
     assert_eq!(jobs.keys().next(), Some(&0));
     assert_eq!(jobs.keys().last(), Some(&(JOBS - 1)));
-    assert!(rows.iter().all(|r| r.attempt == 1 && r.ended_at.is_some()), "all at attempt 1");
-    let distinct_ids = rows.iter().map(|r| r.job_id).collect::<std::collections::HashSet<_>>();
+    assert!(
+        rows.iter().all(|r| r.attempt == 1 && r.ended_at.is_some()),
+        "all at attempt 1"
+    );
+    let distinct_ids = rows
+        .iter()
+        .map(|r| r.job_id)
+        .collect::<std::collections::HashSet<_>>();
     assert_eq!(distinct_ids.len() as u64, JOBS);
     let mut per_pid: HashMap<u32, usize> = HashMap::new();
     for r in &rows {
@@ -433,9 +552,24 @@ async fn four_workers_run_twenty_thousand_jobs_exactly_once() {
     assert_eq!(per_pid.len(), 4, "all four workers took part: {per_pid:?}");
     for w in &workers {
         assert!(per_pid.contains_key(&w.pid));
-        assert_eq!(w.log_count("took back jobs whose lease expired"), 0, "no lease expired:\n{}", w.log());
-        assert_eq!(w.log_count("lost their lease"), 0, "no lease was lost:\n{}", w.log());
-        assert_eq!(w.log_count("not recorded"), 0, "every outcome was recorded:\n{}", w.log());
+        assert_eq!(
+            w.log_count("took back jobs whose lease expired"),
+            0,
+            "no lease expired:\n{}",
+            w.log()
+        );
+        assert_eq!(
+            w.log_count("lost their lease"),
+            0,
+            "no lease was lost:\n{}",
+            w.log()
+        );
+        assert_eq!(
+            w.log_count("not recorded"),
+            0,
+            "every outcome was recorded:\n{}",
+            w.log()
+        );
     }
     eprintln!(
         "4 workers: {JOBS} jobs in {took:?} (enqueued in {enqueued:?}), {:.0} jobs/s; per worker {per_pid:?}",
@@ -468,17 +602,25 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
         .start()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(20), "runtime A to start every job", || async {
-        count(&db, "SELECT COUNT(*) FROM executions").await == JOBS as i64
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "runtime A to start every job",
+        || async { count(&db, "SELECT COUNT(*) FROM executions").await == JOBS },
+    )
     .await;
-    assert_eq!(tasks::ALIVE.load(std::sync::atomic::Ordering::SeqCst), JOBS as usize);
+    assert_eq!(
+        tasks::ALIVE.load(std::sync::atomic::Ordering::SeqCst),
+        JOBS as usize
+    );
 
     let shutdown_at = Instant::now();
     let result = a.shutdown(Duration::from_millis(500)).await;
     let took = shutdown_at.elapsed();
     result.expect("shutdown hands the jobs back and returns Ok");
-    assert!(took < Duration::from_secs(10), "shutdown returned promptly, took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown returned promptly, took {took:?}"
+    );
     assert_eq!(
         tasks::ALIVE.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -487,8 +629,17 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
     for id in &ids {
         let job = client.job(*id).await.unwrap().expect("job kept");
         assert_eq!(job.state, JobState::Ready, "{job:?}");
-        assert_eq!(job.attempts, 0, "the interrupted attempt is not counted: {job:?}");
-        assert!(job.last_error.as_deref().unwrap_or("").contains("handed back"), "{job:?}");
+        assert_eq!(
+            job.attempts, 0,
+            "the interrupted attempt is not counted: {job:?}"
+        );
+        assert!(
+            job.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("handed back"),
+            "{job:?}"
+        );
     }
 
     let b = Runtime::builder(client.clone())
@@ -499,22 +650,40 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
         .start()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(30), "runtime B to finish the handed-back jobs", || async {
-        unfinished(&client).await == 0
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "runtime B to finish the handed-back jobs",
+        || async { unfinished(&client).await == 0 },
+    )
     .await;
     let restarted = shutdown_at.elapsed();
-    assert!(restarted < lease / 2, "B ran them {restarted:?} after the shutdown, not after the lease");
+    assert!(
+        restarted < lease / 2,
+        "B ran them {restarted:?} after the shutdown, not after the lease"
+    );
     b.shutdown(Duration::from_secs(5)).await.unwrap();
 
     let rows = executions(&db).await;
     for (n, runs) in by_job(&rows) {
-        assert_eq!(runs.len(), 2, "job {n}: interrupted on A, run on B: {runs:?}");
-        assert_eq!((runs[0].attempt, runs[0].ended_at), (1, None), "job {n}: {runs:?}");
-        assert_eq!(runs[1].attempt, 1, "job {n}: the hand-back did not spend an attempt: {runs:?}");
+        assert_eq!(
+            runs.len(),
+            2,
+            "job {n}: interrupted on A, run on B: {runs:?}"
+        );
+        assert_eq!(
+            (runs[0].attempt, runs[0].ended_at),
+            (1, None),
+            "job {n}: {runs:?}"
+        );
+        assert_eq!(
+            runs[1].attempt, 1,
+            "job {n}: the hand-back did not spend an attempt: {runs:?}"
+        );
         assert!(runs[1].ended_at.is_some());
     }
-    eprintln!("graceful shutdown: returned in {took:?}; handed-back jobs all done {restarted:?} after it");
+    eprintln!(
+        "graceful shutdown: returned in {took:?}; handed-back jobs all done {restarted:?} after it"
+    );
     db.drop_db().await;
 }
 
@@ -525,7 +694,9 @@ async fn graceful_shutdown_hands_back_unfinished_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_during_thousands_of_jobs() {
     let _serial = SERIAL.lock().await;
-    let private = tokio::task::spawn_blocking(queue_tests::is_private_server).await.unwrap();
+    let private = tokio::task::spawn_blocking(queue_tests::is_private_server)
+        .await
+        .unwrap();
     assert!(
         private,
         "server_restart_during_thousands_of_jobs stops and starts the database server, which it \
@@ -542,17 +713,29 @@ async fn server_restart_during_thousands_of_jobs() {
     // length is measured and checked below.
     let lease = Duration::from_secs(60);
     let heartbeat = Duration::from_secs(5);
-    tasks::work::enqueue_many(&client, (0..JOBS).map(|n| work(n, 10, 10, false))).await.unwrap();
+    tasks::work::enqueue_many(&client, (0..JOBS).map(|n| work(n, 10, 10, false)))
+        .await
+        .unwrap();
     let mut w = Worker::spawn(
         &db,
-        WorkerOpts { concurrency: 10, lease: Some(lease), heartbeat: Some(heartbeat), ..WorkerOpts::default() },
+        WorkerOpts {
+            concurrency: 10,
+            lease: Some(lease),
+            heartbeat: Some(heartbeat),
+            ..WorkerOpts::default()
+        },
     );
-    wait_until(Duration::from_secs(60), "the worker to be well into the jobs", || async {
-        count(&db, "SELECT COUNT(*) FROM executions").await >= 300
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the worker to be well into the jobs",
+        || async { count(&db, "SELECT COUNT(*) FROM executions").await >= 300 },
+    )
     .await;
     let before = count(&db, "SELECT COUNT(*) FROM executions").await;
-    assert!(before < (JOBS as i64) / 2, "the run is still young when the server stops ({before} done)");
+    assert!(
+        before < JOBS / 2,
+        "the run is still young when the server stops ({before} done)"
+    );
 
     let down_at = Instant::now();
     queue_tests::stop_server().await;
@@ -574,18 +757,25 @@ async fn server_restart_during_thousands_of_jobs() {
     }
     queue_tests::start_server().await;
     let outage = down_at.elapsed();
-    assert!(outage + heartbeat < lease, "the outage ({outage:?}) stayed within the lease ({lease:?})");
+    assert!(
+        outage + heartbeat < lease,
+        "the outage ({outage:?}) stayed within the lease ({lease:?})"
+    );
     assert!(
         w.child.try_wait().unwrap().is_none(),
         "the worker kept running through the outage:\n{}",
         w.log()
     );
     // The caller can handle the error: enqueue again once the server is back.
-    tasks::work::enqueue(&client, work(JOBS, 10, 10, false)).await.expect("enqueue after the outage");
+    tasks::work::enqueue(&client, work(JOBS, 10, 10, false))
+        .await
+        .expect("enqueue after the outage");
 
-    wait_until(Duration::from_secs(180), "every job to finish after the restart", || async {
-        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
-    })
+    wait_until(
+        Duration::from_secs(180),
+        "every job to finish after the restart",
+        || async { matches!(client.stats().await, Ok(s) if s.total.total() == 0) },
+    )
     .await;
     let rows = executions(&db).await;
     let jobs = by_job(&rows);
@@ -618,9 +808,20 @@ async fn server_restart_during_thousands_of_jobs() {
          'reachable again' {reachable}x"
     );
     assert_eq!(unavailable, 1, "the outage is logged once:\n{log}");
-    assert_eq!(w.log_count("took back jobs whose lease expired"), 0, "no lease expired:\n{log}");
-    assert_eq!(w.log_count("lost their lease"), 0, "no lease was lost:\n{log}");
+    assert_eq!(
+        w.log_count("took back jobs whose lease expired"),
+        0,
+        "no lease expired:\n{log}"
+    );
+    assert_eq!(
+        w.log_count("lost their lease"),
+        0,
+        "no lease was lost:\n{log}"
+    );
     assert_eq!(reachable, 1, "its end is logged once:\n{log}");
-    assert!(status.success(), "the worker shut down cleanly after the outage: {status:?}\n{log}");
+    assert!(
+        status.success(),
+        "the worker shut down cleanly after the outage: {status:?}\n{log}"
+    );
     db.drop_db().await;
 }

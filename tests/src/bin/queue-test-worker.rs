@@ -47,10 +47,16 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--queue" => args.queues.push(value.clone()),
-            "--concurrency" => args.concurrency = usize::try_from(number()?).map_err(|e| e.to_string())?,
+            "--concurrency" => {
+                args.concurrency = usize::try_from(number()?).map_err(|e| e.to_string())?
+            }
             "--lease-ms" => args.lease = Some(Duration::from_millis(number()?)),
             "--heartbeat-ms" => args.heartbeat = Some(Duration::from_millis(number()?)),
             "--drain-ms" => args.drain = Duration::from_millis(number()?),
@@ -83,7 +89,10 @@ async fn main() -> ExitCode {
     };
     // Install the handlers before the runtime starts: a SIGTERM that arrives
     // early must not kill the process without a shutdown.
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             eprintln!("queue-test-worker: cannot install signal handlers");

@@ -67,7 +67,12 @@ impl Drop for Alive {
 }
 
 /// Sleeps, records, and succeeds (or fails, see [`Work::fail_first`]).
-#[task(name = "faults.work", queue = "faults", retries = 3, backoff = "constant(50ms)")]
+#[task(
+    name = "faults.work",
+    queue = "faults",
+    retries = 3,
+    backoff = "constant(50ms)"
+)]
 pub async fn work(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
     let _alive = Alive::new();
     let pool = ctx.client().pool().clone();
@@ -76,11 +81,12 @@ pub async fn work(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
     let mut first = true;
     if w.mark_start || w.fail_first {
         first = persist(|| async {
-            let earlier: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE n = ? AND exec <> ?")
-                .bind(w.n)
-                .bind(&exec)
-                .fetch_one(&pool)
-                .await?;
+            let earlier: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE n = ? AND exec <> ?")
+                    .bind(w.n)
+                    .bind(&exec)
+                    .fetch_one(&pool)
+                    .await?;
             record(&pool, &exec, &w, &ctx, started, None).await?;
             Ok(earlier == 0)
         })
@@ -93,7 +99,9 @@ pub async fn work(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
     let ended = Utc::now();
     persist(|| record(&pool, &exec, &w, &ctx, started, Some(ended))).await?;
     if w.fail_first && first {
-        return Err(TaskError::permanent(std::io::Error::other("the first execution fails")));
+        return Err(TaskError::permanent(std::io::Error::other(
+            "the first execution fails",
+        )));
     }
     Ok(())
 }
@@ -106,7 +114,11 @@ pub async fn kill_process(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
     let exec = uuid::Uuid::new_v4().simple().to_string();
     let started = Utc::now();
     persist(|| record(&pool, &exec, &w, &ctx, started, None)).await?;
-    eprintln!("faults.abort: job {} attempt {}: aborting the process", w.n, ctx.attempt());
+    eprintln!(
+        "faults.abort: job {} attempt {}: aborting the process",
+        w.n,
+        ctx.attempt()
+    );
     std::process::abort();
 }
 

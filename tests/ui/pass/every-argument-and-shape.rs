@@ -26,6 +26,9 @@ impl std::fmt::Display for MyError {
 
 impl std::error::Error for MyError {}
 
+/// The line of `send_email`'s name below.
+const SEND_EMAIL_LINE: u32 = 41;
+
 /// Context and payload, every option but the cron ones.
 #[task(
     priority = 1,
@@ -130,10 +133,7 @@ const _: () = {
 fn main() {
     assert_eq!(send_email::NAME, "mail.send");
     assert_eq!(send_email::OPTIONS.queue, "mail");
-    assert_eq!(
-        send_email::OPTIONS.deadline,
-        Some(Duration::from_secs(30))
-    );
+    assert_eq!(send_email::OPTIONS.deadline, Some(Duration::from_secs(30)));
     assert_eq!(nothing::NAME, concat!(module_path!(), "::nothing"));
     assert_eq!(
         nested::through_super::NAME,
@@ -142,7 +142,20 @@ fn main() {
     assert_eq!(nothing::OPTIONS.queue, "default");
     assert_eq!(purge_sessions::OPTIONS.cron, Some("0 */5 * * * *"));
     assert_eq!(purge_sessions::OPTIONS.tz, Some("Europe/Berlin"));
-    assert_eq!(purge_sessions::OPTIONS.catch_up, queue_runtime::CatchUp::Skip);
+    assert_eq!(
+        purge_sessions::OPTIONS.catch_up,
+        queue_runtime::CatchUp::Skip
+    );
     assert_eq!(hourly::NAME, "reports.hourly");
     let _: fn(()) -> EnqueueBuilder<()> = nothing::with;
+
+    // The registration points at the function's name (for the "declared
+    // twice" error at start-up).
+    let registration =
+        queue_runtime::__private::inventory::iter::<queue_runtime::__private::TaskRegistration>
+            .into_iter()
+            .find(|r| r.options.name == "mail.send")
+            .expect("`send_email` is registered");
+    assert_eq!(registration.line, SEND_EMAIL_LINE);
+    assert!(registration.file.ends_with("every-argument-and-shape.rs"));
 }
