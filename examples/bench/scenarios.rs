@@ -229,12 +229,15 @@ pub(crate) async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
                             tx.commit().await?;
                             return Ok(0);
                         }
-                        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM jobs_ceiling WHERE id IN ({list})"
-                        )))
-                        .execute(&mut *tx)
-                        .await?;
+                        // One statement text per batch size (bound ids), so
+                        // sqlx's per-connection statement cache holds it.
+                        let list = vec!["?"; ids.len()].join(", ");
+                        let sql = format!("DELETE FROM jobs_ceiling WHERE id IN ({list})");
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for id in &ids {
+                            q = q.bind(*id);
+                        }
+                        q.execute(&mut *tx).await?;
                         tx.commit().await?;
                         Ok(ids.len())
                     }

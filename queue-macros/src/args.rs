@@ -326,3 +326,106 @@ fn non_negative_int(value: &Expr) -> Option<u128> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn messages(tokens: TokenStream) -> Vec<String> {
+        let (_, errors) = TaskArgs::parse(tokens);
+        errors
+            .into_error()
+            .map(|e| e.into_iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_argument() {
+        let (args, errors) = TaskArgs::parse(quote!(
+            priority = 0,
+            retries = 10,
+            deadline = "250ms",
+            queue = "mail",
+            backoff = "linear(10s)",
+            cron = "*/5 * * * *",
+            tz = "Europe/Berlin",
+            catch_up = "skip",
+            name = "mail.send",
+        ));
+        assert!(errors.into_error().is_none());
+        assert_eq!(args.priority, Some(Priority::HIGHEST));
+        assert_eq!(args.retries, Some(10));
+        assert_eq!(args.deadline, Some(Duration::from_millis(250)));
+        assert_eq!(args.queue.as_deref(), Some("mail"));
+        assert_eq!(args.backoff, Some(Backoff::Linear(Duration::from_secs(10))));
+        assert_eq!(args.cron.as_deref(), Some("*/5 * * * *"));
+        assert_eq!(args.tz.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(args.catch_up, Some(CatchUp::Skip));
+        assert_eq!(args.name.as_deref(), Some("mail.send"));
+        assert!(args.is_periodic());
+    }
+
+    #[test]
+    fn nothing() {
+        let (args, errors) = TaskArgs::parse(TokenStream::new());
+        assert!(errors.into_error().is_none());
+        assert!(args.priority.is_none() && !args.is_periodic());
+    }
+
+    #[test]
+    fn every_mistake_is_reported() {
+        assert_eq!(
+            messages(quote!(
+                prio = 1,
+                priority = 5,
+                retries = -1,
+                retries = 2,
+                deadline = "0s",
+                catch_up = "never",
+                priority = 300,
+            )),
+            [
+                "unknown argument `prio`: expected one of `priority`, `retries`, `deadline`, \
+                 `queue`, `backoff`, `cron`, `tz`, `catch_up`, `name`",
+                "priority `5` is out of range: expected 0 (highest) to 4 (lowest)",
+                "`retries` must be a non-negative integer",
+                "`retries` given more than once",
+                "`deadline` must be greater than zero",
+                "invalid catch-up `never`: expected `latest` or `skip`",
+                "`priority` given more than once",
+                "`catch_up` requires `cron`",
+            ]
+        );
+        assert_eq!(
+            messages(quote!(priority = 300)),
+            ["priority `300` is out of range: expected 0 (highest) to 4 (lowest)"]
+        );
+        assert_eq!(
+            messages(quote!(retries = 4294967296)),
+            ["`retries` must be at most 4294967295"]
+        );
+        assert_eq!(
+            messages(quote!(queue = mail)),
+            ["`queue` must be a string such as \"mail\""]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_stop_the_parse() {
+        assert_eq!(messages(quote!(priority 1)), ["expected `=`"]);
+        assert_eq!(
+            messages(quote!(5)),
+            ["expected one of: `priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, \
+              `tz`, `catch_up`, `name`"]
+        );
+        // Mistakes before the syntax error are still reported.
+        assert_eq!(
+            messages(quote!(priority = 9, retries)),
+            [
+                "priority `9` is out of range: expected 0 (highest) to 4 (lowest)",
+                "expected `=`"
+            ]
+        );
+    }
+}
