@@ -23,10 +23,6 @@ mod kw {
     syn::custom_keyword!(name);
 }
 
-/// The accepted keys, in the order the "unknown argument" error lists them.
-const KEYS: &str =
-    "`priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, `tz`, `catch_up`, `name`";
-
 /// The checked arguments of one `#[task(...)]`. A missing argument is
 /// `None` and gets its default at expansion; so does an argument whose value
 /// was rejected (its error is reported separately).
@@ -60,6 +56,19 @@ enum Key {
 }
 
 impl Key {
+    /// Every key, in the order the "unknown argument" error lists them.
+    const ALL: [Key; 9] = [
+        Key::Priority,
+        Key::Retries,
+        Key::Deadline,
+        Key::Queue,
+        Key::Backoff,
+        Key::Cron,
+        Key::Tz,
+        Key::CatchUp,
+        Key::Name,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Key::Priority => "priority",
@@ -112,8 +121,8 @@ impl TaskArgs {
             args.parse_list(input, &mut errors);
             Ok(())
         };
-        // `parse_list` reports its own errors; the parser also rejects
-        // tokens left over, which cannot happen as the list reads to the end.
+        // `parse_list` reports its own errors and reads to the end, so this
+        // cannot fail; keep any error all the same.
         if let Err(e) = parser.parse2(tokens) {
             errors.push(e);
         }
@@ -161,9 +170,16 @@ impl TaskArgs {
             Some(key_of::<kw::name>(input, Key::Name)?)
         } else if input.peek(Ident::peek_any) {
             let unknown = Ident::parse_any(input)?;
+            let expected: Vec<String> = Key::ALL
+                .iter()
+                .map(|k| format!("`{}`", k.as_str()))
+                .collect();
             errors.push(syn::Error::new(
                 unknown.span(),
-                format!("unknown argument `{unknown}`: expected one of {KEYS}"),
+                format!(
+                    "unknown argument `{unknown}`: expected one of {}",
+                    expected.join(", ")
+                ),
             ));
             None
         } else {
@@ -416,8 +432,10 @@ mod tests {
         assert_eq!(messages(quote!(priority 1)), ["expected `=`"]);
         assert_eq!(
             messages(quote!(5)),
-            ["expected one of: `priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, \
-              `tz`, `catch_up`, `name`"]
+            [
+                "expected one of: `priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, \
+              `tz`, `catch_up`, `name`"
+            ]
         );
         // Mistakes before the syntax error are still reported.
         assert_eq!(
