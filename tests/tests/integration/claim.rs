@@ -8,7 +8,7 @@ use queue_runtime::{Runtime, TaskError, task};
 use queue_tests::wait_until;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::setup;
+use crate::{insert_raw_job, setup};
 
 async fn fill_ready(pool: &sqlx::MySqlPool, queue: &str, n: u64) {
     sqlx::query(AssertSqlSafe(format!(
@@ -146,19 +146,7 @@ async fn a_row_committed_behind_the_cursor_is_still_claimed() {
     .await;
     // A row that enters the claim index below the cursor, as a transaction
     // that took its AUTO_INCREMENT value early and committed late would.
-    let id = sqlx::query(
-        "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
-         VALUES ('tests.claim.late', 'late', 2, 0, '7', 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
-    )
-    .execute(client.pool())
-    .await
-    .unwrap()
-    .last_insert_id();
-    sqlx::query("INSERT INTO queue_ready (queue, priority, seq, job_id) VALUES ('late', 2, 1, ?)")
-        .bind(id)
-        .execute(client.pool())
-        .await
-        .unwrap();
+    insert_raw_job(&client, "tests.claim.late", "late", "7", Some(1)).await;
     wait_until(Duration::from_secs(45), "the late row ran", || async {
         LATE_RAN.load(Ordering::SeqCst) == 51
     })

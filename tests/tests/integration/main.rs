@@ -9,7 +9,7 @@ mod outcomes;
 mod priority;
 mod schedule;
 
-use queue_runtime::Client;
+use queue_runtime::{Client, JobId};
 use queue_tests::TestDb;
 
 /// A fresh database with the schema applied, and a client on it.
@@ -19,4 +19,35 @@ pub async fn setup() -> (TestDb, Client) {
     let client = Client::connect(&db.url).await.expect("connect");
     client.migrate().await.expect("migrate");
     (db, client)
+}
+
+/// Inserts a ready job by raw SQL, as another program (or an older
+/// deployment) would, bypassing the typed API; `seq` places it in the claim
+/// index (None: at the tail).
+pub async fn insert_raw_job(
+    client: &Client,
+    task: &str,
+    queue: &str,
+    payload: &str,
+    seq: Option<u64>,
+) -> JobId {
+    let id = sqlx::query(
+        "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
+         VALUES (?, ?, 2, 0, ?, 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+    )
+    .bind(task)
+    .bind(queue)
+    .bind(payload)
+    .execute(client.pool())
+    .await
+    .unwrap()
+    .last_insert_id();
+    sqlx::query("INSERT INTO queue_ready (queue, priority, seq, job_id) VALUES (?, 2, ?, ?)")
+        .bind(queue)
+        .bind(seq)
+        .bind(id)
+        .execute(client.pool())
+        .await
+        .unwrap();
+    JobId(id)
 }

@@ -9,7 +9,7 @@ use queue_runtime::{JobState, Runtime, TaskContext, TaskError, task};
 use queue_tests::wait_until;
 use serde::{Deserialize, Serialize};
 
-use crate::setup;
+use crate::{insert_raw_job, setup};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
@@ -115,20 +115,14 @@ async fn undecodable_payload_ends_dead_with_a_clear_error() {
     let (db, client) = setup().await;
     // Stored by raw SQL: valid JSON of the wrong shape, and not JSON at all.
     for payload in [r#"{"order": "x"}"#, "not json"] {
-        let id = sqlx::query(
-            "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
-             VALUES ('tests.decode.process_order', 'decode', 2, 0, ?, 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+        insert_raw_job(
+            &client,
+            "tests.decode.process_order",
+            "decode",
+            payload,
+            None,
         )
-        .bind(payload)
-        .execute(client.pool())
-        .await
-        .unwrap()
-        .last_insert_id();
-        sqlx::query("INSERT INTO queue_ready (queue, priority, job_id) VALUES ('decode', 2, ?)")
-            .bind(id)
-            .execute(client.pool())
-            .await
-            .unwrap();
+        .await;
     }
     let runtime = Runtime::builder(client.clone())
         .queues(["decode"])
@@ -210,25 +204,12 @@ async fn panics_are_errors_and_permanent_errors_are_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_task_is_handed_back_not_lost() {
     let (db, client) = setup().await;
-    let id = sqlx::query(
-        "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
-         VALUES ('no.such.task', 'orphans', 2, 0, 'null', 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
-    )
-    .execute(client.pool())
-    .await
-    .unwrap()
-    .last_insert_id();
-    sqlx::query("INSERT INTO queue_ready (queue, priority, job_id) VALUES ('orphans', 2, ?)")
-        .bind(id)
-        .execute(client.pool())
-        .await
-        .unwrap();
+    let id = insert_raw_job(&client, "no.such.task", "orphans", "null", None).await;
     let runtime = Runtime::builder(client.clone())
         .queues(["orphans"])
         .start()
         .await
         .unwrap();
-    let id = queue_runtime::JobId(id);
     wait_until(Duration::from_secs(10), "the job handed back", || {
         let client = client.clone();
         async move {
