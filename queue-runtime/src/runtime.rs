@@ -296,6 +296,17 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Drops a job from the in-flight set once its outcome is written, but
+    /// only the entry of that attempt: after an outage longer than the lease
+    /// this runtime may have claimed the job again, and the new attempt must
+    /// keep its heartbeats.
+    fn forget(&self, id: JobId, attempt: u32) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&id).is_some_and(|f| f.attempt == attempt) {
+            map.remove(&id);
+        }
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -342,9 +353,11 @@ enum Ack {
 }
 
 impl Ack {
-    fn id(&self) -> Option<JobId> {
+    fn id(&self) -> Option<(JobId, u32)> {
         match self {
-            Ack::Complete { id, .. } | Ack::Retry { id, .. } | Ack::Dead { id, .. } => Some(*id),
+            Ack::Complete { id, attempt }
+            | Ack::Retry { id, attempt, .. }
+            | Ack::Dead { id, attempt, .. } => Some((*id, *attempt)),
             Ack::Stop => None,
         }
     }
@@ -654,11 +667,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
     }
     if shared.ack_tx.send(ack).is_err() {
         // The acker is gone (runtime dropped): the lease expires and the job runs again.
-        shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.id);
+        shared.forget(job.id, job.attempt);
     }
 }
 
@@ -848,9 +857,8 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                 }
             }
         }
-        let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, _) in &done {
-            map.remove(id);
+        for (id, attempt) in &done {
+            shared.forget(*id, *attempt);
         }
     }
     for a in others {
@@ -892,12 +900,8 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                 }
             }
         }
-        if let Some(id) = id {
-            shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+        if let Some((id, attempt)) = id {
+            shared.forget(id, attempt);
         }
     }
 }

@@ -7,13 +7,13 @@
 //! These tests are heavy and some are timing-sensitive (short leases), so
 //! they run one at a time (a lock, [`SERIAL`]), in their own test binary.
 //!
-//! `server_restart_during_thousands_of_jobs` stops and starts the private
-//! MariaDB server of `scripts/db.sh`: every other test using that server at
-//! the same time fails. Within this binary the lock keeps the others out;
-//! `scripts/test` runs it in a separate, last `cargo test` invocation. It
-//! fails (never skips) when `DATABASE_URL` names another server. To try it
-//! while others use the shared server, run the built test binary with a
-//! server of its own, e.g.
+//! The `server_restart_*` tests stop and start the private MariaDB server
+//! of `scripts/db.sh`: every other test using that server at the same time
+//! fails. Within this binary the lock keeps the others out; `scripts/test`
+//! runs them in a separate, last `cargo test` invocation. They fail (never
+//! skip) when `DATABASE_URL` names another server. To try them while others
+//! use the shared server, run the built test binary with a server of its
+//! own, e.g.
 //! `CARGO_TARGET_DIR=/tmp/faults-db QUEUE_DB_PORT=3367 target/debug/deps/faults-… server_restart`
 //! (only `scripts/db.sh` reads those two variables there).
 
@@ -236,6 +236,21 @@ impl Worker {
     }
 }
 
+/// Starts the private server again if a test fails while it is stopped, so
+/// that the tests after it find it running.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(queue_tests::db_script())
+            .arg("start")
+            .current_dir(queue_tests::repo_root())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 /// SIGKILL a worker with jobs in flight: after its lease, another worker
 /// runs every one of them again as attempt 2, and the jobs that were still
 /// waiting run once; nothing is lost.
@@ -361,13 +376,13 @@ async fn stale_worker_does_not_record_over_the_new_owner() {
     };
     let mut a = Worker::spawn(&db, opts());
     a.wait_ready().await;
-    // First execution: 3 s, then a permanent failure. Later ones: 4 s, success.
+    // First execution: 3 s, then a permanent failure. Later ones: 6 s, success.
     let id = tasks::work::enqueue(
         &client,
         Work {
             n: 1,
             sleep_ms: 3_000,
-            later_sleep_ms: 4_000,
+            later_sleep_ms: 6_000,
             mark_start: true,
             fail_first: true,
         },
@@ -738,6 +753,7 @@ async fn server_restart_during_thousands_of_jobs() {
     );
 
     let down_at = Instant::now();
+    let restart_on_panic = RestartOnDrop;
     queue_tests::stop_server().await;
     let stopped_in = down_at.elapsed();
     // Enqueue fails while the server is down, with an error the caller gets.
@@ -756,6 +772,7 @@ async fn server_restart_during_thousands_of_jobs() {
         tokio::time::sleep(down_for - down_at.elapsed()).await;
     }
     queue_tests::start_server().await;
+    std::mem::forget(restart_on_panic);
     let outage = down_at.elapsed();
     assert!(
         outage + heartbeat < lease,
@@ -822,6 +839,97 @@ async fn server_restart_during_thousands_of_jobs() {
     assert!(
         status.success(),
         "the worker shut down cleanly after the outage: {status:?}\n{log}"
+    );
+    db.drop_db().await;
+}
+
+/// Stop the server for longer than the lease while jobs finish: their
+/// outcomes cannot be written, their leases expire, and when the server is
+/// back the runtime takes them back and runs them again (case 2 of
+/// docs/delivery.md) — but never two executions of one job at once, and
+/// every job completes. In process, with the executions kept in memory, so
+/// that the handlers do not depend on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_longer_than_the_lease_never_runs_a_job_twice_at_once() {
+    let _serial = SERIAL.lock().await;
+    let private = tokio::task::spawn_blocking(queue_tests::is_private_server)
+        .await
+        .unwrap();
+    assert!(
+        private,
+        "this test stops and starts the database server, which it can do only with the private \
+         server of scripts/db.sh; DATABASE_URL names another server ({})",
+        queue_tests::redact_url(&queue_tests::admin_url())
+    );
+    let (db, client) = setup().await;
+    const JOBS: u64 = 10;
+    let lease = Duration::from_secs(2);
+    // First executions end during the outage; later ones outlast the lease
+    // several times, so they live on heartbeats alone.
+    tasks::remember::enqueue_many(&client, (0..JOBS).map(|n| work(n, 1_500, 6_000, false)))
+        .await
+        .unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["faults_mem"])
+        .concurrency(JOBS as usize)
+        .lease(lease)
+        .heartbeat(Duration::from_millis(500))
+        .cron(false)
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "every job to start", || async {
+        tasks::REMEMBERED.lock().unwrap().len() as u64 == JOBS
+    })
+    .await;
+
+    let down_at = Instant::now();
+    let restart_on_panic = RestartOnDrop;
+    queue_tests::stop_server().await;
+    // Down for several leases, and longer than the pool's acquire timeout
+    // (10 s), so that the runtime's statements fail rather than wait.
+    let down_for = Duration::from_secs(15);
+    if down_at.elapsed() < down_for {
+        tokio::time::sleep(down_for - down_at.elapsed()).await;
+    }
+    queue_tests::start_server().await;
+    std::mem::forget(restart_on_panic);
+    let outage = down_at.elapsed();
+
+    wait_until(
+        Duration::from_secs(120),
+        "every job to finish after the restart",
+        || async { matches!(client.stats().await, Ok(s) if s.total.total() == 0) },
+    )
+    .await;
+    runtime.shutdown(Duration::from_secs(10)).await.unwrap();
+    let all = tasks::REMEMBERED.lock().unwrap().clone();
+    let mut again = 0;
+    for n in 0..JOBS {
+        let mut runs: Vec<_> = all.iter().filter(|r| r.n == n).cloned().collect();
+        runs.sort_by_key(|r| r.started);
+        assert!(
+            runs.iter().any(|r| r.ended.is_some()),
+            "job {n} completed: {runs:?}"
+        );
+        for pair in runs.windows(2) {
+            let first_end = pair[0].ended.expect("an execution that was followed ended");
+            assert!(
+                pair[1].started >= first_end,
+                "job {n} ran twice at the same time (attempts {} and {}): {runs:?}",
+                pair[0].attempt,
+                pair[1].attempt
+            );
+            assert!(pair[1].attempt > pair[0].attempt, "job {n}: {runs:?}");
+        }
+        if runs.len() > 1 {
+            again += 1;
+        }
+    }
+    eprintln!(
+        "outage of {outage:?} with a {lease:?} lease: {again} of {JOBS} jobs ran again after it, \
+         {} executions in all, none at the same time",
+        all.len()
     );
     db.drop_db().await;
 }

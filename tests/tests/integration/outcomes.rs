@@ -35,7 +35,7 @@ async fn send_message(ctx: TaskContext, msg: Message) -> Result<(), TaskError> {
         .push(ctx.attempt());
     tokio::time::sleep(Duration::from_millis(30)).await;
     RUNNING.fetch_sub(1, Ordering::SeqCst);
-    if msg.id % 5 == 0 && msg.id <= 15 {
+    if msg.id.is_multiple_of(5) && msg.id <= 15 {
         return Err(TaskError::msg(format!("mailbox {} unavailable", msg.to)));
     }
     Ok(())
