@@ -121,6 +121,7 @@ impl RuntimeBuilder {
             queue_core::validate_queue_name(q)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
+        self.client.store().ensure_sentinels(&queues).await?;
         let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
