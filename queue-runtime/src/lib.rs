@@ -90,8 +90,13 @@ pub mod __private {
     }
 
     /// The claim statement for given cursors, for plan tests.
-    pub fn claim_sql(last: &[u64; 5], stragglers: &[(u8, u64)]) -> (String, Vec<u64>) {
-        crate::store::claim_sql(last, stragglers)
+    pub fn claim_sql(
+        queue: &str,
+        last: &[u64; 5],
+        stragglers: &[(u8, u64)],
+        limit: usize,
+    ) -> String {
+        crate::store::claim_sql(queue, last, stragglers, limit)
     }
 
     /// Checks at compile time that a handler's error converts into a `TaskError`.

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState, Priority};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, placeholders};
+use super::Store;
 use crate::error::Result;
 
 const LEVELS: usize = Priority::LEVELS as usize;
@@ -139,7 +139,8 @@ impl Store {
         )
         .execute(&mut *conn)
         .await?;
-        let mut sql = String::from("INSERT IGNORE INTO queue_ready (queue, priority, seq, job_id) VALUES ");
+        let mut sql =
+            String::from("INSERT IGNORE INTO queue_ready (queue, priority, seq, job_id) VALUES ");
         let mut first = true;
         for _ in queues {
             for p in 0..LEVELS {
@@ -253,6 +254,17 @@ impl Store {
         }
     }
 
+    /// One claim transaction in two round trips, as multi-statement text
+    /// queries whose values are inlined literals (integers, a validated
+    /// queue name, this runtime's owner id, times formatted here):
+    ///
+    /// 1. `SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION;
+    ///    SELECT … FOR UPDATE SKIP LOCKED`
+    /// 2. `DELETE` the claimed rows from `queue_ready`; `UPDATE` their jobs to
+    ///    running; `SELECT` the jobs; `COMMIT`
+    ///
+    /// On any error the transaction is rolled back, and a connection whose
+    /// state is unknown is closed instead of returned to the pool.
     #[allow(clippy::too_many_arguments)]
     async fn try_claim(
         &self,
@@ -264,124 +276,173 @@ impl Store {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedJob>, Vec<(u8, u64)>)> {
-        let mut tx = self.begin().await?;
-        let (sql, binds) = claim_sql(last, stragglers);
-        let mut q = self.q(&sql).bind(queue);
-        for b in binds {
-            q = q.bind(b);
+        let mut conn = self.pool.acquire().await?;
+        let result = self
+            .claim_on(
+                &mut conn,
+                queue,
+                last,
+                stragglers,
+                limit,
+                owner,
+                lease_until,
+                now,
+            )
+            .await;
+        if result.is_err() {
+            let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            if rolled_back.is_err() {
+                conn.close_on_drop();
+            }
         }
-        let rows = q.bind(limit as u64).fetch_all(&mut *tx).await?;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_on(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        queue: &str,
+        last: &[u64; LEVELS],
+        stragglers: &[(u8, u64)],
+        limit: usize,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<ClaimedJob>, Vec<(u8, u64)>)> {
+        let pick = claim_sql(queue, last, stragglers, limit);
+        let first = format!(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
+            self.limited(&pick)
+        );
+        let rows = sqlx::raw_sql(AssertSqlSafe(first))
+            .fetch_all(&mut *conn)
+            .await?;
         if rows.is_empty() {
-            tx.rollback().await?;
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
             return Ok((Vec::new(), Vec::new()));
         }
-        let keys: Vec<(u8, u64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let ids: Vec<u64> = rows.iter().map(|r| r.get(2)).collect();
+        let keys: Vec<(u8, u64)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let ids: Vec<u64> = rows
+            .iter()
+            .map(|r| r.try_get(2))
+            .collect::<Result<_, _>>()?;
 
         // Delete by primary key, priority by priority.
-        let mut sql = String::from("DELETE FROM queue_ready WHERE queue = ? AND (");
-        let mut first = true;
+        let mut delete = format!("DELETE FROM queue_ready WHERE queue = '{queue}' AND (");
+        let mut first_level = true;
         for p in 0..LEVELS as u8 {
-            let n = keys.iter().filter(|k| k.0 == p).count();
-            if n == 0 {
+            let seqs: Vec<String> = keys
+                .iter()
+                .filter(|k| k.0 == p)
+                .map(|k| k.1.to_string())
+                .collect();
+            if seqs.is_empty() {
                 continue;
             }
-            if !first {
-                sql.push_str(" OR ");
+            if !first_level {
+                delete.push_str(" OR ");
             }
-            first = false;
-            sql.push_str(&format!(
+            first_level = false;
+            delete.push_str(&format!(
                 "(priority = {p} AND seq IN ({}))",
-                placeholders(n)
+                seqs.join(", ")
             ));
         }
-        sql.push(')');
-        let mut q = self.q(&sql).bind(queue);
-        for p in 0..LEVELS as u8 {
-            for k in keys.iter().filter(|k| k.0 == p) {
-                q = q.bind(k.1);
-            }
-        }
-        q.execute(&mut *tx).await?;
-
-        let list = placeholders(ids.len());
-        let sql = format!(
-            "UPDATE queue_jobs SET state = ?, attempts = attempts + 1, lease_expires_at = ?, lease_owner = ?, \
-             updated_at = ? WHERE id IN ({list}) AND state = ?"
+        delete.push(')');
+        let list = ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (running, ready) = (JobState::Running.as_u8(), JobState::Ready.as_u8());
+        let update = format!(
+            "UPDATE queue_jobs SET state = {running}, attempts = attempts + 1, \
+             lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{now}' \
+             WHERE id IN ({list}) AND state = {ready}",
+            lease = sql_time(lease_until),
+            now = sql_time(now),
         );
-        let mut q = self
-            .q(&sql)
-            .bind(JobState::Running.as_u8())
-            .bind(lease_until)
-            .bind(owner)
-            .bind(now);
-        for id in &ids {
-            q = q.bind(*id);
-        }
-        q.bind(JobState::Ready.as_u8()).execute(&mut *tx).await?;
-
-        let sql = format!(
+        let select = format!(
             "SELECT id, task, queue, priority, payload, attempts, max_attempts, deadline_ms, run_at \
-             FROM queue_jobs WHERE id IN ({list}) AND state = ? AND lease_owner = ?"
+             FROM queue_jobs WHERE id IN ({list}) AND state = {running} AND lease_owner = '{owner}'"
         );
-        let mut q = self.q(&sql);
-        for id in &ids {
-            q = q.bind(*id);
-        }
-        let rows = q
-            .bind(JobState::Running.as_u8())
-            .bind(owner)
-            .fetch_all(&mut *tx)
+        let second = format!(
+            "{}; {}; {}; COMMIT",
+            self.limited(&delete),
+            self.limited(&update),
+            self.limited(&select)
+        );
+        let rows = sqlx::raw_sql(AssertSqlSafe(second))
+            .fetch_all(&mut *conn)
             .await?;
-        tx.commit().await?;
-
         let mut jobs: Vec<ClaimedJob> = rows
             .iter()
-            .map(|r| ClaimedJob {
-                id: JobId(r.get(0)),
-                task: r.get(1),
-                queue: r.get(2),
-                payload: r.get(4),
-                attempt: r.get(5),
-                max_attempts: r.get(6),
-                deadline_ms: r.get(7),
-                run_at: r.get(8),
+            .map(|r| {
+                Ok(ClaimedJob {
+                    id: JobId(r.try_get(0)?),
+                    task: r.try_get(1)?,
+                    queue: r.try_get(2)?,
+                    payload: r.try_get(4)?,
+                    attempt: r.try_get(5)?,
+                    max_attempts: r.try_get(6)?,
+                    deadline_ms: r.try_get(7)?,
+                    run_at: r.try_get(8)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, sqlx::Error>>()?;
         // Keep claim order (priority, seq).
         jobs.sort_by_key(|j| ids.iter().position(|&i| i == j.id.0));
         Ok((jobs, keys))
     }
+
+    /// A statement with the runtime's own server-side limit, as text.
+    fn limited(&self, sql: &str) -> String {
+        self.flavor.limit_statement(sql, super::STATEMENT_LIMIT).0
+    }
 }
 
-/// The claim statement for the cursors `last` and the straggler keys. Binds
-/// (after the queue name, before the limit) are returned in order.
-pub(crate) fn claim_sql(last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> (String, Vec<u64>) {
-    let mut sql = String::from(
-        "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = ? AND (",
+/// A time as a MySQL `DATETIME(6)` literal's text.
+fn sql_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// The claim statement for `queue` (a validated queue name: no quotes),
+/// the cursors `last` and the straggler keys, with every value inlined.
+pub(crate) fn claim_sql(
+    queue: &str,
+    last: &[u64; LEVELS],
+    stragglers: &[(u8, u64)],
+    limit: usize,
+) -> String {
+    debug_assert!(queue_core::validate_queue_name(queue).is_ok());
+    let mut sql = format!(
+        "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = '{queue}' AND ("
     );
-    let mut binds = Vec::new();
     for (p, &cursor) in last.iter().enumerate() {
         if p > 0 {
             sql.push_str(" OR ");
         }
-        sql.push_str(&format!("(priority = {p} AND seq > ?)"));
-        binds.push(cursor);
-        let mine: Vec<u64> = stragglers
+        sql.push_str(&format!("(priority = {p} AND seq > {cursor})"));
+        let mine: Vec<String> = stragglers
             .iter()
             .filter(|s| usize::from(s.0) == p)
-            .map(|s| s.1)
+            .map(|s| s.1.to_string())
             .collect();
         if !mine.is_empty() {
             sql.push_str(&format!(
                 " OR (priority = {p} AND seq IN ({}))",
-                placeholders(mine.len())
+                mine.join(", ")
             ));
-            binds.extend(mine);
         }
     }
-    sql.push_str(") ORDER BY priority, seq LIMIT ? FOR UPDATE SKIP LOCKED");
-    (sql, binds)
+    sql.push_str(&format!(
+        ") ORDER BY priority, seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    ));
+    sql
 }
 
 #[cfg(test)]
@@ -390,11 +451,22 @@ mod tests {
 
     #[test]
     fn claim_sql_orders_by_the_primary_key() {
-        let (sql, binds) = claim_sql(&[0, 5, 0, 0, 9], &[(4, 3)]);
-        assert!(sql.contains("(priority = 1 AND seq > ?)"));
-        assert!(sql.contains("(priority = 4 AND seq IN (?))"));
-        assert!(sql.ends_with("ORDER BY priority, seq LIMIT ? FOR UPDATE SKIP LOCKED"));
-        assert_eq!(binds, vec![0, 5, 0, 0, 9, 3]);
+        let sql = claim_sql("mail", &[0, 5, 0, 0, 9], &[(4, 3), (4, 8)], 10);
+        assert_eq!(
+            sql,
+            "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = 'mail' AND (\
+             (priority = 0 AND seq > 0) OR (priority = 1 AND seq > 5) OR (priority = 2 AND seq > 0) OR \
+             (priority = 3 AND seq > 0) OR (priority = 4 AND seq > 9) OR (priority = 4 AND seq IN (3, 8))\
+             ) ORDER BY priority, seq LIMIT 10 FOR UPDATE SKIP LOCKED"
+        );
+    }
+
+    #[test]
+    fn times_are_datetime6_literals() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 3, 29, 1, 2, 3).unwrap()
+            + chrono::Duration::microseconds(45);
+        assert_eq!(sql_time(t), "2026-03-29 01:02:03.000045");
     }
 
     #[test]
