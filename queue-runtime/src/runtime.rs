@@ -20,6 +20,9 @@ use chrono::{DateTime, Utc};
 use queue_core::{Deadline, JobId, TaskError, TaskErrorKind};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::client::Client;
@@ -706,28 +709,28 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         deadline,
         client.clone(),
     );
-    let fut = Deadline::scope(deadline, (reg.handler)(ctx, &job.payload));
+    // The handler runs inside this task (no second spawn): a panic is
+    // caught here, and dropping the future is how a deadline or a shutdown
+    // stops it.
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.handler)(ctx, &job.payload))) {
+        Ok(fut) => fut,
+        Err(p) => Box::pin(std::future::ready(Err(TaskError::panic(panic_message(p))))),
+    };
     if let Ok(lag) = (client.now() - job.run_at).to_std() {
         client.inner.metrics.record_start_lag(lag);
     }
-    let mut handle = tokio::spawn(fut.in_current_span());
+    let fut = AssertUnwindSafe(Deadline::scope(deadline, fut)).catch_unwind();
     let mut hand_back = shared.hand_back.subscribe();
     let stop_at = deadline.map(|d| d.expires_at() + DEADLINE_GRACE);
     let joined = tokio::select! {
-        j = &mut handle => Some(j),
+        j = fut => Some(j),
         _ = async {
             match stop_at {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
-        } => {
-            handle.abort();
-            Some(Ok(Err(TaskError::deadline_exceeded())))
-        }
-        _ = hand_back.wait_for(|h| *h) => {
-            handle.abort();
-            None
-        }
+        } => Some(Ok(Err(TaskError::deadline_exceeded()))),
+        _ = hand_back.wait_for(|h| *h) => None,
     };
     let Some(joined) = joined else {
         // The runtime is shutting down: hand the job back at once.
@@ -739,11 +742,7 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
             uncount: true,
         };
     };
-    let result = match joined {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => Err(TaskError::panic(panic_message(e.into_panic()))),
-        Err(_) => Err(TaskError::msg("the handler's task was cancelled")),
-    };
+    let result = joined.unwrap_or_else(|p| Err(TaskError::panic(panic_message(p))));
     match result {
         Ok(()) => Ack::Complete { id, attempt },
         Err(e) => {
