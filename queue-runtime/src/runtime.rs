@@ -469,6 +469,11 @@ async fn producer(shared: Arc<Shared>) {
     // Look behind the cursors at start: rows committed out of order by a
     // previous run are found by the first full probe.
     let mut full_due = true;
+    // Idle polling: after work, look again after `min_poll`, doubling to
+    // `poll_interval` while nothing comes.
+    let min_poll = (shared.poll_interval / 25).max(Duration::from_millis(5));
+    let mut idle_wait = min_poll;
+    let mut idle = false;
     loop {
         if shared.stopping() {
             break;
@@ -510,6 +515,21 @@ async fn producer(shared: Arc<Shared>) {
             if want == 0 {
                 break;
             }
+            if idle && !cursors[qi].has_stragglers() {
+                // Idle: one cheap statement instead of a claim transaction.
+                match client.store().has_ready(&cursors[qi]).await {
+                    Ok(false) => {
+                        shared.outage.ok();
+                        continue;
+                    }
+                    Ok(true) => {}
+                    Err(e) => {
+                        shared.outage.failed("claim", &e);
+                        errored = true;
+                        break;
+                    }
+                }
+            }
             let now = client.now();
             let started = Instant::now();
             match client
@@ -547,16 +567,24 @@ async fn producer(shared: Arc<Shared>) {
             }
             continue;
         }
-        if claimed == 0 && !cursors.iter().any(Cursors::has_stragglers) {
-            // Idle: wait for a local enqueue, a probe's find, the poll
-            // interval, or stop. Probes due meanwhile are sent next round.
+        if claimed > 0 {
+            idle = false;
+            idle_wait = min_poll;
+        } else if !cursors.iter().any(Cursors::has_stragglers) {
+            // Nothing to claim: wait for a local enqueue, a probe's find, or
+            // the idle wait, which starts short after work (jobs enqueued by
+            // other processes in a trickle are found within a few ms) and
+            // doubles up to the poll interval while nothing comes. Probes
+            // due meanwhile are sent next round.
+            idle = true;
             let mut stop = shared.stop.clone();
             tokio::select! {
-                _ = ready_rx.changed() => {}
-                _ = tokio::time::sleep(shared.poll_interval) => {}
+                _ = ready_rx.changed() => idle = false,
+                _ = tokio::time::sleep(idle_wait) => {}
                 _ = stop.wait_for(|s| *s) => {}
                 Some((qi, found)) = found_rx.recv() => cursors[qi].add_stragglers(found),
             }
+            idle_wait = (idle_wait * 2).min(shared.poll_interval);
         }
     }
     prober.abort();
@@ -962,16 +990,25 @@ async fn rescuer(shared: Arc<Shared>) {
         let now = shared.client.now();
         // Look at leases that expired since the last pass (with a margin);
         // the whole index now and then, and at start.
+        // (A 10-s margin covers clocks of other processes a little behind.)
         let since = match last_ok {
             Some(t) if last_full.elapsed() < Duration::from_secs(600) => {
-                Some(t - chrono::Duration::seconds(60))
+                Some(t - chrono::Duration::seconds(10))
             }
             _ => {
                 last_full = Instant::now();
                 None
             }
         };
-        match shared.client.store().rescue_expired(now, since).await {
+        // One cheap non-locking look first; the locking pass only when it
+        // finds an expired lease.
+        let store = shared.client.store();
+        let pass = match store.any_expired(now, since).await {
+            Ok(false) => Ok((0, 0)),
+            Ok(true) => store.rescue_expired(now, since).await,
+            Err(e) => Err(e),
+        };
+        match pass {
             Ok((requeued, buried)) => {
                 shared.outage.ok();
                 last_ok = Some(now);
@@ -1007,18 +1044,28 @@ async fn dispatcher(shared: Arc<Shared>) {
             }
         };
         let mut wait = shared.poll_interval;
-        match client.store().dispatch_due(now, since).await {
-            Ok(n) => {
+        // One cheap non-locking look at the earliest scheduled time; the
+        // locking dispatch only when something is due.
+        let store = client.store();
+        let step = async {
+            match store.next_scheduled(since).await? {
+                Some(t) if t <= now => {
+                    let n = store.dispatch_due(now, since).await?;
+                    Ok((n, store.next_scheduled(Some(now)).await?))
+                }
+                next => Ok::<_, Error>((0, next)),
+            }
+        };
+        match step.await {
+            Ok((n, next)) => {
                 shared.outage.ok();
                 failures = 0;
                 last_ok = Some(now);
                 if n > 0 {
                     client.inner.ready_gen.send_modify(|g| *g += 1);
                 }
-                if let Ok(Some(next)) = client.store().next_scheduled(now).await
-                    && let Ok(d) = (next - now).to_std()
-                {
-                    wait = wait.min(d);
+                if let Some(next) = next {
+                    wait = wait.min((next - now).to_std().unwrap_or(Duration::ZERO));
                 }
             }
             Err(e) => {

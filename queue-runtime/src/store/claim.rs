@@ -418,10 +418,17 @@ pub(crate) fn claim_sql(
     stragglers: &[(u8, u64)],
     limit: usize,
 ) -> String {
+    format!(
+        "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} \
+         ORDER BY priority, seq LIMIT {limit} FOR UPDATE SKIP LOCKED",
+        claim_ranges(queue, last, stragglers)
+    )
+}
+
+/// `queue = '…' AND (…)`: the ranges after the cursors, and the stragglers.
+fn claim_ranges(queue: &str, last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> String {
     debug_assert!(queue_core::validate_queue_name(queue).is_ok());
-    let mut sql = format!(
-        "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = '{queue}' AND ("
-    );
+    let mut sql = format!("queue = '{queue}' AND (");
     for (p, &cursor) in last.iter().enumerate() {
         if p > 0 {
             sql.push_str(" OR ");
@@ -433,16 +440,29 @@ pub(crate) fn claim_sql(
             .map(|s| s.1.to_string())
             .collect();
         if !mine.is_empty() {
-            sql.push_str(&format!(
-                " OR (priority = {p} AND seq IN ({}))",
-                mine.join(", ")
-            ));
+            sql.push_str(&format!(" OR (priority = {p} AND seq IN ({}))", mine.join(", ")));
         }
     }
-    sql.push_str(&format!(
-        ") ORDER BY priority, seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
-    ));
+    sql.push(')');
     sql
+}
+
+impl Store {
+    /// Whether anything may be claimable for `cursors`: one non-locking
+    /// statement, outside any transaction — what an idle runtime sends
+    /// instead of a claim transaction. A row another claimer is taking
+    /// right now may count (its delete is not yet committed): the claim that
+    /// follows then finds nothing, which is harmless.
+    pub(crate) async fn has_ready(&self, cursors: &Cursors) -> Result<bool> {
+        let sql = format!(
+            "SELECT 1 FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} LIMIT 1",
+            claim_ranges(&cursors.queue, &cursors.last, &cursors.stragglers)
+        );
+        Ok(sqlx::raw_sql(AssertSqlSafe(self.limited(&sql)))
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
 }
 
 #[cfg(test)]

@@ -484,20 +484,39 @@ impl Store {
         Ok((ids.len() as u64, ids.len() == BATCH))
     }
 
-    /// The earliest scheduled run time after `after`, if any.
+    /// The earliest scheduled run time at or after `since` (all, if
+    /// `None`), if any. Non-locking.
     pub(crate) async fn next_scheduled(
         &self,
-        after: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
     ) -> Result<Option<DateTime<Utc>>> {
         Ok(self
             .q(
                 "SELECT scheduled_at FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
-                 WHERE scheduled_at > ? ORDER BY scheduled_at LIMIT 1",
+                 WHERE scheduled_at >= ? ORDER BY scheduled_at LIMIT 1",
             )
-            .bind(after)
+            .bind(since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
             .fetch_optional(&self.pool)
             .await?
             .map(|r| r.get(0)))
+    }
+
+    /// Whether any lease expired in `(since, now]` (non-locking).
+    pub(crate) async fn any_expired(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        Ok(self
+            .q(
+                "SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+                 WHERE lease_expires_at > ? AND lease_expires_at <= ? LIMIT 1",
+            )
+            .bind(since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 }
 

@@ -81,29 +81,33 @@ async fn dead_jobs_can_be_listed_retried_and_purged() {
         Err(Error::NotDead(_))
     ));
 
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+
     // Purge: a dead job older than the cutoff goes, a newer one stays.
     let old = fails_until_retried::enqueue(&client, 2).await.unwrap();
-    sqlx::query(
-        "UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY WHERE id = ?",
-    )
-    .bind(old.0)
-    .execute(client.pool())
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM queue_ready WHERE job_id = ?")
-        .bind(old.0)
+    let recent = fails_until_retried::enqueue(&client, 3).await.unwrap();
+    for (id, age_days) in [(old, 2), (recent, 0)] {
+        sqlx::query(
+            "UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6) - INTERVAL ? DAY WHERE id = ?",
+        )
+        .bind(age_days)
+        .bind(id.0)
         .execute(client.pool())
         .await
         .unwrap();
-    assert_eq!(
-        client
-            .purge_dead(Duration::from_secs(86_400))
+        sqlx::query("DELETE FROM queue_ready WHERE job_id = ?")
+            .bind(id.0)
+            .execute(client.pool())
             .await
-            .unwrap(),
-        1
-    );
+            .unwrap();
+    }
+    let purged = client
+        .purge_dead(Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
     assert!(client.job(old).await.unwrap().is_none());
-    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(client.job(recent).await.unwrap().is_some());
     db.drop_db().await;
 }
 
