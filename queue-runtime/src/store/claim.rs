@@ -440,7 +440,10 @@ fn claim_ranges(queue: &str, last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> 
             .map(|s| s.1.to_string())
             .collect();
         if !mine.is_empty() {
-            sql.push_str(&format!(" OR (priority = {p} AND seq IN ({}))", mine.join(", ")));
+            sql.push_str(&format!(
+                " OR (priority = {p} AND seq IN ({}))",
+                mine.join(", ")
+            ));
         }
     }
     sql.push(')');

@@ -508,10 +508,8 @@ impl Store {
         since: Option<DateTime<Utc>>,
     ) -> Result<bool> {
         Ok(self
-            .q(
-                "SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
-                 WHERE lease_expires_at > ? AND lease_expires_at <= ? LIMIT 1",
-            )
+            .q("SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+                 WHERE lease_expires_at > ? AND lease_expires_at <= ? LIMIT 1")
             .bind(since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
             .bind(now)
             .fetch_optional(&self.pool)
