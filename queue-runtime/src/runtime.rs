@@ -47,7 +47,7 @@ pub struct RuntimeBuilder {
     poll_interval: Duration,
     lease: Duration,
     heartbeat: Duration,
-    prefetch: usize,
+    prefetch: Option<usize>,
     cron: bool,
 }
 
@@ -89,10 +89,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Jobs claimed beyond the free slots, to hide the claim's round trip
-    /// (default 0). Prefetched jobs are leased while they wait.
+    /// Jobs claimed beyond the free slots, so that a claim brings back a
+    /// batch big enough to hide its round trips and the next jobs are
+    /// already at hand when slots free up (default: as many as
+    /// `concurrency`). Prefetched jobs are leased (and heartbeated) while
+    /// they wait for a slot; a job that arrives meanwhile with a higher
+    /// priority waits behind at most this many. `0` claims only for free
+    /// slots.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n;
+        self.prefetch = Some(n);
         self
     }
 
@@ -142,7 +147,7 @@ impl RuntimeBuilder {
             poll_interval: self.poll_interval,
             lease: self.lease,
             heartbeat: self.heartbeat,
-            prefetch: self.prefetch,
+            prefetch: self.prefetch.unwrap_or(self.concurrency),
             outage: Outage::default(),
         });
         tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = self.concurrency, "queue runtime starting");
@@ -187,7 +192,7 @@ impl Runtime {
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
-            prefetch: 0,
+            prefetch: None,
             cron: true,
         }
     }
