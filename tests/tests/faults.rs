@@ -126,6 +126,7 @@ struct Worker {
 struct WorkerOpts {
     queue: &'static str,
     concurrency: usize,
+    prefetch: Option<usize>,
     lease: Option<Duration>,
     heartbeat: Option<Duration>,
     drain: Duration,
@@ -136,6 +137,7 @@ impl Default for WorkerOpts {
         WorkerOpts {
             queue: "faults",
             concurrency: 10,
+            prefetch: None,
             lease: None,
             heartbeat: None,
             drain: Duration::from_secs(5),
@@ -166,6 +168,9 @@ impl Worker {
         }
         if let Some(hb) = opts.heartbeat {
             cmd.arg("--heartbeat-ms").arg(hb.as_millis().to_string());
+        }
+        if let Some(n) = opts.prefetch {
+            cmd.arg("--prefetch").arg(n.to_string());
         }
         let mut child = cmd.spawn().expect("spawn queue-test-worker");
         let pid = child.id().expect("worker pid");
@@ -261,8 +266,12 @@ async fn sigkill_worker_jobs_run_again_after_the_lease_as_attempt_2() {
     const IN_FLIGHT: u64 = 20;
     const WAITING: u64 = 20;
     let lease = Duration::from_secs(2);
+    // No prefetch: the 20 quick jobs must stay in ready while A runs (a
+    // prefetching A would hold them too, leased, and they would come back
+    // after the kill like the running ones, with an attempt counted).
     let opts = || WorkerOpts {
         concurrency: IN_FLIGHT as usize,
+        prefetch: Some(0),
         lease: Some(lease),
         heartbeat: Some(Duration::from_millis(500)),
         ..WorkerOpts::default()

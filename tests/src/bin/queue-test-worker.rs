@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! QUEUE_TEST_DATABASE_URL=mysql://… queue-test-worker \
-//!     [--queue NAME]… [--concurrency N] [--lease-ms MS] [--heartbeat-ms MS] [--drain-ms MS]
+//!     [--queue NAME]… [--concurrency N] [--prefetch N] [--lease-ms MS] [--heartbeat-ms MS] [--drain-ms MS]
 //! ```
 //!
 //! It runs the tasks of `tests/faults/tasks.rs` (the test binary declares the
@@ -28,6 +28,7 @@ struct Args {
     url: String,
     queues: Vec<String>,
     concurrency: usize,
+    prefetch: Option<usize>,
     lease: Option<Duration>,
     heartbeat: Option<Duration>,
     drain: Duration,
@@ -40,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         url,
         queues: Vec::new(),
         concurrency: 10,
+        prefetch: None,
         lease: None,
         heartbeat: None,
         drain: Duration::from_secs(5),
@@ -56,6 +58,9 @@ fn parse_args() -> Result<Args, String> {
             "--queue" => args.queues.push(value.clone()),
             "--concurrency" => {
                 args.concurrency = usize::try_from(number()?).map_err(|e| e.to_string())?
+            }
+            "--prefetch" => {
+                args.prefetch = Some(usize::try_from(number()?).map_err(|e| e.to_string())?)
             }
             "--lease-ms" => args.lease = Some(Duration::from_millis(number()?)),
             "--heartbeat-ms" => args.heartbeat = Some(Duration::from_millis(number()?)),
@@ -110,6 +115,9 @@ async fn main() -> ExitCode {
         .concurrency(args.concurrency)
         .queues(args.queues.clone())
         .cron(false);
+    if let Some(prefetch) = args.prefetch {
+        builder = builder.prefetch(prefetch);
+    }
     if let Some(lease) = args.lease {
         builder = builder.lease(lease);
     }
