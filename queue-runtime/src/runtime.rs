@@ -646,13 +646,29 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
         let _permit = match permit {
             Some(p) => p,
             None => {
-                let p = shared2.semaphore.clone().acquire_owned().await;
+                // A prefetched job waits for a slot, unless the runtime stops
+                // first: then it is handed back without having started.
+                let mut stop = shared2.stop.clone();
+                let p = tokio::select! {
+                    p = shared2.semaphore.clone().acquire_owned() => p.ok(),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
                 shared2
                     .waiting
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 match p {
-                    Ok(p) => p,
-                    Err(_) => return,
+                    Some(p) => p,
+                    None => {
+                        let ack = Ack::Retry {
+                            id: job.id,
+                            attempt: job.attempt,
+                            run_at: shared2.client.now(),
+                            error: "handed back at shutdown before it started".into(),
+                            uncount: true,
+                        };
+                        report(&shared2, &job, ack);
+                        return;
+                    }
                 }
             }
         };
@@ -693,6 +709,11 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
         }
         Ack::Stop => {}
     }
+    report(&shared, &job, ack);
+}
+
+/// Hands an outcome to the acker, marking the job as reported.
+fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
     if let Some(f) = shared
         .in_flight
         .lock()

@@ -8,6 +8,7 @@ mod deadlines;
 mod outcomes;
 mod priority;
 mod schedule;
+mod shutdown;
 
 use queue_runtime::{Client, JobId};
 use queue_tests::TestDb;
