@@ -123,7 +123,10 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
             "--churn-variants" => {
                 let v = it.next().unwrap_or_else(|| usage());
                 o.churn_variants = v.split(',').map(str::to_owned).collect();
-                if o.churn_variants.iter().any(|v| !churn::VARIANTS.contains(&v.as_str())) {
+                if o.churn_variants
+                    .iter()
+                    .any(|v| !churn::VARIANTS.contains(&v.as_str()))
+                {
                     usage()
                 }
             }
@@ -168,7 +171,11 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
         "server {} · {} cores · {} · scenarios: {}",
         report.server,
         report.common["cores"],
-        if opts.quick { "quick sizes" } else { "full sizes" },
+        if opts.quick {
+            "quick sizes"
+        } else {
+            "full sizes"
+        },
         scenarios.join(", ")
     );
     println!("server settings: {}", Value::Object(report.common.clone()));
@@ -206,7 +213,9 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
 /// The server's version and the settings that shape these numbers.
 async fn server_report(url: &str, opts: &Opts) -> Res<Report> {
     let pool = sqlx::MySqlPool::connect(url).await?;
-    let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&pool).await?;
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&pool)
+        .await?;
     let mut common = Map::new();
     common.insert(
         "cores".into(),
@@ -262,9 +271,11 @@ pub(crate) async fn drop_db(name: &str) {
     if let Ok(mut c) =
         <sqlx::MySqlConnection as sqlx::Connection>::connect(&format!("{base}/")).await
     {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-            .execute(&mut c)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`"
+        )))
+        .execute(&mut c)
+        .await;
     }
 }
 
@@ -283,10 +294,7 @@ pub(crate) fn rss_mb() -> f64 {
 
 /// Starts this program again with a hidden subcommand; its stdout is piped
 /// and read line by line into `on_line` on a thread.
-pub(crate) fn spawn_self(
-    args: &[String],
-    on_line: impl Fn(&str) + Send + 'static,
-) -> Res<Child> {
+pub(crate) fn spawn_self(args: &[String], on_line: impl Fn(&str) + Send + 'static) -> Res<Child> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(Stdio::piped())

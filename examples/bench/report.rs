@@ -9,8 +9,18 @@ pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    #[allow(clippy::cast_sign_loss)] // p is within 0..=100
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(0.0) as usize;
     s[rank.clamp(1, s.len()) - 1]
+}
+
+/// Formats a count for a table.
+pub(crate) fn int(v: u64) -> String {
+    if v >= 1000 {
+        num(v as f64)
+    } else {
+        v.to_string()
+    }
 }
 
 /// Formats a number for a table: NaN as "-", few decimals for small values.
@@ -165,7 +175,11 @@ impl Report {
                 ]
             })
             .collect();
-        table("## targets", &["target", "goal", "measured", "result"], &rows);
+        table(
+            "## targets",
+            &["target", "goal", "measured", "result"],
+            &rows,
+        );
         for t in &self.targets {
             println!(
                 "{}",

@@ -8,7 +8,7 @@ use queue_runtime::{Client, Runtime};
 use serde_json::json;
 use sqlx::{Connection, MySqlConnection};
 
-use crate::report::{Report, num, pct, table};
+use crate::report::{Report, int, num, pct, table};
 use crate::tasks::{self, now_us};
 use crate::{Opts, Res, drop_db, fresh, rss_mb, spawn_self};
 
@@ -148,7 +148,14 @@ pub(crate) async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
     drop_db("bench_enqueue").await;
     table(
         "### enqueue (no runtime running; call = one enqueue or enqueue_many call)",
-        &["variant", "jobs", "s", "jobs/s", "call p50 ms", "call p99 ms"],
+        &[
+            "variant",
+            "jobs",
+            "s",
+            "jobs/s",
+            "call p50 ms",
+            "call p99 ms",
+        ],
         &rows,
     );
     Ok(())
@@ -212,19 +219,17 @@ pub(crate) async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
         let mut hs = Vec::new();
         for mut c in conns {
             let (done, retries, txn_ms) = (done.clone(), retries.clone(), txn_ms.clone());
-            let select = format!(
-                "SELECT id FROM jobs_ceiling ORDER BY id LIMIT {k} FOR UPDATE SKIP LOCKED"
-            );
+            let select =
+                format!("SELECT id FROM jobs_ceiling ORDER BY id LIMIT {k} FOR UPDATE SKIP LOCKED");
             hs.push(tokio::spawn(async move {
                 let mut local = Vec::new();
                 loop {
                     let t0 = Instant::now();
                     let r: Result<usize, sqlx::Error> = async {
                         let mut tx = c.begin().await?;
-                        let ids: Vec<u64> =
-                            sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
-                                .fetch_all(&mut *tx)
-                                .await?;
+                        let ids: Vec<u64> = sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+                            .fetch_all(&mut *tx)
+                            .await?;
                         if ids.is_empty() {
                             tx.commit().await?;
                             return Ok(0);
@@ -273,7 +278,7 @@ pub(crate) async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
             num(rate),
             num(pct(&lat, 50.0)),
             num(pct(&lat, 99.0)),
-            num(retries.load(Ordering::Relaxed) as f64),
+            int(retries.load(Ordering::Relaxed)),
         ]);
         let s = json!({"jobs": n, "workers": WORKERS, "batch": k, "isolation": "READ-COMMITTED"});
         report.emit("ceiling", &v, "throughput", rate, "jobs/s", s.clone());
@@ -287,7 +292,15 @@ pub(crate) async fn ceiling(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
         &format!(
             "### ceiling: {WORKERS} workers, each: BEGIN; SELECT id … ORDER BY id LIMIT k FOR UPDATE SKIP LOCKED; DELETE … WHERE id IN (…); COMMIT"
         ),
-        &["batch", "jobs", "s", "jobs/s", "txn p50 ms", "txn p99 ms", "deadlocks retried"],
+        &[
+            "batch",
+            "jobs",
+            "s",
+            "jobs/s",
+            "txn p50 ms",
+            "txn p99 ms",
+            "deadlocks retried",
+        ],
         &rows,
     );
     Ok(())
@@ -425,7 +438,14 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
         ]);
         let s = json!({"jobs": n, "processes": procs, "concurrency": conc, "prefetch": 0,
                        "poll_interval_ms": 500, "enqueued_with": "enqueue_many, chunks of 5,000"});
-        report.emit("throughput", &variant, "throughput", rate, "jobs/s", s.clone());
+        report.emit(
+            "throughput",
+            &variant,
+            "throughput",
+            rate,
+            "jobs/s",
+            s.clone(),
+        );
         if claim.is_some() {
             report.emit("throughput", &variant, "claim_p50", c50, "ms", s.clone());
             report.emit("throughput", &variant, "claim_p99", c99, "ms", s);
@@ -435,7 +455,14 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
     drop_db("bench_tp").await;
     table(
         "### throughput: no-op jobs, from the first job's start to an empty queue (claim latency: the runtime's Stats, last 60 s)",
-        &["variant", "jobs", "s", "jobs/s", "claim p50 ms", "claim p99 ms"],
+        &[
+            "variant",
+            "jobs",
+            "s",
+            "jobs/s",
+            "claim p50 ms",
+            "claim p99 ms",
+        ],
         &rows,
     );
     Ok(())
@@ -562,7 +589,14 @@ pub(crate) async fn latency(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
             "### latency: {} jobs/s for {} s; enqueue-to-start = handler start − time taken just before the enqueue call",
             opts.rate, opts.latency_secs
         ),
-        &["variant", "jobs", "p50 ms", "p99 ms", "max ms", "enqueue call p50 ms"],
+        &[
+            "variant",
+            "jobs",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "enqueue call p50 ms",
+        ],
         &rows,
     );
     Ok(())
@@ -599,15 +633,18 @@ pub(crate) async fn idle(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res
     ctx.idle_per_s = Some(per_s);
     let mut rows: Vec<Vec<String>> = counts
         .iter()
-        .map(|(k, v)| vec![k.clone(), num(*v as f64), num(*v as f64 / secs as f64)])
+        .map(|(k, v)| vec![k.clone(), int(*v), num(*v as f64 / secs as f64)])
         .collect();
-    rows.push(vec![
-        "total".into(),
-        num(total as f64),
-        num(per_s),
-    ]);
+    rows.push(vec!["total".into(), int(total), num(per_s)]);
     let s = json!({"secs": secs, "concurrency": 10, "poll_interval_ms": 500, "queues": 1});
-    report.emit("idle", "idle runtime, 1 queue", "statements_per_s", per_s, "1/s", s);
+    report.emit(
+        "idle",
+        "idle runtime, 1 queue",
+        "statements_per_s",
+        per_s,
+        "1/s",
+        s,
+    );
     table(
         &format!(
             "### idle: statements one idle runtime (1 queue, poll 500 ms) sent in {secs} s, counted from sqlx's statement log (pings not included)"
@@ -679,8 +716,22 @@ pub(crate) async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> R
     let delta = max - empty;
     ctx.memory = Some((empty, max, delta));
     let s = json!({"queued": queued, "running": running, "concurrency": 10, "enqueued_by": "another process"});
-    report.emit("memory", "runtime process", "rss_empty_queue", empty, "MB", s.clone());
-    report.emit("memory", "runtime process", "rss_full_queue", full, "MB", s.clone());
+    report.emit(
+        "memory",
+        "runtime process",
+        "rss_empty_queue",
+        empty,
+        "MB",
+        s.clone(),
+    );
+    report.emit(
+        "memory",
+        "runtime process",
+        "rss_full_queue",
+        full,
+        "MB",
+        s.clone(),
+    );
     report.emit("memory", "runtime process", "rss_max", max, "MB", s.clone());
     report.emit("memory", "runtime process", "rss_growth", delta, "MB", s);
     table(
@@ -689,8 +740,22 @@ pub(crate) async fn memory(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> R
             num(n as f64),
             enqueue_secs
         ),
-        &["empty queue MB", "max while filling and 10 s after MB", "at the end MB", "growth MB", "ready jobs at the end", "running"],
-        &[vec![num(empty), num(max), num(full), num(delta), num(queued as f64), num(running as f64)]],
+        &[
+            "empty queue MB",
+            "max while filling and 10 s after MB",
+            "at the end MB",
+            "growth MB",
+            "ready jobs at the end",
+            "running",
+        ],
+        &[vec![
+            num(empty),
+            num(max),
+            num(full),
+            num(delta),
+            int(queued),
+            int(running),
+        ]],
     );
     Ok(())
 }
@@ -744,7 +809,12 @@ pub(crate) fn targets(report: &mut Report, _opts: &Opts, ctx: &Ctx) {
             format!("p50 {} ms", num(p)),
             Some(p < 5.0),
         ),
-        None => report.target("latency, same process", "p50 < 5 ms", "not run".into(), None),
+        None => report.target(
+            "latency, same process",
+            "p50 < 5 ms",
+            "not run".into(),
+            None,
+        ),
     }
     match ctx.latency_cross_p50 {
         Some((p, poll)) => report.target(

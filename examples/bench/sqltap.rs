@@ -122,10 +122,10 @@ fn is_claim_select(sql: &str) -> bool {
 /// `SET STATEMENT max_statement_time=… FOR` prefix.
 pub(crate) fn classify(sql: &str) -> String {
     let mut s = sql.trim();
-    if s.starts_with("SET STATEMENT") {
-        if let Some(i) = s.find(" FOR ") {
-            s = s[i + 5..].trim();
-        }
+    if s.starts_with("SET STATEMENT")
+        && let Some(i) = s.find(" FOR ")
+    {
+        s = s[i + 5..].trim();
     }
     if s.starts_with("SET TRANSACTION") && s.contains("START TRANSACTION") {
         return "BEGIN (SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION)".into();

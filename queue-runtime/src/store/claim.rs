@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState, Priority};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Store;
+use super::{Store, sql_time};
 use crate::error::Result;
 
 const LEVELS: usize = Priority::LEVELS as usize;
@@ -405,10 +405,6 @@ impl Store {
     }
 }
 
-/// A time as a MySQL `DATETIME(6)` literal's text.
-fn sql_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-}
 
 /// The claim statement for `queue` (a validated queue name: no quotes),
 /// the cursors `last` and the straggler keys, with every value inlined.
