@@ -405,7 +405,6 @@ impl Store {
     }
 }
 
-
 /// The claim statement for `queue` (a validated queue name: no quotes),
 /// the cursors `last` and the straggler keys, with every value inlined.
 pub(crate) fn claim_sql(

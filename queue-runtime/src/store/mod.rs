@@ -313,7 +313,11 @@ impl Store {
         for part in jobs.chunks(500) {
             // Text with inlined values, for the reason given at `fence`; the
             // owner id is this runtime's own `rt-<hex>`.
-            debug_assert!(owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            debug_assert!(
+                owner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            );
             let sql = self.sql(&format!(
                 "UPDATE queue_jobs SET lease_expires_at = '{}', updated_at = '{}' \
                  WHERE lease_owner = '{owner}' AND state = {} AND ({})",
@@ -322,7 +326,10 @@ impl Store {
                 JobState::Running.as_u8(),
                 fence(part)
             ));
-            total += sqlx::raw_sql(sql).execute(&self.pool).await?.rows_affected();
+            total += sqlx::raw_sql(sql)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
         Ok(total)
     }
