@@ -18,6 +18,7 @@
 //!     Ok(())
 //! }
 //!
+//! # fn main() {}
 //! # async fn demo() -> Result<(), queue_runtime::Error> {
 //! let client = Client::connect("mysql://queue:queue@127.0.0.1:3366/queue").await?;
 //! client.migrate().await?;
@@ -27,6 +28,10 @@
 //! runtime.shutdown(std::time::Duration::from_secs(30)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `#[task]` goes on functions at module level (not inside a function
+//! body): the module it generates refers to the function and its payload
+//! type through `super::`.
 //!
 //! See `docs/architecture.md` for the schema and the claim path.
 
