@@ -262,6 +262,20 @@ impl Client {
         Ok(stats)
     }
 
+    /// Claim latency (p50, p99) of this client's runtimes in this process
+    /// over the last minute, without touching the database (unlike
+    /// [`stats`](Self::stats), which also counts every job).
+    pub fn claim_latency(&self) -> Option<(Duration, Duration)> {
+        self.inner.metrics.claim_latency()
+    }
+
+    /// Time from run time to start (p50, p99) of the jobs this client's
+    /// runtimes started in this process over the last minute; no database
+    /// access.
+    pub fn start_lag(&self) -> Option<(Duration, Duration)> {
+        self.inner.metrics.start_lag()
+    }
+
     /// Dead jobs, newest first.
     ///
     /// # Errors
