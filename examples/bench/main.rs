@@ -72,6 +72,7 @@ const SCENARIOS: &[&str] = &[
     "latency",
     "idle",
     "memory",
+    "delay",
     "churn",
 ];
 
@@ -191,6 +192,7 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
             "latency" => scenarios::latency(&mut report, &opts, &mut ctx).await,
             "idle" => scenarios::idle(&mut report, &opts, &mut ctx).await,
             "memory" => scenarios::memory(&mut report, &opts, &mut ctx).await,
+            "delay" => scenarios::delay(&mut report, &opts, &mut ctx).await,
             "churn" => churn::churn(&mut report, &opts, &mut ctx).await,
             _ => unreachable!(),
         };

@@ -851,3 +851,90 @@ pub(crate) fn targets(report: &mut Report, _opts: &Opts, ctx: &Ctx) {
         None => report.target("memory", "RSS growth ≤ 20 MB", "not run".into(), None),
     }
 }
+
+/// Delayed jobs: 100 jobs with run times 1–2 s ahead, enqueued 20 ms apart,
+/// by the runtime's own client (which wakes its dispatcher) and by another
+/// client (as another process would: the dispatcher finds them by polling).
+/// Measures start − run time: never negative (never early), and how prompt.
+pub(crate) async fn delay(report: &mut Report, _opts: &Opts, _ctx: &mut Ctx) -> Res<()> {
+    const JOBS: usize = 100;
+    let (url, client) = fresh("bench_delay").await?;
+    let other = Client::connect(&url).await?;
+    let mut rows = Vec::new();
+    for (variant, enqueuer) in [("same client", &client), ("another client", &other)] {
+        let rt = Runtime::builder(client.clone())
+            .concurrency(10)
+            .queues(["bench_delay"])
+            .cron(false)
+            .start()
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tasks::reset();
+        for i in 0..JOBS {
+            let due = chrono::Utc::now()
+                + chrono::Duration::milliseconds(1000 + 10 * i64::try_from(i).unwrap_or(0));
+            let due_us = u64::try_from(due.timestamp_micros()).unwrap_or(0);
+            tasks::delayed::with(due_us)
+                .run_at(due)
+                .enqueue(enqueuer)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tasks::DUE_MS.lock().unwrap().len() < JOBS && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rt.shutdown(Duration::from_secs(5)).await?;
+        let mut v = tasks::DUE_MS.lock().unwrap().clone();
+        v.sort_by(f64::total_cmp);
+        let early = v.iter().filter(|x| **x < 0.0).count();
+        let (min, p50, p99, max) = (
+            v.first().copied().unwrap_or(f64::NAN),
+            pct(&v, 50.0),
+            pct(&v, 99.0),
+            v.last().copied().unwrap_or(f64::NAN),
+        );
+        let s = json!({"jobs": JOBS, "poll_ms": 500, "delay_ms": "1000..2000"});
+        report.emit(
+            "delay",
+            variant,
+            "start_after_due_p50",
+            p50,
+            "ms",
+            s.clone(),
+        );
+        report.emit(
+            "delay",
+            variant,
+            "start_after_due_p99",
+            p99,
+            "ms",
+            s.clone(),
+        );
+        report.emit("delay", variant, "started_early", early as f64, "jobs", s);
+        rows.push(vec![
+            variant.to_owned(),
+            int(v.len() as u64),
+            int(early as u64),
+            num(min),
+            num(p50),
+            num(p99),
+            num(max),
+        ]);
+    }
+    table(
+        "### delay: 100 jobs due 1–2 s after their enqueue; start − run time (poll 500 ms)",
+        &[
+            "enqueued by",
+            "jobs",
+            "started early",
+            "min ms",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+        ],
+        &rows,
+    );
+    drop_db("bench_delay").await;
+    Ok(())
+}

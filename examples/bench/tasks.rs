@@ -39,6 +39,7 @@ pub(crate) fn reset() {
     RELEASE.store(false, Ordering::SeqCst);
     LAT_MS.lock().unwrap().clear();
     URGENT_MS.lock().unwrap().clear();
+    DUE_MS.lock().unwrap().clear();
 }
 
 fn lag_ms(sent_us: u64) -> f64 {
@@ -86,5 +87,18 @@ pub(crate) async fn hold() -> Result<(), TaskError> {
     while !RELEASE.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Signed time from a delayed job's run time to its start, ms (negative:
+/// it started early).
+pub(crate) static DUE_MS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
+/// A delayed job: its payload is its run time (µs since epoch); records how
+/// long after that it started.
+#[task(queue = "bench_delay", name = "bench.delayed")]
+pub(crate) async fn delayed(due_us: u64) -> Result<(), TaskError> {
+    let late_us = i128::from(now_us()) - i128::from(due_us);
+    DUE_MS.lock().unwrap().push(late_us as f64 / 1e3);
     Ok(())
 }
