@@ -80,3 +80,16 @@ pub(crate) fn add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
         .and_then(|d| t.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// Waits until a hand-moved clock changes; forever for a clock that moves
+/// on its own (`None`).
+pub(crate) async fn moved(rx: &mut Option<watch::Receiver<DateTime<Utc>>>) {
+    match rx.as_mut() {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}

@@ -143,12 +143,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
         let mut stop = shared.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = async {
-                match clock_rx.as_mut() {
-                    Some(rx) => { let _ = rx.changed().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
+            _ = crate::clock::moved(&mut clock_rx) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

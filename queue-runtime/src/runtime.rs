@@ -1105,12 +1105,7 @@ async fn dispatcher(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = scheduled_rx.changed() => {}
-            _ = async {
-                match clock_rx.as_mut() {
-                    Some(rx) => { let _ = rx.changed().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
+            _ = crate::clock::moved(&mut clock_rx) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
