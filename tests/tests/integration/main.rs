@@ -10,7 +10,9 @@ mod priority;
 mod schedule;
 mod shutdown;
 
-use queue_runtime::{Client, JobId};
+use std::time::Duration;
+
+use queue_runtime::{Client, JobId, Runtime};
 use queue_tests::TestDb;
 
 /// A fresh database with the schema applied, and a client on it.
@@ -51,4 +53,22 @@ pub async fn insert_raw_job(
         .await
         .unwrap();
     JobId(id)
+}
+
+/// A runtime with default settings serving `queue`.
+pub async fn start_runtime(client: &Client, queue: &str) -> Runtime {
+    Runtime::builder(client.clone())
+        .queues([queue])
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits until `n` jobs are dead.
+pub async fn wait_for_dead(client: &Client, n: u64) {
+    queue_tests::wait_until(Duration::from_secs(10), &format!("{n} dead jobs"), || {
+        let client = client.clone();
+        async move { client.stats().await.unwrap().total.dead == n }
+    })
+    .await;
 }

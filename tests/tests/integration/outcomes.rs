@@ -9,7 +9,7 @@ use queue_runtime::{JobState, Runtime, TaskContext, TaskError, task};
 use queue_tests::wait_until;
 use serde::{Deserialize, Serialize};
 
-use crate::{insert_raw_job, setup};
+use crate::{insert_raw_job, setup, start_runtime, wait_for_dead};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
@@ -124,16 +124,8 @@ async fn undecodable_payload_ends_dead_with_a_clear_error() {
         )
         .await;
     }
-    let runtime = Runtime::builder(client.clone())
-        .queues(["decode"])
-        .start()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(10), "both jobs dead", || {
-        let client = client.clone();
-        async move { client.stats().await.unwrap().total.dead == 2 }
-    })
-    .await;
+    let runtime = start_runtime(&client, "decode").await;
+    wait_for_dead(&client, 2).await;
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     let dead = client.dead_jobs(10).await.unwrap();
     assert_eq!(dead.len(), 2);
@@ -175,16 +167,8 @@ async fn panics_are_errors_and_permanent_errors_are_not_retried() {
     let (db, client) = setup().await;
     let p = panicking_task::enqueue(&client, ()).await.unwrap();
     let q = permanent_failure::enqueue(&client, ()).await.unwrap();
-    let runtime = Runtime::builder(client.clone())
-        .queues(["panics"])
-        .start()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(10), "both jobs dead", || {
-        let client = client.clone();
-        async move { client.stats().await.unwrap().total.dead == 2 }
-    })
-    .await;
+    let runtime = start_runtime(&client, "panics").await;
+    wait_for_dead(&client, 2).await;
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     let p = client.job(p).await.unwrap().unwrap();
     assert_eq!(p.state, JobState::Dead);
@@ -205,11 +189,7 @@ async fn panics_are_errors_and_permanent_errors_are_not_retried() {
 async fn unknown_task_is_handed_back_not_lost() {
     let (db, client) = setup().await;
     let id = insert_raw_job(&client, "no.such.task", "orphans", "null", None).await;
-    let runtime = Runtime::builder(client.clone())
-        .queues(["orphans"])
-        .start()
-        .await
-        .unwrap();
+    let runtime = start_runtime(&client, "orphans").await;
     wait_until(Duration::from_secs(10), "the job handed back", || {
         let client = client.clone();
         async move {
