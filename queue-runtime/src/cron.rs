@@ -114,6 +114,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
             .poll_interval
             .max(Duration::from_millis(100))
             .min(Duration::from_secs(1));
+        let sent = std::time::Instant::now();
         let step = async {
             if !registered {
                 register(&client, &tasks).await?;
@@ -123,7 +124,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
         };
         match step.await {
             Ok(next) => {
-                shared.outage.ok();
+                shared.outage.ok(sent);
                 failures = 0;
                 let now = client.now();
                 if let Some(next) = next {

@@ -393,10 +393,17 @@ impl Outage {
         }
     }
 
-    /// Records a success; logs the end of an outage.
-    pub(crate) fn ok(&self) {
+    /// Records the success of a statement sent at `sent`; logs the end of
+    /// an outage. Only a statement sent after the outage was noticed ends
+    /// it: while a server shuts down, statements already in flight on other
+    /// connections may still complete after the first one failed, and they
+    /// say nothing about whether the server is back.
+    pub(crate) fn ok(&self, sent: Instant) {
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = since.take() {
+        if let Some(t) = *since
+            && sent > t
+        {
+            *since = None;
             tracing::warn!(after = ?t.elapsed(), "database reachable again; the runtime resumed");
         }
     }
@@ -522,9 +529,10 @@ async fn producer(shared: Arc<Shared>) {
             }
             if idle && !cursors[qi].has_stragglers() {
                 // Idle: one cheap statement instead of a claim transaction.
+                let sent = Instant::now();
                 match client.store().has_ready(&cursors[qi]).await {
                     Ok(false) => {
-                        shared.outage.ok();
+                        shared.outage.ok(sent);
                         continue;
                     }
                     Ok(true) => {}
@@ -550,7 +558,7 @@ async fn producer(shared: Arc<Shared>) {
             {
                 Ok(jobs) => {
                     client.inner.metrics.record_claim(started.elapsed());
-                    shared.outage.ok();
+                    shared.outage.ok(started);
                     failures = 0;
                     claimed += jobs.len();
                     for job in jobs {
@@ -894,9 +902,10 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     let mut failures = 0;
     if !done.is_empty() {
         loop {
+            let sent = Instant::now();
             match store.complete(&done).await {
                 Ok(n) => {
-                    shared.outage.ok();
+                    shared.outage.ok(sent);
                     if (n as usize) < done.len() {
                         tracing::warn!(
                             lost = done.len() - n as usize,
@@ -921,6 +930,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         let mut failures = 0;
         loop {
             let now = client.now();
+            let sent = Instant::now();
             let r = match &a {
                 Ack::Retry {
                     id,
@@ -938,7 +948,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             };
             match r {
                 Ok(recorded) => {
-                    shared.outage.ok();
+                    shared.outage.ok(sent);
                     if !recorded {
                         tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
                     }
@@ -973,6 +983,7 @@ async fn heartbeat(shared: Arc<Shared>) {
             continue;
         }
         let now = shared.client.now();
+        let sent = Instant::now();
         match shared
             .client
             .store()
@@ -980,7 +991,7 @@ async fn heartbeat(shared: Arc<Shared>) {
             .await
         {
             Ok(n) => {
-                shared.outage.ok();
+                shared.outage.ok(sent);
                 // A job that is not matched either lost its lease or had its
                 // outcome written meanwhile (a success deletes it). Discount
                 // every job whose outcome is queued or written by now, so a
@@ -1030,6 +1041,7 @@ async fn rescuer(shared: Arc<Shared>) {
         // One cheap non-locking look first; the locking pass only when it
         // finds an expired lease.
         let store = shared.client.store();
+        let sent = Instant::now();
         let pass = match store.any_expired(now, since).await {
             Ok(false) => Ok((0, 0)),
             Ok(true) => store.rescue_expired(now, since).await,
@@ -1037,7 +1049,7 @@ async fn rescuer(shared: Arc<Shared>) {
         };
         match pass {
             Ok((requeued, buried)) => {
-                shared.outage.ok();
+                shared.outage.ok(sent);
                 last_ok = Some(now);
                 if requeued + buried > 0 {
                     tracing::warn!(requeued, buried, "took back jobs whose lease expired");
@@ -1074,6 +1086,7 @@ async fn dispatcher(shared: Arc<Shared>) {
         // One cheap non-locking look at the earliest scheduled time; the
         // locking dispatch only when something is due.
         let store = client.store();
+        let sent = Instant::now();
         let step = async {
             match store.next_scheduled(since).await? {
                 Some(t) if t <= now => {
@@ -1085,7 +1098,7 @@ async fn dispatcher(shared: Arc<Shared>) {
         };
         match step.await {
             Ok((n, next)) => {
-                shared.outage.ok();
+                shared.outage.ok(sent);
                 failures = 0;
                 last_ok = Some(now);
                 if n > 0 {
@@ -1179,6 +1192,35 @@ mod tests {
             !purge_lag_suspected(ms(8), 40_000, ms(6), 500),
             "not doubled"
         );
+    }
+
+    #[test]
+    fn an_outage_ends_only_with_a_statement_sent_after_it_began() {
+        let outage = Outage::default();
+        let in_flight = Instant::now();
+        let lost = Error::Database(sqlx::Error::PoolTimedOut);
+        outage.failed("claim", &lost);
+        let began = outage
+            .since
+            .lock()
+            .unwrap()
+            .expect("a connection error starts an outage");
+        // A statement already in flight when the server went away completes:
+        // the outage goes on.
+        outage.ok(in_flight);
+        assert_eq!(*outage.since.lock().unwrap(), Some(began));
+        // Further failures do not restart it.
+        outage.failed("heartbeat", &lost);
+        assert_eq!(*outage.since.lock().unwrap(), Some(began));
+        outage.ok(Instant::now());
+        assert_eq!(
+            *outage.since.lock().unwrap(),
+            None,
+            "a later statement ends it"
+        );
+        // A statement error that is not about the connection is no outage.
+        outage.failed("claim", &Error::Database(sqlx::Error::RowNotFound));
+        assert_eq!(*outage.since.lock().unwrap(), None);
     }
 
     #[test]
