@@ -15,6 +15,8 @@
 //! - `--jobs N`          throughput and ceiling jobs (100,000; quick 20,000)
 //! - `--enqueue-jobs N`  enqueue_many jobs (1,000,000; quick 100,000)
 //! - `--singles N`       one-by-one enqueues (2,000; quick 1,000)
+//! - `--throughput-variants LIST`  comma-separated `PROCESSESxCONCURRENCY`
+//!   (`1x1,1x10,1x50,4x10`)
 //! - `--latency-secs S`  trickle length (20; quick 10) at `--rate R` jobs/s (200)
 //! - `--churn-jobs N`    churn burst (1,000,000; quick 100,000)
 //! - `--churn-secs S`    time cap per churn variant (600; quick 60)
@@ -54,6 +56,7 @@ type Res<T> = Result<T, BoxError>;
 pub(crate) struct Opts {
     pub(crate) quick: bool,
     pub(crate) jobs: u64,
+    pub(crate) throughput_variants: Vec<(usize, usize)>,
     pub(crate) enqueue_jobs: u64,
     pub(crate) singles: u64,
     pub(crate) latency_secs: u64,
@@ -78,7 +81,7 @@ const SCENARIOS: &[&str] = &[
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [SCENARIO ...] [--quick] [--jobs N] [--enqueue-jobs N] [--singles N] \
+        "usage: bench [SCENARIO ...] [--quick] [--jobs N] [--throughput-variants 1x1,1x10,1x50,4x10] [--enqueue-jobs N] [--singles N] \
          [--latency-secs S] [--rate R] [--churn-jobs N] [--churn-secs S] \
          [--churn-variants runtime,runtime+readview,seed,seed+readview] [--mem-jobs N] [--idle-secs S]\n\
          scenarios: {} | all",
@@ -92,6 +95,7 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
     let mut o = Opts {
         quick,
         jobs: if quick { 20_000 } else { 100_000 },
+        throughput_variants: vec![(1, 1), (1, 10), (1, 50), (4, 10)],
         enqueue_jobs: if quick { 100_000 } else { 1_000_000 },
         singles: if quick { 1_000 } else { 2_000 },
         latency_secs: if quick { 10 } else { 20 },
@@ -121,6 +125,19 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
             "--churn-secs" => o.churn_secs = val(),
             "--mem-jobs" => o.mem_jobs = val(),
             "--idle-secs" => o.idle_secs = val(),
+            "--throughput-variants" => {
+                let v = it.next().unwrap_or_else(|| usage());
+                o.throughput_variants = v
+                    .split(',')
+                    .map(|pc| {
+                        let (p, c) = pc.split_once('x').unwrap_or_else(|| usage());
+                        match (p.parse(), c.parse()) {
+                            (Ok(p @ 1..), Ok(c @ 1..)) => (p, c),
+                            _ => usage(),
+                        }
+                    })
+                    .collect();
+            }
             "--churn-variants" => {
                 let v = it.next().unwrap_or_else(|| usage());
                 o.churn_variants = v.split(',').map(str::to_owned).collect();

@@ -345,7 +345,7 @@ async fn wait_count(n: u64, count: impl Fn() -> u64) -> Res<()> {
 pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> Res<()> {
     let n = opts.jobs;
     let mut rows = Vec::new();
-    for (procs, conc) in [(1usize, 1usize), (1, 10), (1, 50), (4, 10)] {
+    for &(procs, conc) in &opts.throughput_variants {
         let (url, client) = fresh("bench_tp").await?;
         let mut left = n;
         while left > 0 {
@@ -436,7 +436,7 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
             num(c50),
             num(c99),
         ]);
-        let s = json!({"jobs": n, "processes": procs, "concurrency": conc, "prefetch": 0,
+        let s = json!({"jobs": n, "processes": procs, "concurrency": conc, "prefetch": conc,
                        "poll_interval_ms": 500, "enqueued_with": "enqueue_many, chunks of 5,000"});
         report.emit(
             "throughput",

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use queue_core::{Deadline, JobId, TaskError, TaskErrorKind};
 use std::panic::AssertUnwindSafe;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -30,7 +30,7 @@ use crate::clock::add;
 use crate::context::TaskContext;
 use crate::error::{Error, Result, is_connection_error};
 use crate::registry::Registry;
-use crate::store::{ClaimedJob, Cursors};
+use crate::store::{ClaimTicket, Claimed, ClaimedJob, Cursors};
 
 /// Extra time a handler gets past its deadline before it is stopped.
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
@@ -141,6 +141,7 @@ impl RuntimeBuilder {
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
             in_flight: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            slot_freed: tokio::sync::Notify::new(),
             ack_tx,
             stop: stop_rx,
             hand_back: watch::channel(false).0,
@@ -285,6 +286,8 @@ pub(crate) struct Shared {
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     /// Prefetched jobs waiting for a free slot.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Signalled when a job's slot is released or a prefetched job takes one.
+    slot_freed: tokio::sync::Notify,
     ack_tx: mpsc::UnboundedSender<Ack>,
     pub(crate) stop: watch::Receiver<bool>,
     /// Set when a shutdown's drain time is over: running handlers stop.
@@ -467,6 +470,16 @@ impl Metrics {
     }
 }
 
+/// Claims in flight at once while a queue has a backlog (one otherwise).
+/// A claim's time is mostly round trips and its commit's log flush, during
+/// which fast jobs finish and their slots idle; a second claim in flight
+/// fills them meanwhile. Each claim skips the rows the other holds locked.
+const MAX_CLAIMS_IN_FLIGHT: usize = 2;
+
+/// A finished claim: the queue's index, its ticket, its result, and when it
+/// was sent.
+type ClaimDone = (usize, ClaimTicket, Result<Claimed>, Instant);
+
 async fn producer(shared: Arc<Shared>) {
     let client = &shared.client;
     let mut cursors: Vec<Cursors> = shared.queues.iter().map(|q| Cursors::new(q)).collect();
@@ -474,6 +487,9 @@ async fn producer(shared: Arc<Shared>) {
     let (probe_tx, probe_rx) = mpsc::channel::<ProbeRequest>(16);
     let (found_tx, mut found_rx) = mpsc::channel::<ProbeFinds>(16);
     let prober = tokio::spawn(prober(shared.clone(), probe_rx, found_tx));
+    let mut claims: JoinSet<ClaimDone> = JoinSet::new();
+    // Jobs each claim in flight may bring back: counted against the window.
+    let mut reserved: Vec<(tokio::task::Id, usize)> = Vec::new();
     let mut failures = 0u32;
     let mut next = 0usize;
     let mut last_probe = Instant::now();
@@ -486,6 +502,29 @@ async fn producer(shared: Arc<Shared>) {
     let min_poll = (shared.poll_interval / 25).max(Duration::from_millis(5));
     let mut idle_wait = min_poll;
     let mut idle = false;
+    // Consecutive claims (or idle looks) that found nothing: once every
+    // queue has had one, the runtime waits.
+    let mut empty = 0usize;
+    // The last claim came back full: the queue has more.
+    let mut backlog = false;
+    let refill_at = (shared.semaphore.available_permits() + shared.prefetch)
+        .div_ceil(2)
+        .max(1);
+    // What a claim that came back tells the loop.
+    macro_rules! note {
+        ($got:expr, $want:expr) => {{
+            let got: usize = $got;
+            backlog = got == $want;
+            if got == 0 {
+                empty += 1;
+            } else {
+                empty = 0;
+                idle = false;
+                idle_wait = min_poll;
+                failures = 0;
+            }
+        }};
+    }
     loop {
         if shared.stopping() {
             break;
@@ -507,72 +546,13 @@ async fn producer(shared: Arc<Shared>) {
                 full_due = false;
             }
         }
-        let free = (shared.semaphore.available_permits() + shared.prefetch)
-            .saturating_sub(prefetched(&shared));
-        if free == 0 {
-            // Wait for a slot (or stop).
-            let mut stop = shared.stop.clone();
-            tokio::select! {
-                p = shared.semaphore.clone().acquire_owned() => drop(p),
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            continue;
-        }
-        let mut claimed = 0usize;
         let mut errored = false;
-        for i in 0..cursors.len() {
-            let qi = (next + i) % cursors.len();
-            let want = shared.semaphore.available_permits() + shared.prefetch;
-            let want = want.saturating_sub(prefetched(&shared));
-            if want == 0 {
-                break;
-            }
-            if idle && !cursors[qi].has_stragglers() {
-                // Idle: one cheap statement instead of a claim transaction.
-                let sent = Instant::now();
-                match client.store().has_ready(&cursors[qi]).await {
-                    Ok(false) => {
-                        shared.outage.ok(sent);
-                        continue;
-                    }
-                    Ok(true) => {}
-                    Err(e) => {
-                        shared.outage.failed("claim", &e);
-                        errored = true;
-                        break;
-                    }
-                }
-            }
-            let now = client.now();
-            let started = Instant::now();
-            match client
-                .store()
-                .claim(
-                    &mut cursors[qi],
-                    want,
-                    &shared.owner,
-                    add(now, shared.lease),
-                    now,
-                )
-                .await
-            {
-                Ok(jobs) => {
-                    client.inner.metrics.record_claim(started.elapsed());
-                    shared.outage.ok(started);
-                    failures = 0;
-                    claimed += jobs.len();
-                    for job in jobs {
-                        spawn_job(&shared, job);
-                    }
-                }
-                Err(e) => {
-                    shared.outage.failed("claim", &e);
-                    errored = true;
-                    break;
-                }
+        while let Some(done) = claims.try_join_next_with_id() {
+            match settle_claim(&shared, &mut cursors, &mut reserved, done) {
+                Some((got, want)) => note!(got, want),
+                None => errored = true,
             }
         }
-        next = next.wrapping_add(1);
         if errored {
             failures += 1;
             if shared.sleep_or_stop(Outage::backoff(failures)).await {
@@ -580,17 +560,65 @@ async fn producer(shared: Arc<Shared>) {
             }
             continue;
         }
-        if claimed > 0 {
-            idle = false;
-            idle_wait = min_poll;
-        } else if !cursors.iter().any(Cursors::has_stragglers) {
+        let slots = shared.semaphore.available_permits();
+        let waiting = prefetched(&shared);
+        let reserving: usize = reserved.iter().map(|r| r.1).sum();
+        let free = (slots + shared.prefetch).saturating_sub(waiting + reserving);
+        // Claim when a slot is idle with nothing prefetched or being claimed
+        // for it, or when half the window (free slots + prefetch) is free:
+        // with fast jobs one slot frees at a time, and claiming for each
+        // alone would make many claims of one or two jobs.
+        let idle_slot = slots > 0 && waiting + reserving == 0;
+        let lanes = if backlog { MAX_CLAIMS_IN_FLIGHT } else { 1 };
+        let stragglers = cursors.iter().any(Cursors::has_stragglers);
+        let want_claim = free > 0 && (free >= refill_at || idle_slot) && claims.len() < lanes;
+        if want_claim && (empty < cursors.len() || stragglers) {
+            let qi = next % cursors.len();
+            next = next.wrapping_add(1);
+            if idle && !cursors[qi].has_stragglers() {
+                // Idle: one cheap statement instead of a claim transaction.
+                let sent = Instant::now();
+                match client.store().has_ready(&cursors[qi]).await {
+                    Ok(false) => {
+                        shared.outage.ok(sent);
+                        empty += 1;
+                        continue;
+                    }
+                    Ok(true) => {}
+                    Err(e) => {
+                        shared.outage.failed("claim", &e);
+                        failures += 1;
+                        if shared.sleep_or_stop(Outage::backoff(failures)).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let ticket = cursors[qi].ticket(free);
+            let shared2 = shared.clone();
+            let task = claims.spawn(async move {
+                let now = shared2.client.now();
+                let sent = Instant::now();
+                let r = shared2
+                    .client
+                    .store()
+                    .claim_ticket(&ticket, &shared2.owner, add(now, shared2.lease), now)
+                    .await;
+                (qi, ticket, r, sent)
+            });
+            reserved.push((task.id(), free));
+            continue;
+        }
+        let mut stop = shared.stop.clone();
+        if claims.is_empty() && empty >= cursors.len() && !stragglers {
             // Nothing to claim: wait for a local enqueue, a probe's find, or
             // the idle wait, which starts short after work (jobs enqueued by
             // other processes in a trickle are found within a few ms) and
             // doubles up to the poll interval while nothing comes. Probes
             // due meanwhile are sent next round.
             idle = true;
-            let mut stop = shared.stop.clone();
+            backlog = false;
             tokio::select! {
                 _ = ready_rx.changed() => idle = false,
                 _ = tokio::time::sleep(idle_wait) => {}
@@ -598,9 +626,71 @@ async fn producer(shared: Arc<Shared>) {
                 Some((qi, found)) = found_rx.recv() => cursors[qi].add_stragglers(found),
             }
             idle_wait = (idle_wait * 2).min(shared.poll_interval);
+            empty = 0;
+            continue;
+        }
+        // Wait for a claim to come back or a slot to free (or stop).
+        let done = tokio::select! {
+            Some(done) = claims.join_next_with_id(), if !claims.is_empty() => Some(done),
+            _ = shared.slot_freed.notified() => None,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        if let Some(done) = done {
+            match settle_claim(&shared, &mut cursors, &mut reserved, done) {
+                Some((got, want)) => note!(got, want),
+                None => {
+                    failures += 1;
+                    if shared.sleep_or_stop(Outage::backoff(failures)).await {
+                        break;
+                    }
+                }
+            }
         }
     }
+    // Claims in flight finish: their jobs are started or handed back like
+    // any other claimed at shutdown.
+    while let Some(done) = claims.join_next_with_id().await {
+        settle_claim(&shared, &mut cursors, &mut reserved, done);
+    }
     prober.abort();
+}
+
+/// Records a finished claim and starts its jobs: `(got, wanted)`, or `None`
+/// if it failed.
+fn settle_claim(
+    shared: &Arc<Shared>,
+    cursors: &mut [Cursors],
+    reserved: &mut Vec<(tokio::task::Id, usize)>,
+    done: std::result::Result<(tokio::task::Id, ClaimDone), tokio::task::JoinError>,
+) -> Option<(usize, usize)> {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    reserved.retain(|r| r.0 != id);
+    let Ok((_, (qi, ticket, result, sent))) = done else {
+        // The claim's task panicked (it does not): its stragglers are found
+        // again by the next probes.
+        return None;
+    };
+    let want = ticket.limit;
+    match cursors[qi].settle(ticket, result) {
+        Ok(jobs) => {
+            let client = &shared.client;
+            client.inner.metrics.record_claim(sent.elapsed());
+            tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
+            shared.outage.ok(sent);
+            let got = jobs.len();
+            for job in jobs {
+                spawn_job(shared, job);
+            }
+            Some((got, want))
+        }
+        Err(e) => {
+            shared.outage.failed("claim", &e);
+            None
+        }
+    }
 }
 
 /// Jobs claimed beyond the free slots that are waiting for one.
@@ -651,7 +741,7 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
     // Register before the task can finish, so heartbeats cover it.
     let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
     tokio::spawn(async move {
-        let _permit = match permit {
+        let permit = match permit {
             Some(p) => p,
             None => {
                 // A prefetched job waits for a slot, unless the runtime stops
@@ -664,6 +754,7 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
                 shared2
                     .waiting
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                shared2.slot_freed.notify_one();
                 match p {
                     Some(p) => p,
                     None => {
@@ -680,6 +771,7 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
                 }
             }
         };
+        let _slot = Slot(Some(permit), shared2.clone());
         execute(shared2, job).await;
     });
     map.insert(
@@ -689,6 +781,17 @@ fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
             reported: false,
         },
     );
+}
+
+/// A job's slot: released when the job's task ends, however it ends, and
+/// the producer told.
+struct Slot(Option<OwnedSemaphorePermit>, Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        self.1.slot_freed.notify_one();
+    }
 }
 
 async fn execute(shared: Arc<Shared>, job: ClaimedJob) {

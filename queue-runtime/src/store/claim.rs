@@ -44,6 +44,20 @@ pub(crate) struct ClaimedJob {
     pub run_at: DateTime<Utc>,
 }
 
+/// What a claim brought back: the jobs, and the `(priority, seq)` keys of
+/// the claim-index rows they came from.
+pub(crate) type Claimed = (Vec<ClaimedJob>, Vec<(u8, u64)>);
+
+/// One claim's inputs, taken from a queue's [`Cursors`].
+#[derive(Debug)]
+pub(crate) struct ClaimTicket {
+    queue: String,
+    last: [u64; LEVELS],
+    stragglers: Vec<(u8, u64)>,
+    /// At most this many jobs.
+    pub(crate) limit: usize,
+}
+
 /// The claim position of one runtime in one queue.
 #[derive(Debug)]
 pub(crate) struct Cursors {
@@ -96,6 +110,52 @@ impl Cursors {
 
     pub(crate) fn has_stragglers(&self) -> bool {
         !self.stragglers.is_empty()
+    }
+
+    /// Starts a claim of up to `limit` jobs: the cursor positions to claim
+    /// after, and the stragglers to claim by key (taken from the cursors
+    /// until the claim is settled).
+    pub(crate) fn ticket(&mut self, limit: usize) -> ClaimTicket {
+        ClaimTicket {
+            queue: self.queue.clone(),
+            last: self.last,
+            stragglers: std::mem::take(&mut self.stragglers),
+            limit,
+        }
+    }
+
+    /// Records a claim's result: the cursors move past the rows it claimed
+    /// from the ranges (never back), and stragglers it did not reach are
+    /// kept for the next claim.
+    pub(crate) fn settle(
+        &mut self,
+        ticket: ClaimTicket,
+        result: Result<Claimed>,
+    ) -> Result<Vec<ClaimedJob>> {
+        let ClaimTicket {
+            stragglers, limit, ..
+        } = ticket;
+        match result {
+            Ok((jobs, keys)) => {
+                // Stragglers the claim passed over were locked by another
+                // claimer or are gone; the next probe finds any that remain.
+                let from_range: Vec<(u8, u64)> = keys
+                    .iter()
+                    .copied()
+                    .filter(|k| !stragglers.contains(k))
+                    .collect();
+                if keys.len() == limit {
+                    // Cut off by LIMIT: keep the stragglers not reached.
+                    self.add_stragglers(stragglers.into_iter().filter(|k| !keys.contains(k)));
+                }
+                self.advance(&from_range);
+                Ok(jobs)
+            }
+            Err(e) => {
+                self.add_stragglers(stragglers);
+                Err(e)
+            }
+        }
     }
 
     fn advance(&mut self, claimed: &[(u8, u64)]) {
@@ -201,57 +261,33 @@ impl Store {
             .collect())
     }
 
-    /// Claims up to `limit` ready jobs of `cursors.queue` in order of
+    /// Claims up to `ticket.limit` ready jobs of its queue in order of
     /// priority, then `seq` (run time, then enqueue order), and leases them
-    /// to `owner` until `lease_until`. Each claim counts an attempt.
-    pub(crate) async fn claim(
+    /// to `owner` until `lease_until`; each claim counts an attempt.
+    /// [`Cursors::settle`] then records the result. Several tickets of one queue may be in
+    /// flight at once: each skips the rows the others hold locked.
+    pub(crate) async fn claim_ticket(
         &self,
-        cursors: &mut Cursors,
-        limit: usize,
+        ticket: &ClaimTicket,
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedJob>> {
-        if limit == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Claimed> {
+        if ticket.limit == 0 {
+            return Ok((Vec::new(), Vec::new()));
         }
-        let stragglers = std::mem::take(&mut cursors.stragglers);
-        let result = super::retry_deadlocks(|| {
+        super::retry_deadlocks(|| {
             self.try_claim(
-                &cursors.queue,
-                &cursors.last,
-                &stragglers,
-                limit,
+                &ticket.queue,
+                &ticket.last,
+                &ticket.stragglers,
+                ticket.limit,
                 owner,
                 lease_until,
                 now,
             )
         })
-        .await;
-        match result {
-            Ok((jobs, keys)) => {
-                // Stragglers the claim passed over were locked by another
-                // claimer or are gone; the next probe finds any that remain.
-                let from_range: Vec<(u8, u64)> = keys
-                    .iter()
-                    .copied()
-                    .filter(|k| !stragglers.contains(k))
-                    .collect();
-                if keys.len() == limit {
-                    // Cut off by LIMIT: keep the stragglers not reached.
-                    cursors.stragglers = stragglers
-                        .into_iter()
-                        .filter(|k| !keys.contains(k))
-                        .collect();
-                }
-                cursors.advance(&from_range);
-                Ok(jobs)
-            }
-            Err(e) => {
-                cursors.stragglers = stragglers;
-                Err(e)
-            }
-        }
+        .await
     }
 
     /// One claim transaction in two round trips, as multi-statement text
@@ -275,7 +311,7 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<ClaimedJob>, Vec<(u8, u64)>)> {
+    ) -> Result<Claimed> {
         let mut conn = self.pool.acquire().await?;
         let result = self
             .claim_on(
@@ -309,7 +345,7 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<ClaimedJob>, Vec<(u8, u64)>)> {
+    ) -> Result<Claimed> {
         let pick = claim_sql(queue, last, stragglers, limit);
         let first = format!(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",

@@ -142,3 +142,69 @@ async fn a_row_committed_behind_the_cursor_is_still_claimed() {
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
 }
+
+const BACKLOG: usize = 3_000;
+static BACKLOG_RUNS: [AtomicUsize; BACKLOG] = [const { AtomicUsize::new(0) }; BACKLOG];
+static BACKLOG_NOW: AtomicUsize = AtomicUsize::new(0);
+static BACKLOG_MAX: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "backlog", name = "tests.claim.backlog")]
+async fn backlog_job(n: usize) -> Result<(), TaskError> {
+    let now = BACKLOG_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    BACKLOG_MAX.fetch_max(now, Ordering::SeqCst);
+    BACKLOG_RUNS[n].fetch_add(1, Ordering::SeqCst);
+    if n % 7 == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    BACKLOG_NOW.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// A backlog of fast jobs, where each runtime keeps two claims in flight:
+/// two runtimes in one process, each at concurrency 4, run every job exactly
+/// once and never more than 8 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_runs_once_with_claims_in_flight_side_by_side() {
+    let (db, client) = setup().await;
+    backlog_job::enqueue_many(&client, 0..BACKLOG)
+        .await
+        .unwrap();
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        runtimes.push(
+            Runtime::builder(client.clone())
+                .queues(["backlog"])
+                .concurrency(4)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    wait_until(Duration::from_secs(60), "the backlog to drain", || async {
+        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
+    })
+    .await;
+    for rt in runtimes {
+        rt.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+    let runs: Vec<usize> = BACKLOG_RUNS
+        .iter()
+        .map(|r| r.load(Ordering::SeqCst))
+        .collect();
+    let not_once: Vec<(usize, usize)> = runs
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, r)| r != 1)
+        .collect();
+    assert!(
+        not_once.is_empty(),
+        "(job, runs) not run exactly once: {not_once:?}"
+    );
+    let max = BACKLOG_MAX.load(Ordering::SeqCst);
+    assert!(
+        max <= 8,
+        "{max} jobs ran at once; the two runtimes have 8 slots"
+    );
+    db.drop_db().await;
+}
