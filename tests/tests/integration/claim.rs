@@ -153,7 +153,7 @@ async fn backlog_job(n: usize) -> Result<(), TaskError> {
     let now = BACKLOG_NOW.fetch_add(1, Ordering::SeqCst) + 1;
     BACKLOG_MAX.fetch_max(now, Ordering::SeqCst);
     BACKLOG_RUNS[n].fetch_add(1, Ordering::SeqCst);
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     BACKLOG_NOW.fetch_sub(1, Ordering::SeqCst);
