@@ -55,6 +55,24 @@ pub(crate) fn placeholders(n: usize) -> String {
     s
 }
 
+/// How many rows each multi-row INSERT of `n` rows carries: full chunks of
+/// `chunk`, then the rest in descending powers of two. Each row count is a
+/// distinct statement text, prepared and cached per connection by sqlx; with
+/// these shapes a connection sees at most a dozen of them per table, however
+/// the batch sizes vary, so they never evict each other from sqlx's
+/// 100-statement cache (an eviction's `COM_STMT_CLOSE` followed by the next
+/// command costs a 40 ms Nagle/delayed-ACK stall: docs/benchmarks.md).
+fn statement_sizes(n: usize, chunk: usize) -> Vec<usize> {
+    let mut sizes = vec![chunk; n / chunk];
+    let mut rest = n % chunk;
+    while rest > 0 {
+        let p = 1usize << rest.ilog2();
+        sizes.push(p);
+        rest -= p;
+    }
+    sizes
+}
+
 /// The `(id = 7 AND attempts = 1) OR …` fence over `jobs`: an outcome is
 /// written only while the job is still at the attempt that produced it.
 ///
@@ -135,7 +153,10 @@ impl Store {
         chunk: usize,
     ) -> Result<Vec<JobId>> {
         let mut ids = Vec::with_capacity(jobs.len());
-        for part in jobs.chunks(chunk) {
+        let mut rest = jobs;
+        for size in statement_sizes(jobs.len(), chunk) {
+            let (part, after) = rest.split_at(size);
+            rest = after;
             let mut sql = String::from(
                 "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, \
                  deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES ",
@@ -180,17 +201,20 @@ impl Store {
                 .zip(part_ids.iter().copied())
                 .filter(|(j, _)| j.run_at <= now)
                 .collect();
-            if !due.is_empty() {
+            let mut due = due.as_slice();
+            for size in statement_sizes(due.len(), chunk) {
+                let (rows, after) = due.split_at(size);
+                due = after;
                 let mut sql =
                     String::from("INSERT INTO queue_ready (queue, priority, job_id) VALUES ");
-                for i in 0..due.len() {
+                for i in 0..rows.len() {
                     if i > 0 {
                         sql.push_str(", ");
                     }
                     sql.push_str("(?, ?, ?)");
                 }
                 let mut q = self.q(&sql);
-                for (job, id) in &due {
+                for (job, id) in rows {
                     q = q.bind(&job.queue).bind(job.priority).bind(*id);
                 }
                 q.execute(&mut **tx).await?;
@@ -550,5 +574,33 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_sizes;
+
+    #[test]
+    fn insert_statements_take_few_shapes() {
+        assert_eq!(statement_sizes(0, 2000), Vec::<usize>::new());
+        assert_eq!(statement_sizes(1, 2000), [1]);
+        assert_eq!(statement_sizes(1000, 2000), [512, 256, 128, 64, 32, 8]);
+        assert_eq!(
+            statement_sizes(4500, 2000),
+            [2000, 2000, 256, 128, 64, 32, 16, 4]
+        );
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 0..=5000 {
+            let sizes = statement_sizes(n, 2000);
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n}");
+            assert!(sizes.len() <= n / 2000 + 11, "{n}: {sizes:?}");
+            shapes.extend(sizes);
+        }
+        assert_eq!(
+            shapes.len(),
+            12,
+            "2000 and the powers of two 1..=1024: {shapes:?}"
+        );
     }
 }

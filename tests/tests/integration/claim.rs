@@ -166,9 +166,25 @@ async fn backlog_job(n: usize) -> Result<(), TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_runs_once_with_claims_in_flight_side_by_side() {
     let (db, client) = setup().await;
-    backlog_job::enqueue_many(&client, 0..BACKLOG)
+    let ids = backlog_job::enqueue_many(&client, 0..BACKLOG)
         .await
         .unwrap();
+    // 3,000 rows go in as INSERTs of 2,000, 512, 256, 128, 64, 32 and 8
+    // rows: each returned id is the row of that payload.
+    let rows: Vec<(u64, String)> =
+        sqlx::query_as("SELECT id, payload FROM queue_jobs WHERE queue = 'backlog' ORDER BY id")
+            .fetch_all(client.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), BACKLOG);
+    for (n, id) in ids.iter().enumerate() {
+        let row = rows.iter().find(|r| r.0 == id.0);
+        assert_eq!(
+            row.map(|r| r.1.as_str()),
+            Some(n.to_string().as_str()),
+            "job {n}, id {id}"
+        );
+    }
     let mut runtimes = Vec::new();
     for _ in 0..2 {
         runtimes.push(
