@@ -968,15 +968,31 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 /// Writes outcomes. Successes are batched: whatever has arrived since the
 /// last write goes in one DELETE.
+/// How long the acker waits for more outcomes to write with the first one.
+const ACK_LINGER: Duration = Duration::from_millis(2);
+
 async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first];
+        let linger = tokio::time::sleep(ACK_LINGER);
+        tokio::pin!(linger);
         while batch.len() < 1000 {
             match rx.try_recv() {
                 Ok(a) => batch.push(a),
-                Err(_) => break,
+                Err(_) => {
+                    tokio::select! {
+                        a = rx.recv() => match a {
+                            Some(a) => batch.push(a),
+                            None => break,
+                        },
+                        _ = &mut linger => break,
+                    }
+                }
+            }
+            if matches!(batch.last(), Some(Ack::Stop)) {
+                break;
             }
         }
         if batch.iter().any(|a| matches!(a, Ack::Stop)) {
