@@ -116,23 +116,22 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
     let with = Ident::new("with", fn_span);
     let enqueue = Ident::new("enqueue", fn_span);
     let enqueue_many = Ident::new("enqueue_many", fn_span);
-    let with_body = quote_spanned! {payload_span=>
-        ::queue_runtime::EnqueueBuilder::new(OPTIONS, payload)
-    };
-    let enqueue_body = quote_spanned! {payload_span=>
-        #with(payload).enqueue(client).await
-    };
-    let enqueue_many_body = quote_spanned! {payload_span=>
-        client.enqueue_many_with(OPTIONS, payloads).await
+    // The one place that needs the payload type's serde impls: a type
+    // without them is reported here, once, at the payload type.
+    let codec = quote_spanned! {payload_span=>
+        const CODEC: &dyn ::queue_runtime::__private::Codec<Payload> =
+            &::queue_runtime::__private::Json::<Payload>::NEW;
     };
     quote! {
         /// The type of the task's payload (`()` for a task without one).
         pub type Payload = #payload_ty;
 
+        #codec
+
         /// A job of this task carrying `payload`, to adjust (priority,
         /// delay, run time, deadline, queue) and then enqueue.
         pub fn #with(payload: Payload) -> ::queue_runtime::EnqueueBuilder<Payload> {
-            #with_body
+            ::queue_runtime::EnqueueBuilder::with_encoder(OPTIONS, payload, CODEC.encoder())
         }
 
         /// Enqueues a job of this task carrying `payload`, with the task's
@@ -145,7 +144,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
             client: &::queue_runtime::Client,
             payload: Payload,
         ) -> ::core::result::Result<::queue_runtime::JobId, ::queue_runtime::Error> {
-            #enqueue_body
+            #with(payload).enqueue(client).await
         }
 
         /// Enqueues one job of this task per payload, in multi-row inserts
@@ -159,7 +158,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
             payloads: I,
         ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
         {
-            #enqueue_many_body
+            ::queue_runtime::__private::enqueue_many(client, OPTIONS, payloads, CODEC.encoder()).await
         }
     }
 }
@@ -194,7 +193,7 @@ fn handler(model: &TaskModel, payload_span: Span, output: &syn::Type) -> TokenSt
         })
     };
     let line = line_of(ident);
-    let decode = quote_spanned!(payload_span=> ::queue_runtime::__private::decode::<Payload>);
+    let decode = quote_spanned!(payload_span=> CODEC.decode);
 
     quote! {
         #assert_payload

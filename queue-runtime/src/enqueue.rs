@@ -18,6 +18,7 @@ use crate::store::NewJob;
 pub struct EnqueueBuilder<T> {
     options: TaskOptions,
     payload: T,
+    encode: Encoder<T>,
     priority: Option<u8>,
     run_at: Option<DateTime<Utc>>,
     delay: Option<Duration>,
@@ -25,12 +26,31 @@ pub struct EnqueueBuilder<T> {
     queue: Option<String>,
 }
 
+/// Encodes a payload to the JSON text stored with its job.
+pub type Encoder<T> = fn(&T) -> serde_json::Result<String>;
+
+/// The encoder of every payload type that implements `Serialize`.
+pub(crate) fn encode_json<T: Serialize>(payload: &T) -> serde_json::Result<String> {
+    serde_json::to_string(payload)
+}
+
 impl<T: Serialize> EnqueueBuilder<T> {
     /// A job of the task with `options` carrying `payload`.
     pub fn new(options: TaskOptions, payload: T) -> Self {
+        Self::with_encoder(options, payload, encode_json::<T>)
+    }
+}
+
+impl<T> EnqueueBuilder<T> {
+    /// A job of the task with `options` carrying `payload`, which `encode`
+    /// turns into JSON (what `#[task]` generates: the payload type's
+    /// serde impls are checked once, where the task declares it).
+    #[doc(hidden)]
+    pub fn with_encoder(options: TaskOptions, payload: T, encode: Encoder<T>) -> Self {
         Self {
             options,
             payload,
+            encode,
             priority: None,
             run_at: None,
             delay: None,
@@ -84,7 +104,7 @@ impl<T: Serialize> EnqueueBuilder<T> {
     }
 
     pub(crate) fn into_new_job(self, now: DateTime<Utc>) -> Result<NewJob> {
-        let payload = serde_json::to_string(&self.payload).map_err(|source| Error::Encode {
+        let payload = (self.encode)(&self.payload).map_err(|source| Error::Encode {
             task: self.options.name.to_owned(),
             source,
         })?;
@@ -124,10 +144,24 @@ impl Client {
         T: Serialize,
         I: IntoIterator<Item = T>,
     {
+        self.enqueue_many_encoded(options, payloads, encode_json::<T>)
+            .await
+    }
+
+    /// [`Client::enqueue_many_with`] with a given encoder.
+    pub(crate) async fn enqueue_many_encoded<T, I>(
+        &self,
+        options: TaskOptions,
+        payloads: I,
+        encode: Encoder<T>,
+    ) -> Result<Vec<JobId>>
+    where
+        I: IntoIterator<Item = T>,
+    {
         let now = self.now();
         let jobs = payloads
             .into_iter()
-            .map(|p| EnqueueBuilder::new(options, p).into_new_job(now))
+            .map(|p| EnqueueBuilder::with_encoder(options, p, encode).into_new_job(now))
             .collect::<Result<Vec<_>>>()?;
         self.insert(jobs).await
     }

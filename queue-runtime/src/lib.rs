@@ -88,10 +88,52 @@ pub mod __private {
         }
     }
 
-    /// Checks at compile time that a payload type can be stored.
-    pub const fn assert_payload<
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    >() {
+    /// Checks at compile time that a payload type can cross tasks.
+    pub const fn assert_payload<T: Send + 'static>() {}
+
+    pub use crate::enqueue::Encoder;
+
+    /// How the jobs of a task encode and decode their payload. `#[task]`
+    /// takes the one of its payload type in one place,
+    /// `const CODEC: &dyn Codec<Payload> = &Json::<Payload>::NEW`, so a type
+    /// that lacks the serde impls is reported there, once per missing impl,
+    /// and not by every generated function that handles the payload.
+    pub trait Codec<T>: Sync {
+        /// The payload's encoder.
+        fn encoder(&self) -> Encoder<T>;
+        /// Decodes a stored payload; a failure is a permanent decode error.
+        fn decode(&self, payload: &str) -> Result<T, TaskError>;
+    }
+
+    /// The JSON codec of a serde type.
+    pub struct Json<T>(std::marker::PhantomData<fn() -> T>);
+
+    impl<T> Json<T> {
+        /// The codec.
+        pub const NEW: Self = Self(std::marker::PhantomData);
+    }
+
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec<T> for Json<T> {
+        fn encoder(&self) -> Encoder<T> {
+            crate::enqueue::encode_json::<T>
+        }
+
+        fn decode(&self, payload: &str) -> Result<T, TaskError> {
+            decode(payload)
+        }
+    }
+
+    /// The generated `enqueue_many`.
+    ///
+    /// # Errors
+    /// As [`crate::Client::enqueue_many_with`].
+    pub async fn enqueue_many<T, I: IntoIterator<Item = T>>(
+        client: &crate::Client,
+        options: TaskOptions,
+        payloads: I,
+        encode: Encoder<T>,
+    ) -> crate::Result<Vec<crate::JobId>> {
+        client.enqueue_many_encoded(options, payloads, encode).await
     }
 
     /// The claim statement for given cursors, for plan tests.
