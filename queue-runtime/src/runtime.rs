@@ -816,7 +816,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
         }
         Ack::Retry { error, .. } => tracing::info!(reason = %error, "job handed back"),
         Ack::Dead { error, .. } => {
-            tracing::error!(error = %error, attempts = job.attempt, "job is dead");
+            tracing::error!(error = %error, attempts = job.attempt, "job failed for good; moving it to the dead jobs");
         }
         Ack::Stop => {}
     }
