@@ -103,6 +103,36 @@ impl<T> EnqueueBuilder<T> {
         Ok(ids[0])
     }
 
+    /// Inserts the job on `conn`, inside the caller's transaction: the job
+    /// exists, and runs, only if that transaction commits, so it is
+    /// enqueued atomically with the writes that call for it (an order and
+    /// its confirmation email). Pass `&mut *tx` for a
+    /// `sqlx::Transaction<'_, MySql>` (on a connection in autocommit mode it
+    /// behaves like [`EnqueueBuilder::enqueue`]).
+    ///
+    /// `client` supplies the clock. A runtime cannot be woken by the commit:
+    /// it finds the job by its next poll (within the poll interval) or, if
+    /// the transaction committed after later jobs were claimed, by its next
+    /// look behind its claim position (every 250 ms for the last 2 s, all of
+    /// the queue every 30 s). Keep such transactions short.
+    ///
+    /// # Errors
+    /// As [`EnqueueBuilder::enqueue`]. The transaction is left as it is: the
+    /// caller decides whether to roll it back.
+    pub async fn enqueue_in(
+        self,
+        client: &Client,
+        conn: &mut sqlx::MySqlConnection,
+    ) -> Result<JobId> {
+        let now = client.now();
+        let job = self.into_new_job(now)?;
+        let ids = client
+            .store()
+            .insert_jobs_in(conn, std::slice::from_ref(&job), now, 1)
+            .await?;
+        Ok(ids[0])
+    }
+
     pub(crate) fn into_new_job(self, now: DateTime<Utc>) -> Result<NewJob> {
         let payload = (self.encode)(&self.payload).map_err(|source| Error::Encode {
             task: self.options.name.to_owned(),

@@ -147,7 +147,7 @@ impl Store {
     /// Inserts jobs inside the caller's transaction.
     pub(crate) async fn insert_jobs_in(
         &self,
-        tx: &mut sqlx::Transaction<'static, MySql>,
+        tx: &mut sqlx::MySqlConnection,
         jobs: &[NewJob],
         now: DateTime<Utc>,
         chunk: usize,
@@ -188,7 +188,7 @@ impl Store {
                     .bind(now)
                     .bind(now);
             }
-            let res = q.execute(&mut **tx).await?;
+            let res = q.execute(&mut *tx).await?;
             // A multi-row INSERT whose row count is known up front gets
             // consecutive AUTO_INCREMENT values in every
             // innodb_autoinc_lock_mode (0, 1 and 2): the first is
@@ -217,7 +217,7 @@ impl Store {
                 for (job, id) in rows {
                     q = q.bind(&job.queue).bind(job.priority).bind(*id);
                 }
-                q.execute(&mut **tx).await?;
+                q.execute(&mut *tx).await?;
             }
             ids.extend(part_ids.into_iter().map(JobId));
         }

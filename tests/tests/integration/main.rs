@@ -9,6 +9,7 @@ mod outcomes;
 mod priority;
 mod schedule;
 mod shutdown;
+mod transactional;
 
 use std::time::Duration;
 

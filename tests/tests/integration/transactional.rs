@@ -1,0 +1,91 @@
+//! Enqueue inside the caller's transaction: the job exists only if the
+//! transaction commits.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use queue_runtime::{TaskError, task};
+use queue_tests::wait_until;
+
+use crate::{setup, start_runtime};
+
+static RAN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+#[task(queue = "txq", name = "tests.tx.confirm")]
+async fn confirm_order(order: u32) -> Result<(), TaskError> {
+    RAN.lock().unwrap().push(order);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
+    let (db, client) = setup().await;
+    sqlx::query("CREATE TABLE orders (id INT UNSIGNED PRIMARY KEY)")
+        .execute(client.pool())
+        .await
+        .unwrap();
+    let runtime = start_runtime(&client, "txq").await;
+
+    // Committed: the order and its job appear together.
+    let mut tx = client.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (id) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let committed = confirm_order::with(1)
+        .enqueue_in(&client, &mut tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        client.job(committed).await.unwrap().is_none(),
+        "the job is not visible before the commit"
+    );
+    assert!(
+        RAN.lock().unwrap().is_empty(),
+        "nothing ran before the commit"
+    );
+    tx.commit().await.unwrap();
+    wait_until(Duration::from_secs(10), "the committed job ran", || async {
+        RAN.lock().unwrap().contains(&1)
+    })
+    .await;
+
+    // Rolled back: neither the order nor the job exists, and nothing runs.
+    let mut tx = client.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (id) VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let rolled_back = confirm_order::with(2)
+        .enqueue_in(&client, &mut tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // A later committed job runs, so the runtime has looked past the
+    // rolled-back one.
+    let mut tx = client.pool().begin().await.unwrap();
+    confirm_order::with(3)
+        .enqueue_in(&client, &mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    wait_until(Duration::from_secs(10), "the later job ran", || async {
+        RAN.lock().unwrap().contains(&3)
+    })
+    .await;
+    assert!(client.job(rolled_back).await.unwrap().is_none());
+    let orders: Vec<u32> = sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
+        .fetch_all(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, [1]);
+    assert_eq!(
+        *RAN.lock().unwrap(),
+        [1, 3],
+        "the rolled-back job never ran"
+    );
+    assert_eq!(client.stats().await.unwrap().total.total(), 0);
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
