@@ -338,6 +338,29 @@ impl Client {
         Ok(())
     }
 
+    /// Cancels a job that has not started: deletes it if it is ready or
+    /// scheduled. Returns whether it did; `false` if the job is running
+    /// (it runs to its end), dead (see [`Client::purge_dead`]), finished or
+    /// unknown. A claim that races with the cancel either takes the job
+    /// first (`false`) or finds it gone. Its row in the claim index, if
+    /// any, is removed by the next claim that reaches it.
+    ///
+    /// # Errors
+    /// If the database cannot be written.
+    pub async fn cancel(&self, id: JobId) -> Result<bool> {
+        let n = sqlx::query(
+            self.store()
+                .sql("DELETE FROM queue_jobs WHERE id = ? AND state IN (?, ?)"),
+        )
+        .bind(id.0)
+        .bind(JobState::Ready.as_u8())
+        .bind(JobState::Scheduled.as_u8())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// Deletes dead jobs that died more than `older_than` ago. Returns how many.
     ///
     /// # Errors

@@ -512,10 +512,12 @@ async fn producer(shared: Arc<Shared>) {
         .max(1);
     // What a claim that came back tells the loop.
     macro_rules! note {
-        ($got:expr, $want:expr) => {{
-            let got: usize = $got;
-            backlog = got == $want;
-            if got == 0 {
+        ($picked:expr, $want:expr) => {{
+            // Rows taken, not jobs: rows whose job was cancelled are taken
+            // and dropped, and the rows behind them still wait.
+            let picked: usize = $picked;
+            backlog = picked == $want;
+            if picked == 0 {
                 empty += 1;
             } else {
                 empty = 0;
@@ -549,7 +551,7 @@ async fn producer(shared: Arc<Shared>) {
         let mut errored = false;
         while let Some(done) = claims.try_join_next_with_id() {
             match settle_claim(&shared, &mut cursors, &mut reserved, done) {
-                Some((got, want)) => note!(got, want),
+                Some((picked, want)) => note!(picked, want),
                 None => errored = true,
             }
         }
@@ -637,7 +639,7 @@ async fn producer(shared: Arc<Shared>) {
         };
         if let Some(done) = done {
             match settle_claim(&shared, &mut cursors, &mut reserved, done) {
-                Some((got, want)) => note!(got, want),
+                Some((picked, want)) => note!(picked, want),
                 None => {
                     failures += 1;
                     if shared.sleep_or_stop(Outage::backoff(failures)).await {
@@ -655,8 +657,8 @@ async fn producer(shared: Arc<Shared>) {
     prober.abort();
 }
 
-/// Records a finished claim and starts its jobs: `(got, wanted)`, or `None`
-/// if it failed.
+/// Records a finished claim and starts its jobs: `(rows taken, wanted)`, or
+/// `None` if it failed.
 fn settle_claim(
     shared: &Arc<Shared>,
     cursors: &mut [Cursors],
@@ -675,16 +677,15 @@ fn settle_claim(
     };
     let want = ticket.limit;
     match cursors[qi].settle(ticket, result) {
-        Ok(jobs) => {
+        Ok((jobs, picked)) => {
             let client = &shared.client;
             client.inner.metrics.record_claim(sent.elapsed());
             tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
             shared.outage.ok(sent);
-            let got = jobs.len();
             for job in jobs {
                 spawn_job(shared, job);
             }
-            Some((got, want))
+            Some((picked, want))
         }
         Err(e) => {
             shared.outage.failed("claim", &e);

@@ -126,12 +126,14 @@ impl Cursors {
 
     /// Records a claim's result: the cursors move past the rows it claimed
     /// from the ranges (never back), and stragglers it did not reach are
-    /// kept for the next claim.
+    /// kept for the next claim. Returns the jobs and how many claim-index
+    /// rows the claim took (more than the jobs when some rows' jobs were
+    /// cancelled).
     pub(crate) fn settle(
         &mut self,
         ticket: ClaimTicket,
         result: Result<Claimed>,
-    ) -> Result<Vec<ClaimedJob>> {
+    ) -> Result<(Vec<ClaimedJob>, usize)> {
         let ClaimTicket {
             stragglers, limit, ..
         } = ticket;
@@ -149,7 +151,7 @@ impl Cursors {
                     self.add_stragglers(stragglers.into_iter().filter(|k| !keys.contains(k)));
                 }
                 self.advance(&from_range);
-                Ok(jobs)
+                Ok((jobs, keys.len()))
             }
             Err(e) => {
                 self.add_stragglers(stragglers);

@@ -140,3 +140,81 @@ async fn stats_count_per_queue_and_state() {
     assert_eq!(j.state, JobState::Ready);
     db.drop_db().await;
 }
+
+static CANCEL_RAN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+static CANCEL_RELEASE: AtomicUsize = AtomicUsize::new(0);
+
+#[task(queue = "cancel", name = "tests.admin.cancellable")]
+async fn cancellable(n: u32) -> Result<(), TaskError> {
+    CANCEL_RAN.lock().unwrap().push(n);
+    if n == 1_000 {
+        // Held running until the test has tried to cancel it.
+        while CANCEL_RELEASE.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Cancelling ready and scheduled jobs deletes them; they never run, and
+/// the jobs queued behind the cancelled ones still run promptly. A running
+/// job cannot be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_never_run_and_running_ones_cannot_be_cancelled() {
+    let (db, client) = setup().await;
+    let ids = cancellable::enqueue_many(&client, 0..500).await.unwrap();
+    let later = cancellable::with(999)
+        .delay(Duration::from_secs(1))
+        .enqueue(&client)
+        .await
+        .unwrap();
+    for id in &ids[..400] {
+        assert!(client.cancel(*id).await.unwrap(), "cancel ready job {id}");
+    }
+    assert!(client.cancel(later).await.unwrap(), "cancel scheduled job");
+    assert!(!client.cancel(ids[0]).await.unwrap(), "already cancelled");
+    assert!(!client.cancel(queue_runtime::JobId(u64::MAX)).await.unwrap());
+    assert_eq!(client.stats().await.unwrap().total.total(), 100);
+
+    let runtime = Runtime::builder(client.clone())
+        .queues(["cancel"])
+        .start()
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the 100 jobs left to run",
+        || async { CANCEL_RAN.lock().unwrap().len() >= 100 },
+    )
+    .await;
+    let running = cancellable::enqueue(&client, 1_000).await.unwrap();
+    wait_until(Duration::from_secs(10), "job 1000 to start", || async {
+        CANCEL_RAN.lock().unwrap().contains(&1_000)
+    })
+    .await;
+    assert!(
+        !client.cancel(running).await.unwrap(),
+        "a running job is not cancelled"
+    );
+    CANCEL_RELEASE.store(1, Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "the queue to empty", || async {
+        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
+    })
+    .await;
+    // Past the delayed job's time: it does not run either.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    let mut ran = CANCEL_RAN.lock().unwrap().clone();
+    ran.sort_unstable();
+    let expected: Vec<u32> = (400..500).chain([1_000]).collect();
+    assert_eq!(
+        ran, expected,
+        "exactly the jobs not cancelled ran, once each"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_ready WHERE seq > 0")
+        .fetch_one(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the cancelled jobs' claim-index rows were cleared");
+    db.drop_db().await;
+}
