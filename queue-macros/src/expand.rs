@@ -116,6 +116,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
     let with = Ident::new("with", fn_span);
     let enqueue = Ident::new("enqueue", fn_span);
     let enqueue_many = Ident::new("enqueue_many", fn_span);
+    let enqueue_many_in = Ident::new("enqueue_many_in", fn_span);
     // The one place that needs the payload type's serde impls: a type
     // without them is reported here, once, at the payload type.
     let codec = quote_spanned! {payload_span=>
@@ -159,6 +160,22 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
         ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
         {
             ::queue_runtime::__private::enqueue_many(client, OPTIONS, payloads, CODEC.encoder()).await
+        }
+
+        /// Like `enqueue_many`, inside the caller's transaction on `conn`
+        /// (pass `&mut tx`): the jobs exist only if it commits.
+        ///
+        /// # Errors
+        /// If a payload cannot be encoded or an insert fails; the
+        /// transaction is left to the caller then.
+        pub async fn #enqueue_many_in<I: ::core::iter::IntoIterator<Item = Payload>>(
+            client: &::queue_runtime::Client,
+            conn: &mut ::queue_runtime::__private::MySqlConnection,
+            payloads: I,
+        ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
+        {
+            ::queue_runtime::__private::enqueue_many_in(client, conn, OPTIONS, payloads, CODEC.encoder())
+                .await
         }
     }
 }

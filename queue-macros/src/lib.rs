@@ -93,6 +93,10 @@ use proc_macro::TokenStream;
 ///     pub async fn enqueue(client: &Client, payload: Payload) -> Result<JobId, Error>;
 ///     pub async fn enqueue_many<I: IntoIterator<Item = Payload>>(client: &Client, payloads: I)
 ///         -> Result<Vec<JobId>, Error>;
+///     // The same inside the caller's transaction (pass `&mut tx`).
+///     pub async fn enqueue_many_in<I: IntoIterator<Item = Payload>>(
+///         client: &Client, conn: &mut MySqlConnection, payloads: I,
+///     ) -> Result<Vec<JobId>, Error>;
 /// }
 /// ```
 ///

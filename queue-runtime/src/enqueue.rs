@@ -128,7 +128,12 @@ impl<T> EnqueueBuilder<T> {
         let job = self.into_new_job(now)?;
         let ids = client
             .store()
-            .insert_jobs_in(conn, std::slice::from_ref(&job), now, 1)
+            .insert_jobs_in(
+                conn,
+                std::slice::from_ref(&job),
+                now,
+                crate::store::INSERT_CHUNK,
+            )
             .await?;
         Ok(ids[0])
     }
@@ -175,6 +180,28 @@ impl Client {
         I: IntoIterator<Item = T>,
     {
         self.enqueue_many_encoded(options, payloads, encode_json::<T>)
+            .await
+    }
+
+    /// Like [`Client::enqueue_many_encoded`], inside the caller's
+    /// transaction on `conn`.
+    pub(crate) async fn enqueue_many_encoded_in<T, I>(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        options: TaskOptions,
+        payloads: I,
+        encode: Encoder<T>,
+    ) -> Result<Vec<JobId>>
+    where
+        I: IntoIterator<Item = T>,
+    {
+        let now = self.now();
+        let jobs = payloads
+            .into_iter()
+            .map(|p| EnqueueBuilder::with_encoder(options, p, encode).into_new_job(now))
+            .collect::<Result<Vec<_>>>()?;
+        self.store()
+            .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
             .await
     }
 

@@ -123,6 +123,25 @@ pub mod __private {
         }
     }
 
+    pub use sqlx::MySqlConnection;
+
+    /// The generated `enqueue_many_in`.
+    ///
+    /// # Errors
+    /// As [`crate::Client::enqueue_many_with`]; the caller's transaction is
+    /// left as it is.
+    pub async fn enqueue_many_in<T, I: IntoIterator<Item = T>>(
+        client: &crate::Client,
+        conn: &mut sqlx::MySqlConnection,
+        options: TaskOptions,
+        payloads: I,
+        encode: Encoder<T>,
+    ) -> crate::Result<Vec<crate::JobId>> {
+        client
+            .enqueue_many_encoded_in(conn, options, payloads, encode)
+            .await
+    }
+
     /// The generated `enqueue_many`.
     ///
     /// # Errors

@@ -55,6 +55,9 @@ pub(crate) fn placeholders(n: usize) -> String {
     s
 }
 
+/// Rows per multi-row INSERT at most.
+pub(crate) const INSERT_CHUNK: usize = 2000;
+
 /// How many rows each multi-row INSERT of `n` rows carries: full chunks of
 /// `chunk`, then the rest in descending powers of two. Each row count is a
 /// distinct statement text, prepared and cached per connection by sqlx; with
@@ -118,14 +121,13 @@ impl Store {
         jobs: &[NewJob],
         now: DateTime<Utc>,
     ) -> Result<Vec<JobId>> {
-        const CHUNK: usize = 2000;
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_insert_jobs(jobs, now, CHUNK).await {
+            match self.try_insert_jobs(jobs, now, INSERT_CHUNK).await {
                 Err(crate::Error::Database(e)) if is_retryable(&e) && attempt < 5 => continue,
                 other => return other,
             }

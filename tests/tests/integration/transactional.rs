@@ -26,7 +26,7 @@ async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
         .unwrap();
     let runtime = start_runtime(&client, "txq").await;
 
-    // Committed: the order and its job appear together.
+    // Committed: the order and its jobs appear together.
     let mut tx = client.pool().begin().await.unwrap();
     sqlx::query("INSERT INTO orders (id) VALUES (1)")
         .execute(&mut *tx)
@@ -36,19 +36,26 @@ async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
         .enqueue_in(&client, &mut tx)
         .await
         .unwrap();
+    let many = confirm_order::enqueue_many_in(&client, &mut tx, [10, 11])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        client.job(committed).await.unwrap().is_none(),
-        "the job is not visible before the commit"
-    );
+    for id in [committed, many[0], many[1]] {
+        assert!(
+            client.job(id).await.unwrap().is_none(),
+            "job {id} is not visible before the commit"
+        );
+    }
     assert!(
         RAN.lock().unwrap().is_empty(),
         "nothing ran before the commit"
     );
     tx.commit().await.unwrap();
-    wait_until(Duration::from_secs(10), "the committed job ran", || async {
-        RAN.lock().unwrap().contains(&1)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the committed jobs ran",
+        || async { RAN.lock().unwrap().len() == 3 },
+    )
     .await;
 
     // Rolled back: neither the order nor the job exists, and nothing runs.
@@ -59,6 +66,9 @@ async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
         .unwrap();
     let rolled_back = confirm_order::with(2)
         .enqueue_in(&client, &mut tx)
+        .await
+        .unwrap();
+    let many_rolled_back = confirm_order::enqueue_many_in(&client, &mut tx, [20, 21])
         .await
         .unwrap();
     tx.rollback().await.unwrap();
@@ -74,17 +84,17 @@ async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
         RAN.lock().unwrap().contains(&3)
     })
     .await;
-    assert!(client.job(rolled_back).await.unwrap().is_none());
+    for id in [rolled_back, many_rolled_back[0], many_rolled_back[1]] {
+        assert!(client.job(id).await.unwrap().is_none());
+    }
     let orders: Vec<u32> = sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
         .fetch_all(client.pool())
         .await
         .unwrap();
     assert_eq!(orders, [1]);
-    assert_eq!(
-        *RAN.lock().unwrap(),
-        [1, 3],
-        "the rolled-back job never ran"
-    );
+    let mut ran = RAN.lock().unwrap().clone();
+    ran.sort_unstable();
+    assert_eq!(ran, [1, 3, 10, 11], "the rolled-back jobs never ran");
     assert_eq!(client.stats().await.unwrap().total.total(), 0);
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
