@@ -179,35 +179,15 @@ impl Client {
         T: Serialize,
         I: IntoIterator<Item = T>,
     {
-        self.enqueue_many_encoded(options, payloads, encode_json::<T>)
+        self.enqueue_many_encoded(None, options, payloads, encode_json::<T>)
             .await
     }
 
-    /// Like [`Client::enqueue_many_encoded`], inside the caller's
-    /// transaction on `conn`.
-    pub(crate) async fn enqueue_many_encoded_in<T, I>(
-        &self,
-        conn: &mut sqlx::MySqlConnection,
-        options: TaskOptions,
-        payloads: I,
-        encode: Encoder<T>,
-    ) -> Result<Vec<JobId>>
-    where
-        I: IntoIterator<Item = T>,
-    {
-        let now = self.now();
-        let jobs = payloads
-            .into_iter()
-            .map(|p| EnqueueBuilder::with_encoder(options, p, encode).into_new_job(now))
-            .collect::<Result<Vec<_>>>()?;
-        self.store()
-            .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
-            .await
-    }
-
-    /// [`Client::enqueue_many_with`] with a given encoder.
+    /// [`Client::enqueue_many_with`] with a given encoder; with `conn`,
+    /// inside the caller's transaction on it.
     pub(crate) async fn enqueue_many_encoded<T, I>(
         &self,
+        conn: Option<&mut sqlx::MySqlConnection>,
         options: TaskOptions,
         payloads: I,
         encode: Encoder<T>,
@@ -220,6 +200,13 @@ impl Client {
             .into_iter()
             .map(|p| EnqueueBuilder::with_encoder(options, p, encode).into_new_job(now))
             .collect::<Result<Vec<_>>>()?;
-        self.insert(jobs).await
+        match conn {
+            Some(conn) => {
+                self.store()
+                    .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
+                    .await
+            }
+            None => self.insert(jobs).await,
+        }
     }
 }

@@ -138,7 +138,7 @@ pub mod __private {
         encode: Encoder<T>,
     ) -> crate::Result<Vec<crate::JobId>> {
         client
-            .enqueue_many_encoded_in(conn, options, payloads, encode)
+            .enqueue_many_encoded(Some(conn), options, payloads, encode)
             .await
     }
 
@@ -152,7 +152,9 @@ pub mod __private {
         payloads: I,
         encode: Encoder<T>,
     ) -> crate::Result<Vec<crate::JobId>> {
-        client.enqueue_many_encoded(options, payloads, encode).await
+        client
+            .enqueue_many_encoded(None, options, payloads, encode)
+            .await
     }
 
     /// The claim statement for given cursors, for plan tests.
