@@ -307,15 +307,21 @@ async fn runtime_variant(
         let (stop, enqueued, producer) = (stop.clone(), enqueued.clone(), producer.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1000 / URGENT_PER_S));
+            // Each enqueue is its own task (a slow one does not delay the
+            // next); all are awaited before the producer ends, so the count
+            // is final when the caller waits for the jobs to start.
+            let mut sends = tokio::task::JoinSet::new();
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let (p, e) = (producer.clone(), enqueued.clone());
-                tokio::spawn(async move {
+                sends.spawn(async move {
                     if tasks::urgent::enqueue(&p, now_us()).await.is_ok() {
                         e.fetch_add(1, Ordering::SeqCst);
                     }
                 });
+                while sends.try_join_next().is_some() {}
             }
+            while sends.join_next().await.is_some() {}
         })
     };
     let start = Instant::now();
@@ -376,6 +382,16 @@ async fn runtime_variant(
     urgent_all.extend(std::mem::take(&mut *tasks::URGENT_MS.lock().unwrap()));
     crate::sqltap::PICKS.store(false, Ordering::SeqCst);
     let done = tasks::BULK_DONE.load(Ordering::Relaxed);
+    if (urgent_all.len() as u64) < enqueued.load(Ordering::SeqCst) {
+        // Where are the priority-0 jobs that did not start?
+        let rows: Vec<(u64, u8, u32, Option<u64>)> = sqlx::query_as(
+            "SELECT j.id, j.state, j.attempts, r.seq FROM queue_jobs j \
+             LEFT JOIN queue_ready r ON r.job_id = j.id WHERE j.priority = 0 LIMIT 10",
+        )
+        .fetch_all(&monitor)
+        .await?;
+        eprintln!("{variant}: priority-0 jobs left (id, state, attempts, seq): {rows:?}");
+    }
     rt.shutdown(Duration::from_secs(10)).await?;
     if let Some(mut v) = view {
         let _ = sqlx::query("ROLLBACK").execute(&mut v).await;
@@ -501,10 +517,11 @@ async fn seed_variant(
         let (stop, enqueued, pool) = (prod_stop.clone(), enqueued.clone(), pool.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1000 / URGENT_PER_S));
+            let mut sends = tokio::task::JoinSet::new();
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let (p, e) = (pool.clone(), enqueued.clone());
-                tokio::spawn(async move {
+                sends.spawn(async move {
                     let r = sqlx::query(
                         "INSERT INTO tasks (name, priority, status, next_attempt, enqueued_us) \
                          VALUES ('urgent', 0, 0, NULL, ?)",
@@ -516,7 +533,9 @@ async fn seed_variant(
                         e.fetch_add(1, Ordering::SeqCst);
                     }
                 });
+                while sends.try_join_next().is_some() {}
             }
+            while sends.join_next().await.is_some() {}
         })
     };
     let start = Instant::now();
