@@ -37,6 +37,9 @@ enum SmtpError {
 
 static SENT: AtomicU64 = AtomicU64::new(0);
 static FAILED_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+/// Sends in progress now, and the most there ever were at once.
+static SENDING: AtomicU64 = AtomicU64::new(0);
+static MOST_AT_ONCE: AtomicU64 = AtomicU64::new(0);
 
 /// Sends one email; a failure is retried up to 3 times with exponential
 /// backoff (200 ms, 400 ms, 800 ms, plus jitter).
@@ -47,7 +50,11 @@ static FAILED_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
     name = "demo.send_email"
 )]
 async fn send_email(ctx: TaskContext, email: Email) -> Result<(), TaskError> {
-    match fake_smtp(&email).await {
+    let now = SENDING.fetch_add(1, Ordering::SeqCst) + 1;
+    MOST_AT_ONCE.fetch_max(now, Ordering::SeqCst);
+    let result = fake_smtp(&email).await;
+    SENDING.fetch_sub(1, Ordering::SeqCst);
+    match result {
         Ok(()) => {
             SENT.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -120,9 +127,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let stats = client.stats().await?;
         let sent = SENT.load(Ordering::Relaxed);
         let t = stats.total;
+        // `running` counts leased jobs: the ones sending now and the ones
+        // claimed ahead (prefetched) waiting for one of the 10 slots.
         let msg = format!(
-            "sent {sent} · retrying {} · running {} · dead {}",
-            t.scheduled, t.running, t.dead
+            "sent {sent} · sending {} · leased {} · retrying {} · dead {}",
+            SENDING.load(Ordering::Relaxed),
+            t.running,
+            t.scheduled,
+            t.dead
         );
         bar.set_position(sent + t.dead);
         bar.set_message(msg.clone());
@@ -150,6 +162,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         FAILED_ATTEMPTS.load(Ordering::Relaxed)
     );
     println!("  dead (out of tries)  {}", stats.total.dead);
+    println!(
+        "  most sent at once    {} (concurrency 10)",
+        MOST_AT_ONCE.load(Ordering::SeqCst)
+    );
     println!(
         "  still queued         {}",
         stats.total.ready + stats.total.scheduled + stats.total.running
