@@ -239,6 +239,7 @@ async fn fire(
                 .deadline
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             run_at: tick.min(now),
+            unique_key: None,
         };
         store.insert_jobs_in(&mut tx, &[job], now, 1).await?;
     }

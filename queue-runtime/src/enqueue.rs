@@ -24,6 +24,7 @@ pub struct EnqueueBuilder<T> {
     delay: Option<Duration>,
     deadline: Option<Duration>,
     queue: Option<String>,
+    unique_key: Option<String>,
 }
 
 /// Encodes a payload to the JSON text stored with its job.
@@ -56,6 +57,7 @@ impl<T> EnqueueBuilder<T> {
             delay: None,
             deadline: None,
             queue: None,
+            unique_key: None,
         }
     }
 
@@ -82,6 +84,19 @@ impl<T> EnqueueBuilder<T> {
     /// Gives each attempt of this job a time budget, overriding the task's.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// Makes the job unique by `key` among the task's pending jobs: while a
+    /// job of this task with this key is ready, scheduled or running, the
+    /// enqueue inserts nothing and returns that job's id. The key is free
+    /// again once that job succeeds, is cancelled or dies. At most 191
+    /// characters (checked at enqueue).
+    ///
+    /// For example, one pending "rebuild report 42" however many edits ask
+    /// for it: `rebuild::with(42).unique_key("report-42")`.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 
@@ -150,6 +165,15 @@ impl<T> EnqueueBuilder<T> {
         if let Some(d) = self.delay {
             run_at = crate::clock::add(run_at.max(now), d);
         }
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.chars().count() > 191)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "unique key of task {}: {} characters; it must have 1 to 191",
+                self.options.name,
+                key.chars().count()
+            )));
+        }
         let deadline = self.deadline.or(self.options.deadline);
         Ok(NewJob {
             task: self.options.name.to_owned(),
@@ -159,6 +183,12 @@ impl<T> EnqueueBuilder<T> {
             max_attempts: self.options.max_attempts(),
             deadline_ms: deadline.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             run_at,
+            // Stored with the task's name, so that one single-column index
+            // keeps keys apart per task (and rows without a key cost that
+            // index as little as possible).
+            unique_key: self
+                .unique_key
+                .map(|k| format!("{}\u{1f}{k}", self.options.name)),
         })
     }
 }

@@ -13,8 +13,10 @@ use sqlx::{AssertSqlSafe, MySqlPool, Row};
 use crate::error::Result;
 
 /// The migrations this build ships: (version, name, SQL).
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "jobs", include_str!("../migrations/0001_jobs.sql")),
+    (2, "unique", include_str!("../migrations/0002_unique.sql")),
+];
 
 const LOCK_NAME: &str = "queue_runtime_migrate";
 

@@ -29,6 +29,8 @@ pub(crate) struct NewJob {
     pub max_attempts: u32,
     pub deadline_ms: Option<u64>,
     pub run_at: DateTime<Utc>,
+    /// Not enqueued again while a job of the task with this key is pending.
+    pub unique_key: Option<String>,
 }
 
 /// The SQL side of a `Client`: a pool and the server's flavour.
@@ -146,8 +148,74 @@ impl Store {
         Ok(ids)
     }
 
-    /// Inserts jobs inside the caller's transaction.
+    /// Inserts jobs inside the caller's transaction. A job with a unique
+    /// key whose task already has a pending job with that key is not
+    /// inserted: the pending job's id stands in its place.
     pub(crate) async fn insert_jobs_in(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        jobs: &[NewJob],
+        now: DateTime<Utc>,
+        chunk: usize,
+    ) -> Result<Vec<JobId>> {
+        if !jobs.iter().any(|j| j.unique_key.is_some()) {
+            return self.insert_plain(tx, jobs, now, chunk).await;
+        }
+        let mut ids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let one = std::slice::from_ref(job);
+            ids.push(match &job.unique_key {
+                Some(key) => self.insert_unique(tx, job, key, now).await?,
+                None => self.insert_plain(tx, one, now, chunk).await?[0],
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Inserts a job with a unique key, or returns the id of the pending job
+    /// of its task with that key.
+    async fn insert_unique(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        job: &NewJob,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<JobId> {
+        // Between a duplicate-key error and the look-up, the pending job may
+        // finish and free the key: then insert again.
+        for _ in 0..5 {
+            match self
+                .insert_plain(tx, std::slice::from_ref(job), now, 1)
+                .await
+            {
+                Ok(ids) => return Ok(ids[0]),
+                Err(crate::Error::Database(e))
+                    if crate::error::sql_error_number(&e) == Some(1062) =>
+                {
+                    // A locking read sees the latest committed row, whatever
+                    // the caller's isolation level.
+                    let id: Option<u64> = self
+                        .q("SELECT id FROM queue_jobs WHERE unique_key = ? LOCK IN SHARE MODE")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.get(0));
+                    if let Some(id) = id {
+                        return Ok(JobId(id));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let key = key.split_once('\u{1f}').map_or(key, |k| k.1);
+        Err(crate::Error::InvalidArgument(format!(
+            "unique key {key:?} of task {}: the pending job kept changing; try again",
+            job.task
+        )))
+    }
+
+    /// Inserts jobs in multi-row INSERTs.
+    async fn insert_plain(
         &self,
         tx: &mut sqlx::MySqlConnection,
         jobs: &[NewJob],
@@ -160,14 +228,14 @@ impl Store {
             let (part, after) = rest.split_at(size);
             rest = after;
             let mut sql = String::from(
-                "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, \
-                 deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES ",
+                "INSERT INTO queue_jobs (task, unique_key, queue, priority, state, payload, attempts, \
+                 max_attempts, deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES ",
             );
             for i in 0..part.len() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str("(?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)");
+                sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)");
             }
             let mut q = self.q(&sql);
             for job in part {
@@ -179,6 +247,7 @@ impl Store {
                 };
                 q = q
                     .bind(&job.task)
+                    .bind(job.unique_key.as_deref())
                     .bind(&job.queue)
                     .bind(job.priority)
                     .bind(state.as_u8())
@@ -307,8 +376,10 @@ impl Store {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        // A dead job releases its unique key.
         let sql = "UPDATE queue_jobs SET state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                   last_error = ?, updated_at = ? WHERE id = ? AND attempts = ? AND state = ?";
+                   unique_key = NULL, last_error = ?, updated_at = ? \
+                   WHERE id = ? AND attempts = ? AND state = ?";
         let n = retry_deadlocks(|| async {
             Ok(self
                 .q(sql)
@@ -440,7 +511,7 @@ impl Store {
         if !bury.is_empty() {
             let sql = format!(
                 "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, dead_at = ?, \
-                 last_error = CONCAT('lease expired: the worker running attempt ', attempts, ' was lost; no attempts left'), \
+                 unique_key = NULL, last_error = CONCAT('lease expired: the worker running attempt ', attempts, ' was lost; no attempts left'), \
                  updated_at = ? WHERE id IN ({})",
                 placeholders(bury.len())
             );

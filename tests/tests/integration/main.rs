@@ -10,6 +10,7 @@ mod priority;
 mod schedule;
 mod shutdown;
 mod transactional;
+mod unique;
 
 use std::time::Duration;
 
