@@ -46,6 +46,10 @@ pub struct TaskOptions {
     pub tz: Option<&'static str>,
     /// What a periodic task does with ticks missed while no runtime ran.
     pub catch_up: CatchUp,
+    /// Whether a periodic task's tick enqueues a job while the job of an
+    /// earlier tick is still ready, scheduled or running (default `true`).
+    /// With `false` such a tick enqueues nothing.
+    pub overlap: bool,
 }
 
 impl TaskOptions {
@@ -68,6 +72,7 @@ impl TaskOptions {
             cron: None,
             tz: None,
             catch_up: CatchUp::Latest,
+            overlap: true,
         }
     }
 
@@ -208,6 +213,7 @@ mod tests {
         cron: Some("0 0 * * * *"),
         tz: Some("Europe/Berlin"),
         catch_up: CatchUp::Skip,
+        overlap: true,
     };
 
     #[test]

@@ -20,6 +20,7 @@ mod kw {
     syn::custom_keyword!(cron);
     syn::custom_keyword!(tz);
     syn::custom_keyword!(catch_up);
+    syn::custom_keyword!(overlap);
     syn::custom_keyword!(name);
 }
 
@@ -36,6 +37,7 @@ pub(crate) struct TaskArgs {
     pub(crate) cron: Option<String>,
     pub(crate) tz: Option<String>,
     pub(crate) catch_up: Option<CatchUp>,
+    pub(crate) overlap: Option<bool>,
     pub(crate) name: Option<String>,
     /// Every key given, with its span, valid value or not.
     seen: Vec<(Key, Span)>,
@@ -52,12 +54,13 @@ enum Key {
     Cron,
     Tz,
     CatchUp,
+    Overlap,
     Name,
 }
 
 impl Key {
     /// Every key, in the order the "unknown argument" error lists them.
-    const ALL: [Key; 9] = [
+    const ALL: [Key; 10] = [
         Key::Priority,
         Key::Retries,
         Key::Deadline,
@@ -66,6 +69,7 @@ impl Key {
         Key::Cron,
         Key::Tz,
         Key::CatchUp,
+        Key::Overlap,
         Key::Name,
     ];
 
@@ -79,6 +83,7 @@ impl Key {
             Key::Cron => "cron",
             Key::Tz => "tz",
             Key::CatchUp => "catch_up",
+            Key::Overlap => "overlap",
             Key::Name => "name",
         }
     }
@@ -166,6 +171,8 @@ impl TaskArgs {
             Some(key_of::<kw::tz>(input, Key::Tz)?)
         } else if lookahead.peek(kw::catch_up) {
             Some(key_of::<kw::catch_up>(input, Key::CatchUp)?)
+        } else if lookahead.peek(kw::overlap) {
+            Some(key_of::<kw::overlap>(input, Key::Overlap)?)
         } else if lookahead.peek(kw::name) {
             Some(key_of::<kw::name>(input, Key::Name)?)
         } else if input.peek(Ident::peek_any) {
@@ -220,12 +227,13 @@ impl TaskArgs {
             .map(|&(_, span)| span)
     }
 
-    /// `tz` and `catch_up` only mean something for a periodic task.
+    /// `tz`, `catch_up` and `overlap` only mean something for a periodic
+    /// task.
     fn check_schedule(&self, errors: &mut Errors) {
         if self.given(Key::Cron).is_some() {
             return;
         }
-        for key in [Key::Tz, Key::CatchUp] {
+        for key in [Key::Tz, Key::CatchUp, Key::Overlap] {
             if let Some(span) = self.given(key) {
                 errors.push(syn::Error::new(
                     span,
@@ -298,6 +306,12 @@ impl TaskArgs {
                 let c = CatchUp::from_str(&s.value()).map_err(|e| error(&s, e))?;
                 self.catch_up = Some(c);
             }
+            Key::Overlap => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => self.overlap = Some(b.value),
+                _ => return Err(error(value, "`overlap` must be `true` or `false`")),
+            },
             Key::Name => {
                 let s = string(value, "`name` must be a string such as \"mail.send\"")?;
                 queue_core::validate_task_name(&s.value()).map_err(|e| error(&s, e))?;
@@ -367,6 +381,7 @@ mod tests {
             cron = "*/5 * * * *",
             tz = "Europe/Berlin",
             catch_up = "skip",
+            overlap = false,
             name = "mail.send",
         ));
         assert!(errors.into_error().is_none());
@@ -378,6 +393,7 @@ mod tests {
         assert_eq!(args.cron.as_deref(), Some("*/5 * * * *"));
         assert_eq!(args.tz.as_deref(), Some("Europe/Berlin"));
         assert_eq!(args.catch_up, Some(CatchUp::Skip));
+        assert_eq!(args.overlap, Some(false));
         assert_eq!(args.name.as_deref(), Some("mail.send"));
         assert!(args.is_periodic());
     }
@@ -403,7 +419,7 @@ mod tests {
             )),
             [
                 "unknown argument `prio`: expected one of `priority`, `retries`, `deadline`, \
-                 `queue`, `backoff`, `cron`, `tz`, `catch_up`, `name`",
+                 `queue`, `backoff`, `cron`, `tz`, `catch_up`, `overlap`, `name`",
                 "priority `5` is out of range: expected 0 (highest) to 4 (lowest)",
                 "`retries` must be a non-negative integer",
                 "`retries` given more than once",
@@ -412,6 +428,14 @@ mod tests {
                 "`priority` given more than once",
                 "`catch_up` requires `cron`",
             ]
+        );
+        assert_eq!(
+            messages(quote!(cron = "* * * * *", overlap = "no")),
+            ["`overlap` must be `true` or `false`"]
+        );
+        assert_eq!(
+            messages(quote!(overlap = false)),
+            ["`overlap` requires `cron`"]
         );
         assert_eq!(
             messages(quote!(priority = 300)),
@@ -434,7 +458,7 @@ mod tests {
             messages(quote!(5)),
             [
                 "expected one of: `priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, \
-              `tz`, `catch_up`, `name`"
+              `tz`, `catch_up`, `overlap`, `name`"
             ]
         );
         // Mistakes before the syntax error are still reported.

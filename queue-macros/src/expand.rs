@@ -281,6 +281,7 @@ fn options(args: &TaskArgs) -> TokenStream {
     let deadline = option(args.deadline.map(duration));
     let cron = option(args.cron.as_ref().map(|c| quote!(#c)));
     let tz = option(args.tz.as_ref().map(|t| quote!(#t)));
+    let overlap = args.overlap.unwrap_or(true);
     let catch_up = match args.catch_up.unwrap_or_default() {
         CatchUp::Latest => quote!(#p::CatchUp::Latest),
         CatchUp::Skip => quote!(#p::CatchUp::Skip),
@@ -296,6 +297,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             cron: #cron,
             tz: #tz,
             catch_up: #catch_up,
+            overlap: #overlap,
         }
     }
 }

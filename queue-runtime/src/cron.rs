@@ -239,7 +239,9 @@ async fn fire(
                 .deadline
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             run_at: tick.min(now),
-            unique_key: None,
+            // Without overlap, a tick whose predecessor's job is still
+            // pending finds it by this key and enqueues nothing.
+            unique_key: (!o.overlap).then(|| crate::store::stored_unique_key(o.name, "cron")),
         };
         store.insert_jobs_in(&mut tx, &[job], now, 1).await?;
     }

@@ -188,7 +188,7 @@ impl<T> EnqueueBuilder<T> {
             // index as little as possible).
             unique_key: self
                 .unique_key
-                .map(|k| format!("{}\u{1f}{k}", self.options.name)),
+                .map(|k| crate::store::stored_unique_key(self.options.name, &k)),
         })
     }
 }

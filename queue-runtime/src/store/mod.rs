@@ -57,6 +57,12 @@ pub(crate) fn placeholders(n: usize) -> String {
     s
 }
 
+/// The stored form of a job's unique key: the task's name, U+001F and the
+/// key, so that the one-column unique index keeps keys apart per task.
+pub(crate) fn stored_unique_key(task: &str, key: &str) -> String {
+    format!("{task}\u{1f}{key}")
+}
+
 /// Rows per multi-row INSERT at most.
 pub(crate) const INSERT_CHUNK: usize = 2000;
 

@@ -1,7 +1,7 @@
 //! Delays, run-at and cron, with an injected clock.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -350,5 +350,62 @@ async fn after_downtime_the_latest_missed_tick_fires_once() {
     })
     .await;
     rt.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
+
+static LONG_RUNS: AtomicUsize = AtomicUsize::new(0);
+static LONG_RELEASE: AtomicBool = AtomicBool::new(false);
+
+#[task(
+    cron = "* * * * * *",
+    overlap = false,
+    queue = "cron_no_overlap",
+    name = "tests.cron.no_overlap"
+)]
+async fn long_tick() -> Result<(), TaskError> {
+    LONG_RUNS.fetch_add(1, Ordering::SeqCst);
+    while !LONG_RELEASE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `overlap = false`: while a tick's job runs, later ticks enqueue nothing;
+/// once it is done, the next tick runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_overlap_a_tick_waits_for_the_previous_run() {
+    let (db, client) = setup().await;
+    let runtime = Runtime::builder(client.clone())
+        .queues(["cron_no_overlap"])
+        .start()
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the first tick's job to run",
+        || async { LONG_RUNS.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    // Three more ticks while it runs.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    assert_eq!(
+        LONG_RUNS.load(Ordering::SeqCst),
+        1,
+        "no second run meanwhile"
+    );
+    let stats = client.stats().await.unwrap();
+    assert_eq!(
+        stats.total.total(),
+        1,
+        "no job queued behind the running one: {stats:?}"
+    );
+    LONG_RELEASE.store(true, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(5),
+        "a later tick to run again",
+        || async { LONG_RUNS.load(Ordering::SeqCst) >= 2 },
+    )
+    .await;
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
 }

@@ -68,7 +68,12 @@ async fn purge_sessions(_ctx: TaskContext) -> Result<(), TaskError> {
 }
 
 /// A five-field cron expression, without a time zone.
-#[task(cron = "*/5 * * * *", catch_up = "latest", name = "reports.hourly")]
+#[task(
+    cron = "*/5 * * * *",
+    catch_up = "latest",
+    overlap = false,
+    name = "reports.hourly"
+)]
 async fn hourly() -> Result<(), TaskError> {
     Ok(())
 }
@@ -147,6 +152,8 @@ fn main() {
         queue_runtime::CatchUp::Skip
     );
     assert_eq!(hourly::NAME, "reports.hourly");
+    assert!(!hourly::OPTIONS.overlap);
+    assert!(purge_sessions::OPTIONS.overlap);
     let _: fn(()) -> EnqueueBuilder<()> = nothing::with;
 
     // The registration points at the function's name (for the "declared
