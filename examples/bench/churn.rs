@@ -135,6 +135,37 @@ impl Outcome {
     }
 }
 
+/// Sends a priority-0 job `URGENT_PER_S` times a second with `send` until
+/// `stop`, counting in `enqueued` the sends that succeeded. Each send is its
+/// own task (a slow one does not delay the next); all are awaited before the
+/// returned task ends, so the count is final when the caller then waits for
+/// the jobs to start.
+fn urgent_producer<F, Fut>(
+    stop: Arc<AtomicBool>,
+    enqueued: Arc<AtomicU64>,
+    send: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / URGENT_PER_S));
+        let mut sends = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            tick.tick().await;
+            let (sent, e) = (send(), enqueued.clone());
+            sends.spawn(async move {
+                if sent.await {
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            while sends.try_join_next().is_some() {}
+        }
+        while sends.join_next().await.is_some() {}
+    })
+}
+
 /// InnoDB's history list length.
 async fn hll(pool: &MySqlPool) -> f64 {
     sqlx::query_scalar::<_, i64>(
@@ -304,24 +335,10 @@ async fn runtime_variant(
     let stop = Arc::new(AtomicBool::new(false));
     let enqueued = Arc::new(AtomicU64::new(0));
     let prod = {
-        let (stop, enqueued, producer) = (stop.clone(), enqueued.clone(), producer.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / URGENT_PER_S));
-            // Each enqueue is its own task (a slow one does not delay the
-            // next); all are awaited before the producer ends, so the count
-            // is final when the caller waits for the jobs to start.
-            let mut sends = tokio::task::JoinSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let (p, e) = (producer.clone(), enqueued.clone());
-                sends.spawn(async move {
-                    if tasks::urgent::enqueue(&p, now_us()).await.is_ok() {
-                        e.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-                while sends.try_join_next().is_some() {}
-            }
-            while sends.join_next().await.is_some() {}
+        let producer = producer.clone();
+        urgent_producer(stop.clone(), enqueued.clone(), move || {
+            let p = producer.clone();
+            async move { tasks::urgent::enqueue(&p, now_us()).await.is_ok() }
         })
     };
     let start = Instant::now();
@@ -514,28 +531,19 @@ async fn seed_variant(
     let enqueued = Arc::new(AtomicU64::new(0));
     let prod_stop = Arc::new(AtomicBool::new(false));
     let prod = {
-        let (stop, enqueued, pool) = (prod_stop.clone(), enqueued.clone(), pool.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / URGENT_PER_S));
-            let mut sends = tokio::task::JoinSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let (p, e) = (pool.clone(), enqueued.clone());
-                sends.spawn(async move {
-                    let r = sqlx::query(
-                        "INSERT INTO tasks (name, priority, status, next_attempt, enqueued_us) \
-                         VALUES ('urgent', 0, 0, NULL, ?)",
-                    )
-                    .bind(now_us())
-                    .execute(&p)
-                    .await;
-                    if r.is_ok() {
-                        e.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-                while sends.try_join_next().is_some() {}
+        let pool = pool.clone();
+        urgent_producer(prod_stop.clone(), enqueued.clone(), move || {
+            let p = pool.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO tasks (name, priority, status, next_attempt, enqueued_us) \
+                     VALUES ('urgent', 0, 0, NULL, ?)",
+                )
+                .bind(now_us())
+                .execute(&p)
+                .await
+                .is_ok()
             }
-            while sends.join_next().await.is_some() {}
         })
     };
     let start = Instant::now();

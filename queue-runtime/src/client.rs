@@ -219,8 +219,9 @@ impl Client {
         crate::migrate::run(self.pool()).await
     }
 
-    pub(crate) async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
-        let now = self.now();
+    /// Inserts jobs built at `now` (the instant that decides which are due)
+    /// and wakes this process's runtimes.
+    pub(crate) async fn insert(&self, jobs: Vec<NewJob>, now: DateTime<Utc>) -> Result<Vec<JobId>> {
         let any_ready = jobs.iter().any(|j| j.run_at <= now);
         let any_scheduled = jobs.iter().any(|j| j.run_at > now);
         let ids = self.store().insert_jobs(&jobs, now).await?;

@@ -114,7 +114,7 @@ impl<T> EnqueueBuilder<T> {
     pub async fn enqueue(self, client: &Client) -> Result<JobId> {
         let now = client.now();
         let job = self.into_new_job(now)?;
-        let ids = client.insert(vec![job]).await?;
+        let ids = client.insert(vec![job], now).await?;
         Ok(ids[0])
     }
 
@@ -236,7 +236,7 @@ impl Client {
                     .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
                     .await
             }
-            None => self.insert(jobs).await,
+            None => self.insert(jobs, now).await,
         }
     }
 }

@@ -278,18 +278,7 @@ impl Store {
         if ticket.limit == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        super::retry_deadlocks(|| {
-            self.try_claim(
-                &ticket.queue,
-                &ticket.last,
-                &ticket.stragglers,
-                ticket.limit,
-                owner,
-                lease_until,
-                now,
-            )
-        })
-        .await
+        super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now)).await
     }
 
     /// One claim transaction in two round trips, as multi-statement text
@@ -303,29 +292,16 @@ impl Store {
     ///
     /// On any error the transaction is rolled back, and a connection whose
     /// state is unknown is closed instead of returned to the pool.
-    #[allow(clippy::too_many_arguments)]
     async fn try_claim(
         &self,
-        queue: &str,
-        last: &[u64; LEVELS],
-        stragglers: &[(u8, u64)],
-        limit: usize,
+        ticket: &ClaimTicket,
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Claimed> {
         let mut conn = self.pool.acquire().await?;
         let result = self
-            .claim_on(
-                &mut conn,
-                queue,
-                last,
-                stragglers,
-                limit,
-                owner,
-                lease_until,
-                now,
-            )
+            .claim_on(&mut conn, ticket, owner, lease_until, now)
             .await;
         if result.is_err() {
             let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
@@ -336,19 +312,16 @@ impl Store {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn claim_on(
         &self,
         conn: &mut sqlx::MySqlConnection,
-        queue: &str,
-        last: &[u64; LEVELS],
-        stragglers: &[(u8, u64)],
-        limit: usize,
+        ticket: &ClaimTicket,
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Claimed> {
-        let pick = claim_sql(queue, last, stragglers, limit);
+        let queue = ticket.queue.as_str();
+        let pick = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
         let first = format!(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
             self.limited(&pick)

@@ -169,10 +169,12 @@ impl Store {
         }
         let mut ids = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let one = std::slice::from_ref(job);
             ids.push(match &job.unique_key {
                 Some(key) => self.insert_unique(tx, job, key, now).await?,
-                None => self.insert_plain(tx, one, now, chunk).await?[0],
+                None => {
+                    self.insert_plain(tx, std::slice::from_ref(job), now, chunk)
+                        .await?[0]
+                }
             });
         }
         Ok(ids)
@@ -195,9 +197,8 @@ impl Store {
                 .await
             {
                 Ok(ids) => return Ok(ids[0]),
-                Err(crate::Error::Database(e))
-                    if crate::error::sql_error_number(&e) == Some(1062) =>
-                {
+                // Duplicate key: a pending job of the task has this key.
+                Err(e) if e.db_code() == Some(1062) => {
                     // A locking read sees the latest committed row, whatever
                     // the caller's isolation level.
                     let id: Option<u64> = self

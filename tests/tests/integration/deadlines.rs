@@ -25,17 +25,7 @@ use crate::setup;
 
 /// Waits until job `id` is dead and returns its last error.
 async fn dead_error(client: &Client, id: JobId, within: Duration) -> String {
-    wait_until(within, "the job is dead", || {
-        let client = client.clone();
-        async move {
-            client
-                .job(id)
-                .await
-                .unwrap()
-                .is_some_and(|j| j.state == JobState::Dead)
-        }
-    })
-    .await;
+    crate::wait_for_state(client, id, JobState::Dead, within).await;
     let job = client.job(id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Dead);
     job.last_error.unwrap_or_default()

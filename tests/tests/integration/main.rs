@@ -14,7 +14,7 @@ mod unique;
 
 use std::time::Duration;
 
-use queue_runtime::{Client, JobId, Runtime};
+use queue_runtime::{Client, JobId, JobState, Runtime};
 use queue_tests::TestDb;
 
 /// A fresh database with the schema applied, and a client on it.
@@ -71,6 +71,21 @@ pub async fn wait_for_dead(client: &Client, n: u64) {
     queue_tests::wait_until(Duration::from_secs(10), &format!("{n} dead jobs"), || {
         let client = client.clone();
         async move { client.stats().await.unwrap().total.dead == n }
+    })
+    .await;
+}
+
+/// Waits until job `id` is in `state`.
+pub async fn wait_for_state(client: &Client, id: JobId, state: JobState, within: Duration) {
+    queue_tests::wait_until(within, &format!("job {id} {state:?}"), || {
+        let client = client.clone();
+        async move {
+            client
+                .job(id)
+                .await
+                .unwrap()
+                .is_some_and(|j| j.state == state)
+        }
     })
     .await;
 }

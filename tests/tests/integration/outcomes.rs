@@ -190,17 +190,7 @@ async fn unknown_task_is_handed_back_not_lost() {
     let (db, client) = setup().await;
     let id = insert_raw_job(&client, "no.such.task", "orphans", "null", None).await;
     let runtime = start_runtime(&client, "orphans").await;
-    wait_until(Duration::from_secs(10), "the job handed back", || {
-        let client = client.clone();
-        async move {
-            client
-                .job(id)
-                .await
-                .unwrap()
-                .is_some_and(|j| j.state == JobState::Scheduled)
-        }
-    })
-    .await;
+    crate::wait_for_state(&client, id, JobState::Scheduled, Duration::from_secs(10)).await;
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     let job = client.job(id).await.unwrap().unwrap();
     assert_eq!(job.attempts, 0, "the hand-back does not spend an attempt");
