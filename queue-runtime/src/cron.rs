@@ -136,7 +136,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
-                shared.outage.failed("cron", &e);
+                shared.outage.failed("cron", &e, sent);
                 failures += 1;
                 wait = crate::runtime::Outage::backoff(failures);
             }

@@ -378,21 +378,35 @@ impl Ack {
 /// Logs a database outage once, and its end once.
 #[derive(Debug, Default)]
 pub(crate) struct Outage {
-    since: Mutex<Option<Instant>>,
+    state: Mutex<OutageState>,
+}
+
+#[derive(Debug, Default)]
+struct OutageState {
+    /// When the current outage was noticed.
+    since: Option<Instant>,
+    /// When the last outage ended.
+    ended: Option<Instant>,
 }
 
 impl Outage {
-    /// Records a failure of `what`; logs only the first of an outage.
-    pub(crate) fn failed(&self, what: &str, e: &Error) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        let is_outage = matches!(e, Error::Database(db) if is_connection_error(db));
-        if since.is_none() {
-            if is_outage {
-                tracing::error!(error = %e, during = what, "database unavailable; the runtime keeps retrying");
-                *since = Some(Instant::now());
-            } else {
-                tracing::warn!(error = %e, during = what, "database statement failed; retrying");
-            }
+    /// Records a failure of a statement of `what` sent at `sent`; logs only
+    /// the first of an outage. A connection failure of a statement sent
+    /// before the last outage ended belongs to that outage (its pool
+    /// acquire waited through it and gave up after the server was back):
+    /// it does not start a new one.
+    pub(crate) fn failed(&self, what: &str, e: &Error, sent: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.since.is_some() {
+            return;
+        }
+        if !matches!(e, Error::Database(db) if is_connection_error(db)) {
+            tracing::warn!(error = %e, during = what, "database statement failed; retrying");
+        } else if state.ended.is_some_and(|end| sent < end) {
+            tracing::debug!(error = %e, during = what, "a statement sent during the last outage failed after it ended");
+        } else {
+            tracing::error!(error = %e, during = what, "database unavailable; the runtime keeps retrying");
+            state.since = Some(Instant::now());
         }
     }
 
@@ -402,13 +416,19 @@ impl Outage {
     /// connections may still complete after the first one failed, and they
     /// say nothing about whether the server is back.
     pub(crate) fn ok(&self, sent: Instant) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = *since
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = state.since
             && sent > t
         {
-            *since = None;
+            state.since = None;
+            state.ended = Some(Instant::now());
             tracing::warn!(after = ?t.elapsed(), "database reachable again; the runtime resumed");
         }
+    }
+
+    #[cfg(test)]
+    fn since(&self) -> Option<Instant> {
+        self.state.lock().unwrap().since
     }
 
     pub(crate) fn backoff(failures: u32) -> Duration {
@@ -588,7 +608,7 @@ async fn producer(shared: Arc<Shared>) {
                     }
                     Ok(true) => {}
                     Err(e) => {
-                        shared.outage.failed("claim", &e);
+                        shared.outage.failed("claim", &e, sent);
                         failures += 1;
                         if shared.sleep_or_stop(Outage::backoff(failures)).await {
                             break;
@@ -688,7 +708,7 @@ fn settle_claim(
             Some((picked, want))
         }
         Err(e) => {
-            shared.outage.failed("claim", &e);
+            shared.outage.failed("claim", &e, sent);
             None
         }
     }
@@ -712,7 +732,12 @@ async fn prober(
 ) {
     while let Some((qi, ranges)) = rx.recv().await {
         let queue = &shared.queues[qi];
-        match shared.client.store().probe(queue, &ranges).await {
+        let sent = Instant::now();
+        let probed = shared.client.store().probe(queue, &ranges).await;
+        if probed.is_ok() {
+            shared.outage.ok(sent);
+        }
+        match probed {
             Ok(found) if !found.is_empty() => {
                 tracing::debug!(queue = %queue, rows = found.len(), "found ready rows behind the claim cursor");
                 if tx.send((qi, found)).await.is_err() {
@@ -720,7 +745,7 @@ async fn prober(
                 }
             }
             Ok(_) => {}
-            Err(e) => shared.outage.failed("probe", &e),
+            Err(e) => shared.outage.failed("probe", &e, sent),
         }
     }
 }
@@ -1035,7 +1060,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     break;
                 }
                 Err(e) => {
-                    shared.outage.failed("recording successes", &e);
+                    shared.outage.failed("recording successes", &e, sent);
                     failures += 1;
                     tokio::time::sleep(Outage::backoff(failures)).await;
                 }
@@ -1079,7 +1104,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     break;
                 }
                 Err(e) => {
-                    shared.outage.failed("recording an outcome", &e);
+                    shared.outage.failed("recording an outcome", &e, sent);
                     failures += 1;
                     tokio::time::sleep(Outage::backoff(failures)).await;
                 }
@@ -1092,9 +1117,13 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
 }
 
 async fn heartbeat(shared: Arc<Shared>) {
+    let mut wait = shared.heartbeat;
+    let mut failures = 0;
     loop {
         // Beats go on during a shutdown's drain; shutdown aborts this task last.
-        tokio::time::sleep(shared.heartbeat).await;
+        tokio::time::sleep(wait).await;
+        let repeated = wait.is_zero();
+        wait = shared.heartbeat;
         let jobs: Vec<(JobId, u32)> = {
             let map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             map.iter().map(|(id, f)| (*id, f.attempt)).collect()
@@ -1112,6 +1141,14 @@ async fn heartbeat(shared: Arc<Shared>) {
         {
             Ok(n) => {
                 shared.outage.ok(sent);
+                failures = 0;
+                if !repeated && sent.elapsed() > shared.heartbeat / 2 {
+                    // The beat waited (for a connection, through an outage):
+                    // its list of jobs is old, and jobs claimed since have
+                    // not been renewed. Beat again now (once: a server
+                    // that is merely slow gets no extra load).
+                    wait = Duration::ZERO;
+                }
                 // A job that is not matched either lost its lease or had its
                 // outcome written meanwhile (a success deletes it). Discount
                 // every job whose outcome is queued or written by now, so a
@@ -1135,7 +1172,12 @@ async fn heartbeat(shared: Arc<Shared>) {
                     );
                 }
             }
-            Err(e) => shared.outage.failed("heartbeat", &e),
+            Err(e) => {
+                shared.outage.failed("heartbeat", &e, sent);
+                // Try again soon: the leases run out meanwhile.
+                failures += 1;
+                wait = Outage::backoff(failures).min(shared.heartbeat);
+            }
         }
     }
 }
@@ -1176,7 +1218,7 @@ async fn rescuer(shared: Arc<Shared>) {
                     shared.client.inner.ready_gen.send_modify(|g| *g += 1);
                 }
             }
-            Err(e) => shared.outage.failed("lease rescue", &e),
+            Err(e) => shared.outage.failed("lease rescue", &e, sent),
         }
         if shared.sleep_or_stop(interval).await {
             return;
@@ -1229,7 +1271,7 @@ async fn dispatcher(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
-                shared.outage.failed("dispatching scheduled jobs", &e);
+                shared.outage.failed("dispatching scheduled jobs", &e, sent);
                 failures += 1;
                 wait = Outage::backoff(failures);
             }
@@ -1319,28 +1361,32 @@ mod tests {
         let outage = Outage::default();
         let in_flight = Instant::now();
         let lost = Error::Database(sqlx::Error::PoolTimedOut);
-        outage.failed("claim", &lost);
-        let began = outage
-            .since
-            .lock()
-            .unwrap()
-            .expect("a connection error starts an outage");
+        outage.failed("claim", &lost, Instant::now());
+        let began = outage.since().expect("a connection error starts an outage");
         // A statement already in flight when the server went away completes:
         // the outage goes on.
         outage.ok(in_flight);
-        assert_eq!(*outage.since.lock().unwrap(), Some(began));
+        assert_eq!(outage.since(), Some(began));
         // Further failures do not restart it.
-        outage.failed("heartbeat", &lost);
-        assert_eq!(*outage.since.lock().unwrap(), Some(began));
+        outage.failed("heartbeat", &lost, Instant::now());
+        assert_eq!(outage.since(), Some(began));
+        let waiting = Instant::now();
         outage.ok(Instant::now());
-        assert_eq!(
-            *outage.since.lock().unwrap(),
-            None,
-            "a later statement ends it"
-        );
+        assert_eq!(outage.since(), None, "a later statement ends it");
+        // A statement sent during the outage (its acquire waited through it)
+        // fails after the end: that is the old outage, not a new one.
+        outage.failed("heartbeat", &lost, waiting);
+        assert_eq!(outage.since(), None, "a late failure of the old outage");
         // A statement error that is not about the connection is no outage.
-        outage.failed("claim", &Error::Database(sqlx::Error::RowNotFound));
-        assert_eq!(*outage.since.lock().unwrap(), None);
+        outage.failed(
+            "claim",
+            &Error::Database(sqlx::Error::RowNotFound),
+            Instant::now(),
+        );
+        assert_eq!(outage.since(), None);
+        // A statement sent after the end fails: a new outage.
+        outage.failed("claim", &lost, Instant::now());
+        assert!(outage.since().is_some_and(|t| t > began), "a new outage");
     }
 
     #[test]

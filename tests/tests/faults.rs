@@ -265,7 +265,9 @@ async fn sigkill_worker_jobs_run_again_after_the_lease_as_attempt_2() {
     let (db, client) = setup().await;
     const IN_FLIGHT: u64 = 20;
     const WAITING: u64 = 20;
-    let lease = Duration::from_secs(2);
+    // Short, to keep the test short; 6 heartbeats per lease leave room for
+    // a stalled worker on a loaded machine.
+    let lease = Duration::from_secs(3);
     // No prefetch: the 20 quick jobs must stay in ready while A runs (a
     // prefetching A would hold them too, leased, and they would come back
     // after the kill like the running ones, with an attempt counted).
@@ -379,8 +381,8 @@ async fn stale_worker_does_not_record_over_the_new_owner() {
     let (db, client) = setup().await;
     let opts = || WorkerOpts {
         concurrency: 2,
-        lease: Some(Duration::from_secs(1)),
-        heartbeat: Some(Duration::from_millis(200)),
+        lease: Some(Duration::from_secs(2)),
+        heartbeat: Some(Duration::from_millis(300)),
         ..WorkerOpts::default()
     };
     let mut a = Worker::spawn(&db, opts());
@@ -756,8 +758,10 @@ async fn server_restart_during_thousands_of_jobs() {
     )
     .await;
     let before = count(&db, "SELECT COUNT(*) FROM executions").await;
+    // Enough jobs are left for the run to span the outage (the threshold
+    // leaves slack for a loaded machine, where this poll lags the worker).
     assert!(
-        before < JOBS / 2,
+        before <= JOBS - 500,
         "the run is still young when the server stops ({before} done)"
     );
 
@@ -872,9 +876,9 @@ async fn server_restart_longer_than_the_lease_never_runs_a_job_twice_at_once() {
     );
     let (db, client) = setup().await;
     const JOBS: u64 = 10;
-    let lease = Duration::from_secs(2);
-    // First executions end during the outage; later ones outlast the lease
-    // several times, so they live on heartbeats alone.
+    let lease = Duration::from_secs(3);
+    // First executions end during the outage (of five leases); later ones
+    // outlast the lease, so they live on heartbeats alone.
     tasks::remember::enqueue_many(&client, (0..JOBS).map(|n| work(n, 1_500, 6_000, false)))
         .await
         .unwrap();

@@ -106,7 +106,12 @@ async fn slow_query_is_ended_by_the_server_at_the_deadline() {
     );
 
     let attempts = SLOW_ATTEMPTS.lock().unwrap().clone();
-    assert_eq!(attempts.len(), 2, "one retry: {attempts:?}");
+    assert_eq!(
+        attempts.len(),
+        2,
+        "one retry (an attempt missing here was stopped at deadline + grace before the \
+         server's error came back): {attempts:?}"
+    );
     for (elapsed, text, number, _) in &attempts {
         assert!(
             *elapsed < Duration::from_secs(1),
@@ -147,7 +152,7 @@ static LATE_HELD: AtomicBool = AtomicBool::new(false);
 /// (how long the refused statement took, its text, the TaskError's kind).
 static LATE_RESULT: Mutex<Option<(Duration, String, TaskErrorKind)>> = Mutex::new(None);
 
-#[task(queue = "dl_late", deadline = "1s", retries = 0)]
+#[task(queue = "dl_late", deadline = "3s", retries = 0)]
 async fn dl_late_query(ctx: TaskContext) -> Result<(), TaskError> {
     LATE_STARTED.store(true, Ordering::SeqCst);
     // The test now takes the pool's only connection.
@@ -200,7 +205,7 @@ async fn statement_after_the_deadline_never_reaches_the_server() {
     let q1 = questions(&mut conn).await;
     LATE_HELD.store(true, Ordering::SeqCst);
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the late statement returned",
         || async { LATE_RESULT.lock().unwrap().is_some() },
     )
@@ -211,7 +216,7 @@ async fn statement_after_the_deadline_never_reaches_the_server() {
     let (took, text, kind) = LATE_RESULT.lock().unwrap().clone().unwrap();
     // Refused at once, although the pool's only connection was held: it did
     // not even wait for a connection.
-    assert!(took < Duration::from_millis(200), "refused after {took:?}");
+    assert!(took < Duration::from_millis(500), "refused after {took:?}");
     assert!(text.contains("deadline exceeded"), "{text}");
     assert_eq!(kind, TaskErrorKind::Deadline);
     // Only our own SHOW statements reached the server on that connection.
@@ -255,10 +260,13 @@ async fn deadline_run_cancels_a_slow_future() {
         .unwrap();
     let last_error = dead_error(&client, id, Duration::from_secs(10)).await;
     assert_eq!(last_error, "deadline exceeded");
-    let (took, result) = RUN_RESULT.lock().unwrap().unwrap();
+    let (took, result) = RUN_RESULT
+        .lock()
+        .unwrap()
+        .expect("Deadline::run returned (the handler was not stopped at deadline + grace)");
     assert_eq!(result, Err(DeadlineExceeded));
     assert!(
-        took < Duration::from_millis(300) + Duration::from_millis(500),
+        took < Duration::from_millis(300) + Duration::from_millis(1_500),
         "cancelled after {took:?}"
     );
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -387,7 +395,10 @@ async fn transaction_lock_wait_is_bounded_and_rolled_back() {
         last_error.starts_with("deadline exceeded"),
         "last error: {last_error}"
     );
-    let (waited, number, past) = TX_RESULT.lock().unwrap().unwrap();
+    let (waited, number, past) = TX_RESULT
+        .lock()
+        .unwrap()
+        .expect("the blocked statement returned (the handler was not stopped at deadline + grace)");
     // MariaDB: max_statement_time (1969) or the lowered lock wait (1205).
     assert!(
         matches!(number, Some(1969 | 1205)),
@@ -395,7 +406,7 @@ async fn transaction_lock_wait_is_bounded_and_rolled_back() {
     );
     assert!(waited < Duration::from_secs(3), "waited {waited:?}");
     assert!(
-        past < Duration::from_millis(750),
+        past < Duration::from_millis(1_500),
         "returned {past:?} past the deadline"
     );
     locker.rollback().await.unwrap();
@@ -503,7 +514,7 @@ async fn mysql_watchdog_kills_a_write_at_the_deadline() {
         .expect_err("killed");
     let took = start.elapsed();
     assert_eq!(server_error_number(&e), Some(1317), "interrupted: {e}");
-    assert!(took < Duration::from_secs(2), "killed after {took:?}");
+    assert!(took < Duration::from_secs(4), "killed after {took:?}");
     // KILL QUERY is asynchronous on the server: the statement leaves the
     // process list a moment after the client got its error.
     wait_until(
@@ -608,7 +619,7 @@ async fn streams_and_no_deadline_behave_like_the_pool() {
     let rows = collect_rows(unlimited).await;
     assert_eq!(rows, vec![1, 2, 3]);
     // A deadline scope inside tightens the handle's deadline.
-    let near = Deadline::after(Duration::from_millis(200));
+    let near = Deadline::after(Duration::from_secs(1));
     Deadline::scope(Some(near), async {
         assert_eq!(limited.deadline(), Some(near));
         let e = sqlx::query("SELECT SLEEP(3)")

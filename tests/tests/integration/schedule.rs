@@ -196,6 +196,12 @@ async fn a_five_field_expression_fires_on_its_minutes() {
         FIVE_FIELD.load(Ordering::SeqCst) == 1
     })
     .await;
+    // Acked before the clock jumps past the job's lease (the rescuer reads
+    // the same clock).
+    wait_until(Duration::from_secs(10), "the 10:05 job acked", || async {
+        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
+    })
+    .await;
     clock.set(at(2026, 2, 1, 10, 9, 0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(FIVE_FIELD.load(Ordering::SeqCst), 1);
@@ -386,7 +392,7 @@ async fn without_overlap_a_tick_waits_for_the_previous_run() {
         .await
         .unwrap();
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the first tick's job to run",
         || async { LONG_RUNS.load(Ordering::SeqCst) == 1 },
     )
@@ -406,7 +412,7 @@ async fn without_overlap_a_tick_waits_for_the_previous_run() {
     );
     LONG_RELEASE.store(true, Ordering::SeqCst);
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "a later tick to run again",
         || async { LONG_RUNS.load(Ordering::SeqCst) >= 2 },
     )
