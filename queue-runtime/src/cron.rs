@@ -122,9 +122,10 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
             }
             fire_due(&client, &tasks).await
         };
-        match step.await {
+        let stepped = step.await;
+        shared.outage.track("cron", sent, &stepped);
+        match stepped {
             Ok(next) => {
-                shared.outage.ok(sent);
                 failures = 0;
                 let now = client.now();
                 if let Some(next) = next {
@@ -135,8 +136,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => {
-                shared.outage.failed("cron", &e, sent);
+            Err(_) => {
                 failures += 1;
                 wait = crate::runtime::Outage::backoff(failures);
             }

@@ -395,7 +395,7 @@ impl Outage {
     /// before the last outage ended belongs to that outage (its pool
     /// acquire waited through it and gave up after the server was back):
     /// it does not start a new one.
-    pub(crate) fn failed(&self, what: &str, e: &Error, sent: Instant) {
+    fn failed(&self, what: &str, e: &Error, sent: Instant) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.since.is_some() {
             return;
@@ -415,7 +415,7 @@ impl Outage {
     /// it: while a server shuts down, statements already in flight on other
     /// connections may still complete after the first one failed, and they
     /// say nothing about whether the server is back.
-    pub(crate) fn ok(&self, sent: Instant) {
+    fn ok(&self, sent: Instant) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = state.since
             && sent > t
@@ -423,6 +423,14 @@ impl Outage {
             state.since = None;
             state.ended = Some(Instant::now());
             tracing::warn!(after = ?t.elapsed(), "database reachable again; the runtime resumed");
+        }
+    }
+
+    /// Records the result of a statement of `what` sent at `sent`.
+    pub(crate) fn track<T>(&self, what: &str, sent: Instant, result: &Result<T>) {
+        match result {
+            Ok(_) => self.ok(sent),
+            Err(e) => self.failed(what, e, sent),
         }
     }
 
@@ -600,15 +608,15 @@ async fn producer(shared: Arc<Shared>) {
             if idle && !cursors[qi].has_stragglers() {
                 // Idle: one cheap statement instead of a claim transaction.
                 let sent = Instant::now();
-                match client.store().has_ready(&cursors[qi]).await {
+                let has_ready = client.store().has_ready(&cursors[qi]).await;
+                shared.outage.track("claim", sent, &has_ready);
+                match has_ready {
                     Ok(false) => {
-                        shared.outage.ok(sent);
                         empty += 1;
                         continue;
                     }
                     Ok(true) => {}
-                    Err(e) => {
-                        shared.outage.failed("claim", &e, sent);
+                    Err(_) => {
                         failures += 1;
                         if shared.sleep_or_stop(Outage::backoff(failures)).await {
                             break;
@@ -696,22 +704,15 @@ fn settle_claim(
         return None;
     };
     let want = ticket.limit;
-    match cursors[qi].settle(ticket, result) {
-        Ok((jobs, picked)) => {
-            let client = &shared.client;
-            client.inner.metrics.record_claim(sent.elapsed());
-            tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
-            shared.outage.ok(sent);
-            for job in jobs {
-                spawn_job(shared, job);
-            }
-            Some((picked, want))
-        }
-        Err(e) => {
-            shared.outage.failed("claim", &e, sent);
-            None
-        }
+    let settled = cursors[qi].settle(ticket, result);
+    shared.outage.track("claim", sent, &settled);
+    let (jobs, picked) = settled.ok()?;
+    shared.client.inner.metrics.record_claim(sent.elapsed());
+    tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
+    for job in jobs {
+        spawn_job(shared, job);
     }
+    Some((picked, want))
 }
 
 /// Jobs claimed beyond the free slots that are waiting for one.
@@ -734,18 +735,14 @@ async fn prober(
         let queue = &shared.queues[qi];
         let sent = Instant::now();
         let probed = shared.client.store().probe(queue, &ranges).await;
-        if probed.is_ok() {
-            shared.outage.ok(sent);
-        }
-        match probed {
-            Ok(found) if !found.is_empty() => {
-                tracing::debug!(queue = %queue, rows = found.len(), "found ready rows behind the claim cursor");
-                if tx.send((qi, found)).await.is_err() {
-                    return;
-                }
+        shared.outage.track("probe", sent, &probed);
+        if let Ok(found) = probed
+            && !found.is_empty()
+        {
+            tracing::debug!(queue = %queue, rows = found.len(), "found ready rows behind the claim cursor");
+            if tx.send((qi, found)).await.is_err() {
+                return;
             }
-            Ok(_) => {}
-            Err(e) => shared.outage.failed("probe", &e, sent),
         }
     }
 }
@@ -992,11 +989,11 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Writes outcomes. Successes are batched: whatever has arrived since the
-/// last write goes in one DELETE.
 /// How long the acker waits for more outcomes to write with the first one.
 const ACK_LINGER: Duration = Duration::from_millis(2);
 
+/// Writes outcomes. Successes are batched: whatever has arrived since the
+/// last write goes in one DELETE.
 async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
     let mut stop = false;
     while !stop {
@@ -1048,9 +1045,10 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     if !done.is_empty() {
         loop {
             let sent = Instant::now();
-            match store.complete(&done).await {
+            let completed = store.complete(&done).await;
+            shared.outage.track("recording successes", sent, &completed);
+            match completed {
                 Ok(n) => {
-                    shared.outage.ok(sent);
                     if (n as usize) < done.len() {
                         tracing::warn!(
                             lost = done.len() - n as usize,
@@ -1059,8 +1057,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     }
                     break;
                 }
-                Err(e) => {
-                    shared.outage.failed("recording successes", &e, sent);
+                Err(_) => {
                     failures += 1;
                     tokio::time::sleep(Outage::backoff(failures)).await;
                 }
@@ -1091,9 +1088,9 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                 Ack::Dead { id, attempt, error } => store.bury(*id, *attempt, error, now).await,
                 _ => Ok(true),
             };
+            shared.outage.track("recording an outcome", sent, &r);
             match r {
                 Ok(recorded) => {
-                    shared.outage.ok(sent);
                     if !recorded {
                         tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
                     }
@@ -1103,8 +1100,7 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     }
                     break;
                 }
-                Err(e) => {
-                    shared.outage.failed("recording an outcome", &e, sent);
+                Err(_) => {
                     failures += 1;
                     tokio::time::sleep(Outage::backoff(failures)).await;
                 }
@@ -1133,14 +1129,14 @@ async fn heartbeat(shared: Arc<Shared>) {
         }
         let now = shared.client.now();
         let sent = Instant::now();
-        match shared
+        let beat = shared
             .client
             .store()
             .heartbeat(&shared.owner, &jobs, add(now, shared.lease), now)
-            .await
-        {
+            .await;
+        shared.outage.track("heartbeat", sent, &beat);
+        match beat {
             Ok(n) => {
-                shared.outage.ok(sent);
                 failures = 0;
                 if !repeated && sent.elapsed() > shared.heartbeat / 2 {
                     // The beat waited (for a connection, through an outage):
@@ -1172,8 +1168,7 @@ async fn heartbeat(shared: Arc<Shared>) {
                     );
                 }
             }
-            Err(e) => {
-                shared.outage.failed("heartbeat", &e, sent);
+            Err(_) => {
                 // Try again soon: the leases run out meanwhile.
                 failures += 1;
                 wait = Outage::backoff(failures).min(shared.heartbeat);
@@ -1209,16 +1204,13 @@ async fn rescuer(shared: Arc<Shared>) {
             Ok(true) => store.rescue_expired(now, since).await,
             Err(e) => Err(e),
         };
-        match pass {
-            Ok((requeued, buried)) => {
-                shared.outage.ok(sent);
-                last_ok = Some(now);
-                if requeued + buried > 0 {
-                    tracing::warn!(requeued, buried, "took back jobs whose lease expired");
-                    shared.client.inner.ready_gen.send_modify(|g| *g += 1);
-                }
+        shared.outage.track("lease rescue", sent, &pass);
+        if let Ok((requeued, buried)) = pass {
+            last_ok = Some(now);
+            if requeued + buried > 0 {
+                tracing::warn!(requeued, buried, "took back jobs whose lease expired");
+                shared.client.inner.ready_gen.send_modify(|g| *g += 1);
             }
-            Err(e) => shared.outage.failed("lease rescue", &e, sent),
         }
         if shared.sleep_or_stop(interval).await {
             return;
@@ -1258,9 +1250,12 @@ async fn dispatcher(shared: Arc<Shared>) {
                 next => Ok::<_, Error>((0, next)),
             }
         };
-        match step.await {
+        let stepped = step.await;
+        shared
+            .outage
+            .track("dispatching scheduled jobs", sent, &stepped);
+        match stepped {
             Ok((n, next)) => {
-                shared.outage.ok(sent);
                 failures = 0;
                 last_ok = Some(now);
                 if n > 0 {
@@ -1270,8 +1265,7 @@ async fn dispatcher(shared: Arc<Shared>) {
                     wait = wait.min((next - now).to_std().unwrap_or(Duration::ZERO));
                 }
             }
-            Err(e) => {
-                shared.outage.failed("dispatching scheduled jobs", &e, sent);
+            Err(_) => {
                 failures += 1;
                 wait = Outage::backoff(failures);
             }
