@@ -14,6 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::flavor::Flavor;
 use crate::store::{NewJob, Store};
+use crate::time::At;
 
 /// A handle on the job database. Cheap to clone: clones share one pool.
 #[derive(Clone)]
@@ -165,10 +166,7 @@ impl Client {
             .await?;
         Ok(Client {
             inner: Arc::new(Inner {
-                store: Store {
-                    pool,
-                    flavor: Flavor::from_version(&version),
-                },
+                store: Store::new(pool, Flavor::from_version(&version)),
                 clock: Arc::new(SystemClock),
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
@@ -189,6 +187,35 @@ impl Client {
                 metrics: crate::runtime::Metrics::default(),
             }),
         }
+    }
+
+    /// This client as if its server were of `flavor`: for tests that run
+    /// the MySQL statements against a MariaDB server (MariaDB ignores
+    /// MySQL's optimizer hints). Not public API.
+    #[doc(hidden)]
+    pub fn with_flavor(&self, flavor: Flavor) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                store: Store::new(self.inner.store.pool.clone(), flavor),
+                clock: self.inner.clock.clone(),
+                ready_gen: watch::channel(0).0,
+                scheduled_gen: watch::channel(0).0,
+                metrics: crate::runtime::Metrics::default(),
+            }),
+        }
+    }
+
+    /// The largest payload, in bytes of JSON, the server takes: its
+    /// `max_allowed_packet` less 128 KiB for the rest of the row. A bigger
+    /// one is refused at enqueue with [`Error::PayloadTooLarge`] before
+    /// anything is sent. Read from the server once per client.
+    ///
+    /// # Errors
+    /// If the server cannot be asked.
+    pub async fn payload_limit(&self) -> Result<u64> {
+        Ok(crate::store::payload_limit(
+            self.store().max_packet().await?,
+        ))
     }
 
     /// The pool.
@@ -291,18 +318,19 @@ impl Client {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| DeadJob {
-                id: JobId(r.get(0)),
-                task: r.get(1),
-                queue: r.get(2),
-                attempts: r.get(3),
-                last_error: r.get::<Option<String>, _>(4).unwrap_or_default(),
-                payload: r.get(5),
-                died_at: r.get(6),
+        rows.iter()
+            .map(|r| {
+                Ok(DeadJob {
+                    id: JobId(r.try_get(0)?),
+                    task: r.try_get(1)?,
+                    queue: r.try_get(2)?,
+                    attempts: r.try_get(3)?,
+                    last_error: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    payload: r.try_get(5)?,
+                    died_at: crate::time::stored(r, 6)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Puts a dead job back to run now, with its attempts reset.
@@ -318,8 +346,8 @@ impl Client {
              WHERE id = ? AND state = ?",
         ))
         .bind(JobState::Ready.as_u8())
-        .bind(now)
-        .bind(now)
+        .bind(At(now))
+        .bind(At(now))
         .bind(id.0)
         .bind(JobState::Dead.as_u8())
         .execute(&mut *tx)
@@ -367,14 +395,17 @@ impl Client {
     /// # Errors
     /// If the database cannot be written.
     pub async fn purge_dead(&self, older_than: Duration) -> Result<u64> {
-        let cutoff =
-            self.now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        // Saturating: an age reaching before the earliest storable time purges nothing.
+        let cutoff = chrono::Duration::from_std(older_than)
+            .ok()
+            .and_then(|age| self.now().checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut total = 0;
         loop {
             let n = sqlx::query(self.store().sql(
                 "DELETE FROM queue_jobs WHERE dead_at IS NOT NULL AND dead_at < ? AND state = ? LIMIT 1000",
             ))
-            .bind(cutoff)
+            .bind(At(cutoff))
             .bind(JobState::Dead.as_u8())
             .execute(self.pool())
             .await?
@@ -399,17 +430,18 @@ impl Client {
         .bind(id.0)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|r| JobInfo {
-            id: JobId(r.get(0)),
-            task: r.get(1),
-            queue: r.get(2),
-            priority: r.get(3),
-            state: JobState::from_u8(r.get(4)).unwrap_or(JobState::Dead),
-            attempts: r.get(5),
-            max_attempts: r.get(6),
-            run_at: r.get(7),
-            last_error: r.get(8),
-            payload: r.get(9),
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(JobInfo {
+            id: JobId(r.try_get(0)?),
+            task: r.try_get(1)?,
+            queue: r.try_get(2)?,
+            priority: r.try_get(3)?,
+            state: JobState::from_u8(r.try_get(4)?).unwrap_or(JobState::Dead),
+            attempts: r.try_get(5)?,
+            max_attempts: r.try_get(6)?,
+            run_at: crate::time::stored(&r, 7)?,
+            last_error: r.try_get(8)?,
+            payload: r.try_get(9)?,
         }))
     }
 }

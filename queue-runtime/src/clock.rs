@@ -55,11 +55,10 @@ impl ManualClock {
         self.tx.send_replace(t);
     }
 
-    /// Moves the time forward by `d`.
+    /// Moves the time forward by `d` (saturating at the latest time chrono
+    /// can represent).
     pub fn advance(&self, d: std::time::Duration) {
-        let delta = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-        let next = self.now() + delta;
-        self.set(next);
+        self.set(add(self.now(), d));
     }
 }
 

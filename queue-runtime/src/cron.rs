@@ -28,6 +28,7 @@ use crate::error::Result;
 use crate::registry::TaskRegistration;
 use crate::runtime::Shared;
 use crate::store::NewJob;
+use crate::time::At;
 
 /// How late a tick may be noticed and still count as on time for
 /// `CatchUp::Skip`.
@@ -62,23 +63,22 @@ impl Client {
         .fetch_all(self.pool())
         .await?;
         let now = self.now();
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                let expression: String = r.get(1);
-                let timezone: String = r.get(2);
+                let expression: String = r.try_get(1)?;
+                let timezone: String = r.try_get(2)?;
                 let next_tick = Schedule::parse(&expression, Some(&timezone))
                     .ok()
                     .and_then(|s| s.next_after(now));
-                RecurringTask {
-                    task: r.get(0),
+                Ok(RecurringTask {
+                    task: r.try_get(0)?,
                     expression,
                     timezone,
-                    last_tick: r.get(3),
+                    last_tick: crate::time::stored(r, 3)?,
                     next_tick,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -164,9 +164,9 @@ async fn register(client: &Client, tasks: &[CronTask]) -> Result<()> {
         .bind(t.reg.options.name)
         .bind(t.schedule.expression())
         .bind(t.schedule.timezone().name())
-        .bind(now)
-        .bind(t.schedule.next_after(now))
-        .bind(now)
+        .bind(At(now))
+        .bind(crate::time::opt(t.schedule.next_after(now)))
+        .bind(At(now))
         .execute(client.pool())
         .await?;
     }
@@ -181,8 +181,8 @@ async fn fire_due(client: &Client, tasks: &[CronTask]) -> Result<Option<DateTime
         .await?;
     let last: HashMap<String, DateTime<Utc>> = rows
         .iter()
-        .map(|r| (r.get::<String, _>(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.try_get::<String, _>(0)?, crate::time::stored(r, 1)?)))
+        .collect::<Result<_>>()?;
     let mut earliest: Option<DateTime<Utc>> = None;
     for t in tasks {
         let name = t.reg.options.name;
@@ -214,11 +214,11 @@ async fn fire(
     let moved = sqlx::query(store.sql(
         "UPDATE queue_cron SET last_tick = ?, next_tick = ?, updated_at = ? WHERE task = ? AND last_tick < ?",
     ))
-    .bind(tick)
-    .bind(t.schedule.next_after(tick))
-    .bind(now)
+    .bind(At(tick))
+    .bind(crate::time::opt(t.schedule.next_after(tick)))
+    .bind(At(now))
     .bind(t.reg.options.name)
-    .bind(tick)
+    .bind(At(tick))
     .execute(&mut *tx)
     .await?
     .rows_affected();

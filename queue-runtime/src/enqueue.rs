@@ -112,7 +112,7 @@ impl<T> EnqueueBuilder<T> {
     /// [`Error::Encode`] if the payload cannot be encoded, [`Error::Database`]
     /// if the insert fails (nothing was enqueued then).
     pub async fn enqueue(self, client: &Client) -> Result<JobId> {
-        let now = client.now();
+        let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
         let ids = client.insert(vec![job], now).await?;
         Ok(ids[0])
@@ -139,7 +139,7 @@ impl<T> EnqueueBuilder<T> {
         client: &Client,
         conn: &mut sqlx::MySqlConnection,
     ) -> Result<JobId> {
-        let now = client.now();
+        let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
         let ids = client
             .store()
@@ -165,6 +165,12 @@ impl<T> EnqueueBuilder<T> {
         if let Some(d) = self.delay {
             run_at = crate::clock::add(run_at.max(now), d);
         }
+        let run_at = crate::time::run_at(run_at).map_err(|e| match e {
+            Error::InvalidArgument(m) => {
+                Error::InvalidArgument(format!("task {}: {m}", self.options.name))
+            }
+            e => e,
+        })?;
         if let Some(key) = &self.unique_key
             && (key.is_empty() || key.chars().count() > 191)
         {
@@ -225,7 +231,7 @@ impl Client {
     where
         I: IntoIterator<Item = T>,
     {
-        let now = self.now();
+        let now = crate::time::now(self.now())?;
         let jobs = payloads
             .into_iter()
             .map(|p| EnqueueBuilder::with_encoder(options, p, encode).into_new_job(now))

@@ -15,6 +15,20 @@ pub enum Error {
         /// What serde_json said.
         source: serde_json::Error,
     },
+    /// A payload too big for the database server: its `max_allowed_packet`
+    /// less room for the rest of the row. Nothing was enqueued.
+    #[error(
+        "payload of task `{task}` is {size} bytes; this server takes at most {limit} bytes per payload \
+         (its max_allowed_packet less 128 KiB)"
+    )]
+    PayloadTooLarge {
+        /// The task's name.
+        task: String,
+        /// The payload's size in bytes (JSON).
+        size: u64,
+        /// The largest payload the server takes, in bytes.
+        limit: u64,
+    },
     /// Two `#[task]` functions were registered under one name.
     #[error(
         "two tasks are named `{name}`: {first} and {second}; give one of them `#[task(name = \"...\")]`"

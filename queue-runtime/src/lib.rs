@@ -47,6 +47,7 @@ mod migrate;
 mod registry;
 mod runtime;
 mod store;
+pub mod time;
 
 pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -390,21 +390,20 @@ impl Store {
         let rows = sqlx::raw_sql(AssertSqlSafe(second))
             .fetch_all(&mut *conn)
             .await?;
+        // The claim has committed: a row that cannot be decoded must not
+        // fail the batch (its job stays leased and the rescuer takes it
+        // back when the lease expires); the others run.
         let mut jobs: Vec<ClaimedJob> = rows
             .iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: JobId(r.try_get(0)?),
-                    task: r.try_get(1)?,
-                    queue: r.try_get(2)?,
-                    payload: r.try_get(4)?,
-                    attempt: r.try_get(5)?,
-                    max_attempts: r.try_get(6)?,
-                    deadline_ms: r.try_get(7)?,
-                    run_at: r.try_get(8)?,
-                })
+            .filter_map(|r| match decode_claimed(r) {
+                Ok(job) => Some(job),
+                Err(e) => {
+                    let id = r.try_get::<u64, _>(0).ok();
+                    tracing::error!(job.id = ?id, error = %e, "a claimed job's row cannot be decoded; left to its lease");
+                    None
+                }
             })
-            .collect::<Result<_, sqlx::Error>>()?;
+            .collect();
         // Keep claim order (priority, seq).
         jobs.sort_by_key(|j| ids.iter().position(|&i| i == j.id.0));
         Ok((jobs, keys))
@@ -472,6 +471,22 @@ impl Store {
             .await?
             .is_some())
     }
+}
+
+/// A claimed job from its row (`SELECT id, task, queue, priority, payload,
+/// attempts, max_attempts, deadline_ms, run_at`). A zero `run_at`, which
+/// only SQL from outside the runtime can store, reads as the earliest time.
+fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        id: JobId(r.try_get(0)?),
+        task: r.try_get(1)?,
+        queue: r.try_get(2)?,
+        payload: r.try_get(4)?,
+        attempt: r.try_get(5)?,
+        max_attempts: r.try_get(6)?,
+        deadline_ms: r.try_get(7)?,
+        run_at: crate::time::stored(r, 8)?,
+    })
 }
 
 #[cfg(test)]

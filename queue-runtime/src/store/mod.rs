@@ -15,6 +15,7 @@ pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, Cursors, claim_sql};
 
 use crate::error::{Result, is_retryable};
 use crate::flavor::Flavor;
+use crate::time::At;
 
 /// How long any of the runtime's own statements may run on the server.
 pub(crate) const STATEMENT_LIMIT: Duration = Duration::from_secs(10);
@@ -38,11 +39,13 @@ pub(crate) struct NewJob {
 pub(crate) struct Store {
     pub pool: MySqlPool,
     pub flavor: Flavor,
+    /// The server's `max_allowed_packet`, once read.
+    packet: std::sync::Arc<std::sync::OnceLock<u64>>,
 }
 
 /// A time as the text of a MySQL `DATETIME(6)` literal.
 pub(crate) fn sql_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    crate::time::literal(t)
 }
 
 /// `?, ?, ?` for `n` parameters.
@@ -84,6 +87,63 @@ fn statement_sizes(n: usize, chunk: usize) -> Vec<usize> {
     sizes
 }
 
+/// What a row adds to an INSERT's packet besides its strings: a type and
+/// value per parameter, length prefixes (generous).
+const ROW_OVERHEAD: u64 = 256;
+
+/// Room kept in a packet for the statement's header and the rest of a row
+/// read back with the payload (task, queue, last error: a TEXT, at most
+/// 64 KiB).
+const PACKET_RESERVE: u64 = 128 * 1024;
+
+/// The largest payload, in bytes, a server with this `max_allowed_packet`
+/// takes: the packet less [`PACKET_RESERVE`].
+pub(crate) fn payload_limit(max_packet: u64) -> u64 {
+    max_packet.saturating_sub(PACKET_RESERVE)
+}
+
+/// The bytes the rows of one INSERT may carry.
+fn statement_budget(max_packet: u64) -> u64 {
+    max_packet.saturating_sub(PACKET_RESERVE / 2)
+}
+
+/// What a job adds to an INSERT's packet, about.
+fn row_bytes(job: &NewJob) -> u64 {
+    (job.payload.len()
+        + job.task.len()
+        + job.queue.len()
+        + job.unique_key.as_ref().map_or(0, String::len)) as u64
+        + ROW_OVERHEAD
+}
+
+/// `jobs` cut into runs of at most `chunk` rows whose bytes fit `budget`
+/// (a row bigger than the budget alone is a run of its own: the payload
+/// check refuses such rows before this).
+fn byte_groups(jobs: &[NewJob], chunk: usize, budget: u64) -> Vec<&[NewJob]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        let b = row_bytes(job);
+        if i > start && (i - start == chunk || bytes + b > budget) {
+            groups.push(&jobs[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    if start < jobs.len() {
+        groups.push(&jobs[start..]);
+    }
+    groups
+}
+
+/// The ids of a MySQL multi-row INSERT of `n` rows: `first`, then
+/// `step` apart.
+fn mysql_ids(first: u64, step: u64, n: usize) -> Vec<u64> {
+    (0..n as u64).map(|i| first + i * step.max(1)).collect()
+}
+
 /// The `(id = 7 AND attempts = 1) OR …` fence over `jobs`: an outcome is
 /// written only while the job is still at the attempt that produced it.
 ///
@@ -103,6 +163,15 @@ fn fence(jobs: &[(JobId, u32)]) -> String {
 }
 
 impl Store {
+    /// The store of `pool`, a server of `flavor`.
+    pub(crate) fn new(pool: MySqlPool, flavor: Flavor) -> Store {
+        Store {
+            pool,
+            flavor,
+            packet: Default::default(),
+        }
+    }
+
     /// A statement with the runtime's own server-side limit. The text is
     /// built by this module from constants and placeholders only.
     pub(crate) fn sql(&self, text: &str) -> AssertSqlSafe<String> {
@@ -132,6 +201,7 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_sizes(jobs).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -164,6 +234,7 @@ impl Store {
         now: DateTime<Utc>,
         chunk: usize,
     ) -> Result<Vec<JobId>> {
+        self.check_sizes(jobs).await?;
         if !jobs.iter().any(|j| j.unique_key.is_some()) {
             return self.insert_plain(tx, jobs, now, chunk).await;
         }
@@ -221,7 +292,8 @@ impl Store {
         )))
     }
 
-    /// Inserts jobs in multi-row INSERTs.
+    /// Inserts jobs in multi-row INSERTs, each within the server's
+    /// `max_allowed_packet`.
     async fn insert_plain(
         &self,
         tx: &mut sqlx::MySqlConnection,
@@ -229,77 +301,155 @@ impl Store {
         now: DateTime<Utc>,
         chunk: usize,
     ) -> Result<Vec<JobId>> {
+        let packet = self.max_packet().await?;
         let mut ids = Vec::with_capacity(jobs.len());
-        let mut rest = jobs;
-        for size in statement_sizes(jobs.len(), chunk) {
-            let (part, after) = rest.split_at(size);
-            rest = after;
-            let mut sql = String::from(
-                "INSERT INTO queue_jobs (task, unique_key, queue, priority, state, payload, attempts, \
-                 max_attempts, deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES ",
-            );
-            for i in 0..part.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)");
+        for group in byte_groups(jobs, chunk, statement_budget(packet)) {
+            let mut rest = group;
+            for size in statement_sizes(group.len(), chunk) {
+                let (part, after) = rest.split_at(size);
+                rest = after;
+                let part_ids = self.insert_rows(tx, part, now).await?;
+                self.index_ready(tx, part, &part_ids, now, chunk).await?;
+                ids.extend(part_ids.into_iter().map(JobId));
             }
-            let mut q = self.q(&sql);
-            for job in part {
-                let due = job.run_at <= now;
-                let state = if due {
-                    JobState::Ready
-                } else {
-                    JobState::Scheduled
-                };
-                q = q
-                    .bind(&job.task)
-                    .bind(job.unique_key.as_deref())
-                    .bind(&job.queue)
-                    .bind(job.priority)
-                    .bind(state.as_u8())
-                    .bind(&job.payload)
-                    .bind(job.max_attempts)
-                    .bind(job.deadline_ms)
-                    .bind(job.run_at)
-                    .bind(if due { None } else { Some(job.run_at) })
-                    .bind(now)
-                    .bind(now);
-            }
-            let res = q.execute(&mut *tx).await?;
-            // A multi-row INSERT whose row count is known up front gets
-            // consecutive AUTO_INCREMENT values in every
-            // innodb_autoinc_lock_mode (0, 1 and 2): the first is
-            // LAST_INSERT_ID().
-            let first = res.last_insert_id();
-            debug_assert_eq!(res.rows_affected(), part.len() as u64);
-            let part_ids: Vec<u64> = (0..part.len() as u64).map(|i| first + i).collect();
-            let due: Vec<(&NewJob, u64)> = part
-                .iter()
-                .zip(part_ids.iter().copied())
-                .filter(|(j, _)| j.run_at <= now)
-                .collect();
-            let mut due = due.as_slice();
-            for size in statement_sizes(due.len(), chunk) {
-                let (rows, after) = due.split_at(size);
-                due = after;
-                let mut sql =
-                    String::from("INSERT INTO queue_ready (queue, priority, job_id) VALUES ");
-                for i in 0..rows.len() {
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str("(?, ?, ?)");
-                }
-                let mut q = self.q(&sql);
-                for (job, id) in rows {
-                    q = q.bind(&job.queue).bind(job.priority).bind(*id);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            ids.extend(part_ids.into_iter().map(JobId));
         }
         Ok(ids)
+    }
+
+    /// One multi-row INSERT into `queue_jobs`; returns the new ids in the
+    /// order of `part`.
+    async fn insert_rows(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        part: &[NewJob],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>> {
+        let mut sql = String::from(
+            "INSERT INTO queue_jobs (task, unique_key, queue, priority, state, payload, attempts, \
+             max_attempts, deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES ",
+        );
+        for i in 0..part.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)");
+        }
+        if self.flavor == Flavor::MariaDb {
+            sql.push_str(" RETURNING id");
+        }
+        let mut q = self.q(&sql);
+        for job in part {
+            let due = job.run_at <= now;
+            let state = if due {
+                JobState::Ready
+            } else {
+                JobState::Scheduled
+            };
+            q = q
+                .bind(&job.task)
+                .bind(job.unique_key.as_deref())
+                .bind(&job.queue)
+                .bind(job.priority)
+                .bind(state.as_u8())
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(job.deadline_ms)
+                .bind(At(job.run_at))
+                .bind(if due { None } else { Some(At(job.run_at)) })
+                .bind(At(now))
+                .bind(At(now));
+        }
+        let ids = match self.flavor {
+            // The server says which ids it gave, in the order of the rows.
+            Flavor::MariaDb => q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<u64, _>(0))
+                .collect::<Result<Vec<_>, _>>()?,
+            // MySQL has no RETURNING. A multi-row INSERT whose row count is
+            // known up front ("simple insert") takes its AUTO_INCREMENT
+            // values as one block in every innodb_autoinc_lock_mode: the
+            // first is LAST_INSERT_ID(), the rest follow it
+            // `auto_increment_increment` apart (Group Replication sets 7,
+            // master-master setups their own), never assumed to be 1.
+            Flavor::MySql => {
+                let res = q.execute(&mut *tx).await?;
+                let step = if part.len() > 1 {
+                    self.q("SELECT @@session.auto_increment_increment")
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get::<u64, _>(0)?
+                } else {
+                    1
+                };
+                mysql_ids(res.last_insert_id(), step, part.len())
+            }
+        };
+        if ids.len() != part.len() {
+            return Err(crate::Error::Database(sqlx::Error::Protocol(format!(
+                "inserted {} jobs but the server returned {} ids",
+                part.len(),
+                ids.len()
+            ))));
+        }
+        Ok(ids)
+    }
+
+    /// Adds the due jobs of `part` (whose ids are `ids`) to the claim index.
+    async fn index_ready(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        part: &[NewJob],
+        ids: &[u64],
+        now: DateTime<Utc>,
+        chunk: usize,
+    ) -> Result<()> {
+        let due: Vec<(&NewJob, u64)> = part
+            .iter()
+            .zip(ids.iter().copied())
+            .filter(|(j, _)| j.run_at <= now)
+            .collect();
+        let mut due = due.as_slice();
+        for size in statement_sizes(due.len(), chunk) {
+            let (rows, after) = due.split_at(size);
+            due = after;
+            let sql = format!(
+                "INSERT INTO queue_ready (queue, priority, job_id) VALUES {}",
+                vec!["(?, ?, ?)"; rows.len()].join(", ")
+            );
+            let mut q = self.q(&sql);
+            for (job, id) in rows {
+                q = q.bind(&job.queue).bind(job.priority).bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The server's `max_allowed_packet`, read once per pool.
+    pub(crate) async fn max_packet(&self) -> Result<u64> {
+        if let Some(&n) = self.packet.get() {
+            return Ok(n);
+        }
+        let n: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(*self.packet.get_or_init(|| n))
+    }
+
+    /// Refuses, before anything is sent, a job too big for the server: its
+    /// payload over [`payload_limit`].
+    pub(crate) async fn check_sizes(&self, jobs: &[NewJob]) -> Result<()> {
+        let limit = payload_limit(self.max_packet().await?);
+        match jobs.iter().find(|j| j.payload.len() as u64 > limit) {
+            Some(job) => Err(crate::Error::PayloadTooLarge {
+                task: job.task.clone(),
+                size: job.payload.len() as u64,
+                limit,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Deletes succeeded jobs, each only while still at its attempt.
@@ -351,11 +501,11 @@ impl Store {
                  WHERE id = ? AND attempts = ? AND state = ?",
             )
             .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
-            .bind(run_at)
-            .bind(if due { None } else { Some(run_at) })
+            .bind(At(run_at))
+            .bind(if due { None } else { Some(At(run_at)) })
             .bind(error)
             .bind(u32::from(uncount_attempt))
-            .bind(now)
+            .bind(At(now))
             .bind(id.0)
             .bind(attempt)
             .bind(JobState::Running.as_u8())
@@ -391,9 +541,9 @@ impl Store {
             Ok(self
                 .q(sql)
                 .bind(JobState::Dead.as_u8())
-                .bind(now)
+                .bind(At(now))
                 .bind(error)
-                .bind(now)
+                .bind(At(now))
                 .bind(id.0)
                 .bind(attempt)
                 .bind(JobState::Running.as_u8())
@@ -465,15 +615,15 @@ impl Store {
     ) -> Result<(u64, u64, bool)> {
         const BATCH: usize = 200;
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let lower = since.unwrap_or_else(crate::time::earliest);
         let rows = self
             .q(
                 "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
                  WHERE lease_expires_at > ? AND lease_expires_at <= ? \
                  ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED",
             )
-            .bind(lower)
-            .bind(now)
+            .bind(At(lower))
+            .bind(At(now))
             .fetch_all(&mut *tx)
             .await?;
         let more = rows.len() == BATCH;
@@ -499,8 +649,8 @@ impl Store {
             let mut q = self
                 .q(&sql)
                 .bind(JobState::Ready.as_u8())
-                .bind(now)
-                .bind(now);
+                .bind(At(now))
+                .bind(At(now));
             for id in &requeue {
                 q = q.bind(*id);
             }
@@ -525,8 +675,8 @@ impl Store {
             let mut q = self
                 .q(&sql)
                 .bind(JobState::Dead.as_u8())
-                .bind(now)
-                .bind(now);
+                .bind(At(now))
+                .bind(At(now));
             for id in &bury {
                 q = q.bind(*id);
             }
@@ -560,15 +710,15 @@ impl Store {
     ) -> Result<(u64, bool)> {
         const BATCH: usize = 500;
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let lower = since.unwrap_or_else(crate::time::earliest);
         let ids: Vec<u64> = self
             .q(
                 "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
                  WHERE scheduled_at >= ? AND scheduled_at <= ? \
                  ORDER BY scheduled_at, id LIMIT 500 FOR UPDATE SKIP LOCKED",
             )
-            .bind(lower)
-            .bind(now)
+            .bind(At(lower))
+            .bind(At(now))
             .fetch_all(&mut *tx)
             .await?
             .iter()
@@ -582,7 +732,7 @@ impl Store {
         let sql = format!(
             "UPDATE queue_jobs SET state = ?, scheduled_at = NULL, updated_at = ? WHERE id IN ({list})"
         );
-        let mut q = self.q(&sql).bind(JobState::Ready.as_u8()).bind(now);
+        let mut q = self.q(&sql).bind(JobState::Ready.as_u8()).bind(At(now));
         for id in &ids {
             q = q.bind(*id);
         }
@@ -607,15 +757,15 @@ impl Store {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> Result<Option<DateTime<Utc>>> {
-        Ok(self
-            .q(
-                "SELECT scheduled_at FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
-                 WHERE scheduled_at >= ? ORDER BY scheduled_at LIMIT 1",
-            )
-            .bind(since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        self.q(
+            "SELECT scheduled_at FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
+             WHERE scheduled_at >= ? ORDER BY scheduled_at LIMIT 1",
+        )
+        .bind(At(since.unwrap_or_else(crate::time::earliest)))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| crate::time::stored(&r, 0))
+        .transpose()
     }
 
     /// Whether any lease expired in `(since, now]` (non-locking).
@@ -627,8 +777,8 @@ impl Store {
         Ok(self
             .q("SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
                  WHERE lease_expires_at > ? AND lease_expires_at <= ? LIMIT 1")
-            .bind(since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
-            .bind(now)
+            .bind(At(since.unwrap_or_else(crate::time::earliest)))
+            .bind(At(now))
             .fetch_optional(&self.pool)
             .await?
             .is_some())
@@ -659,7 +809,58 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::statement_sizes;
+    use super::*;
+
+    fn job(payload_len: usize) -> NewJob {
+        NewJob {
+            task: "t".into(),
+            queue: "q".into(),
+            priority: 2,
+            payload: "x".repeat(payload_len),
+            max_attempts: 1,
+            deadline_ms: None,
+            run_at: DateTime::<Utc>::UNIX_EPOCH,
+            unique_key: None,
+        }
+    }
+
+    #[test]
+    fn inserts_are_cut_by_bytes_and_rows() {
+        let jobs: Vec<NewJob> = (0..5).map(|_| job(1000)).collect();
+        let row = row_bytes(&jobs[0]);
+        assert_eq!(row, 1000 + 2 + ROW_OVERHEAD);
+        let lens = |g: Vec<&[NewJob]>| g.iter().map(|g| g.len()).collect::<Vec<_>>();
+        assert_eq!(lens(byte_groups(&jobs, 2000, 10 * row)), [5]);
+        assert_eq!(lens(byte_groups(&jobs, 2000, 2 * row)), [2, 2, 1]);
+        assert_eq!(lens(byte_groups(&jobs, 2000, 2 * row - 1)), [1, 1, 1, 1, 1]);
+        assert_eq!(lens(byte_groups(&jobs, 3, 10 * row)), [3, 2]);
+        // A row over the budget still goes (alone); the size check refuses
+        // payloads the server cannot take before this.
+        assert_eq!(lens(byte_groups(&jobs, 2000, 10)), [1, 1, 1, 1, 1]);
+        assert!(byte_groups(&[], 2000, 10).is_empty());
+        // 2,000 rows of 10 KB do not fit one 16 MiB packet.
+        let big: Vec<NewJob> = (0..2001).map(|_| job(10_000)).collect();
+        let groups = byte_groups(&big, INSERT_CHUNK, statement_budget(16 << 20));
+        assert_eq!(lens(groups.clone()), [1629, 372]);
+        for g in groups {
+            let bytes: u64 = g.iter().map(row_bytes).sum();
+            assert!(bytes <= statement_budget(16 << 20));
+        }
+    }
+
+    #[test]
+    fn payload_limit_leaves_room_for_the_row() {
+        assert_eq!(payload_limit(16 << 20), (16 << 20) - 128 * 1024);
+        assert_eq!(payload_limit(1000), 0);
+    }
+
+    #[test]
+    fn mysql_ids_step_by_the_increment() {
+        assert_eq!(mysql_ids(7, 1, 3), [7, 8, 9]);
+        assert_eq!(mysql_ids(2, 3, 4), [2, 5, 8, 11]);
+        assert_eq!(mysql_ids(5, 0, 2), [5, 6]);
+        assert!(mysql_ids(5, 3, 0).is_empty());
+    }
 
     #[test]
     fn insert_statements_take_few_shapes() {

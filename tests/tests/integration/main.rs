@@ -9,6 +9,8 @@ mod outcomes;
 mod priority;
 mod schedule;
 mod shutdown;
+mod sizes;
+mod times;
 mod transactional;
 mod unique;
 
