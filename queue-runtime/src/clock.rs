@@ -80,6 +80,14 @@ pub(crate) fn add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// Subtracts a std duration from a time, saturating.
+pub(crate) fn sub(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Waits until a hand-moved clock changes; forever for a clock that moves
 /// on its own (`None`).
 pub(crate) async fn moved(rx: &mut Option<watch::Receiver<DateTime<Utc>>>) {

@@ -66,6 +66,10 @@ pub(crate) fn stored_unique_key(task: &str, key: &str) -> String {
     format!("{task}\u{1f}{key}")
 }
 
+/// How long a ready job waits, unchanged, before a missing claim-index
+/// row is made for it.
+const HEAL_AFTER: Duration = Duration::from_secs(60);
+
 /// Rows per multi-row INSERT at most.
 pub(crate) const INSERT_CHUNK: usize = 2000;
 
@@ -684,6 +688,30 @@ impl Store {
         }
         tx.commit().await?;
         Ok((requeue.len() as u64, bury.len() as u64, more))
+    }
+
+    /// Puts ready jobs that have no row in the claim index back in it;
+    /// returns how many. Only jobs that have been ready, unchanged, for a
+    /// minute are looked at: a job enters the claim index in the
+    /// transaction that makes it ready, so one younger than that may be
+    /// in a transaction that has not committed yet. One statement; the
+    /// claim index's job ids are materialized once (a full scan of both
+    /// tables: run at start and every ten minutes).
+    pub(crate) async fn heal_claim_index(&self, now: DateTime<Utc>) -> Result<u64> {
+        let settled = crate::clock::sub(now, HEAL_AFTER);
+        retry_deadlocks(|| async {
+            Ok(self
+                .q("INSERT INTO queue_ready (queue, priority, job_id) \
+                     SELECT j.queue, j.priority, j.id FROM queue_jobs j \
+                     WHERE j.state = ? AND j.updated_at < ? \
+                     AND j.id NOT IN (SELECT r.job_id FROM queue_ready r) ORDER BY j.id")
+                .bind(JobState::Ready.as_u8())
+                .bind(At(settled))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+        .await
     }
 
     /// Moves scheduled jobs due at `now` into the claim index, oldest first,

@@ -244,3 +244,48 @@ async fn bulk_ids_are_right_with_an_auto_increment_step_of_3() {
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
 }
+
+/// What an earlier version's bulk enqueue left on a server whose
+/// auto_increment_increment is not 1: ready jobs without a row in the claim
+/// index. A runtime finds them at start and runs them; a job made ready
+/// just now is left alone (its transaction may not have committed yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_jobs_missing_from_the_claim_index_are_healed() {
+    let (db, client) = setup().await;
+    for (n, age_s) in [(910_001u32, 120), (910_002, 3_600), (910_003, 0)] {
+        sqlx::query(
+            "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, \
+             run_at, created_at, updated_at) VALUES ('tests.sizes.numbered', 'ids_heal', 2, 0, ?, 0, 4, \
+             UTC_TIMESTAMP(6) - INTERVAL ? SECOND, UTC_TIMESTAMP(6) - INTERVAL ? SECOND, \
+             UTC_TIMESTAMP(6) - INTERVAL ? SECOND)",
+        )
+        .bind(n.to_string())
+        .bind(age_s)
+        .bind(age_s)
+        .bind(age_s)
+        .execute(client.pool())
+        .await
+        .unwrap();
+    }
+    let runtime = Runtime::builder(client.clone())
+        .queues(["ids_heal"])
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the two old jobs ran", || async {
+        let ran = NUMBERED.lock().unwrap();
+        ran.contains_key(&910_001) && ran.contains_key(&910_002)
+    })
+    .await;
+    assert!(
+        !NUMBERED.lock().unwrap().contains_key(&910_003),
+        "a job made ready just now is not given a second claim-index row"
+    );
+    let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_ready WHERE job_id <> 0")
+        .fetch_one(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0, "the healed rows were claimed");
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
