@@ -218,7 +218,10 @@ async fn bulk_ids_are_right_with_an_auto_increment_step_of_3() {
         async move { c.stats().await.unwrap().total.total() == 0 }
     })
     .await;
-    let ran = NUMBERED.lock().unwrap().clone();
+    // (Payloads from 900,000 on belong to the repair test, which shares
+    // the task.)
+    let mut ran = NUMBERED.lock().unwrap().clone();
+    ran.retain(|p, _| *p < 900_000);
     let wrong: Vec<(u32, Option<u32>)> = expected
         .keys()
         .chain(ran.keys())
