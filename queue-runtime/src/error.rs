@@ -51,6 +51,19 @@ pub enum Error {
         /// The newest version this build ships.
         known: i64,
     },
+    /// The schema in the database is older than this build's, or missing:
+    /// [`Client::migrate`](crate::Client::migrate) has not been run since
+    /// the upgrade. Returned by `Runtime::start` and the enqueue paths.
+    #[error(
+        "the database schema is at version {found} (0: none), older than this build's {known}; run Client::migrate()"
+    )]
+    SchemaTooOld {
+        /// The version found in the database: the last of the migrations
+        /// it has in order, 0 for none.
+        found: i64,
+        /// The newest version this build ships.
+        known: i64,
+    },
     /// A job that `retry_dead` was asked for is not dead (or does not exist).
     #[error("job {0} is not a dead job")]
     NotDead(queue_core::JobId),
