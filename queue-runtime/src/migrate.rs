@@ -195,10 +195,9 @@ async fn apply(conn: &mut sqlx::MySqlConnection) -> Result<()> {
         if applied.contains(&migration.version) {
             continue;
         }
-        for (statement, applied) in split_statements(migration.sql)
-            .into_iter()
-            .zip(migration.applied)
-        {
+        let statements = split_statements(migration.sql);
+        debug_assert_eq!(statements.len(), migration.applied.len());
+        for (statement, applied) in statements.into_iter().zip(migration.applied) {
             if is_applied(&mut *conn, *applied).await? {
                 tracing::info!(
                     version = migration.version,
@@ -427,7 +426,15 @@ mod tests {
 
     #[test]
     fn the_too_old_error_says_what_to_do() {
-        let e = Error::SchemaTooOld { found: 0, known: 3 };
-        assert!(e.to_string().contains("run Client::migrate()"), "{e}");
+        let none = Error::SchemaTooOld { found: 0, known: 3 };
+        assert_eq!(
+            none.to_string(),
+            "the database has no queue-runtime schema (this build's is version 3); run Client::migrate()"
+        );
+        let behind = Error::SchemaTooOld { found: 2, known: 3 };
+        assert_eq!(
+            behind.to_string(),
+            "the database schema is at version 2, older than this build's 3; run Client::migrate()"
+        );
     }
 }
