@@ -11,6 +11,9 @@
 -- worker can resume *after* the last row it claimed instead of rescanning
 -- the delete-marked rows that earlier claims left at the head of the index
 -- (docs/architecture.md explains why).
+--
+-- Every statement is `CREATE TABLE IF NOT EXISTS`: safe to run again after a
+-- process died before the migration's row in queue_schema_migrations.
 CREATE TABLE IF NOT EXISTS queue_jobs (
     id               BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
     task             VARCHAR(255)     NOT NULL,

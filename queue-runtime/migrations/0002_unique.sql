@@ -9,6 +9,13 @@
 -- per task; rows without a key store NULL, which the unique index allows
 -- any number of times and keeps small (measured: enqueue_many of 1,000,000
 -- jobs ~10 % slower than without the index; ~17 % with a (task, key) index).
-ALTER TABLE queue_jobs
-    ADD COLUMN unique_key VARCHAR(447) NULL AFTER task,
-    ADD UNIQUE KEY queue_jobs_unique (unique_key);
+-- Version 3 makes the column compare byte for byte.
+--
+-- One change per statement: MySQL commits each DDL statement by itself, so
+-- a process that dies between them leaves the column without its index.
+-- migrate.rs skips each statement whose change is already there (the column
+-- exists, the index exists), looked up in information_schema, since MySQL 8
+-- has no `ADD COLUMN IF NOT EXISTS`.
+ALTER TABLE queue_jobs ADD COLUMN unique_key VARCHAR(447) NULL AFTER task;
+
+ALTER TABLE queue_jobs ADD UNIQUE KEY queue_jobs_unique (unique_key);

@@ -30,6 +30,9 @@ pub(crate) struct Inner {
     /// Bumped when this process schedules a job for later (wakes dispatchers).
     pub(crate) scheduled_gen: watch::Sender<u64>,
     pub(crate) metrics: crate::runtime::Metrics,
+    /// Set once the schema was found to be this build's (a failure is not
+    /// remembered: the next call checks again).
+    pub(crate) schema_checked: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Client {
@@ -171,6 +174,7 @@ impl Client {
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
                 metrics: crate::runtime::Metrics::default(),
+                schema_checked: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -185,6 +189,9 @@ impl Client {
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
                 metrics: crate::runtime::Metrics::default(),
+                schema_checked: tokio::sync::OnceCell::new_with(
+                    self.inner.schema_checked.get().copied(),
+                ),
             }),
         }
     }
@@ -241,9 +248,28 @@ impl Client {
     /// from many processes at once.
     ///
     /// # Errors
-    /// If a statement fails or the schema is newer than this build.
+    /// If a statement fails, [`Error::SchemaTooNew`] if the schema is newer
+    /// than this build, [`Error::InvalidArgument`] if the URL (or pool)
+    /// names no database.
     pub async fn migrate(&self) -> Result<()> {
-        crate::migrate::run(self.pool()).await
+        crate::migrate::run(self.pool()).await?;
+        let _ = self.inner.schema_checked.set(());
+        Ok(())
+    }
+
+    /// Checks, once per client, that the database's schema is this build's
+    /// ([`Error::SchemaTooNew`], [`Error::SchemaTooOld`]), on `executor`:
+    /// the pool, or the caller's connection when enqueueing inside its
+    /// transaction (a read of `queue_schema_migrations`, no locks).
+    pub(crate) async fn check_schema<'e>(
+        &self,
+        executor: impl sqlx::MySqlExecutor<'e>,
+    ) -> Result<()> {
+        self.inner
+            .schema_checked
+            .get_or_try_init(|| crate::migrate::check(executor))
+            .await?;
+        Ok(())
     }
 
     /// Inserts jobs built at `now` (the instant that decides which are due)
@@ -251,6 +277,7 @@ impl Client {
     pub(crate) async fn insert(&self, jobs: Vec<NewJob>, now: DateTime<Utc>) -> Result<Vec<JobId>> {
         let any_ready = jobs.iter().any(|j| j.run_at <= now);
         let any_scheduled = jobs.iter().any(|j| j.run_at > now);
+        self.check_schema(self.pool()).await?;
         let ids = self.store().insert_jobs(&jobs, now).await?;
         if any_ready {
             self.inner.ready_gen.send_modify(|g| *g += 1);

@@ -110,7 +110,9 @@ impl<T> EnqueueBuilder<T> {
     ///
     /// # Errors
     /// [`Error::Encode`] if the payload cannot be encoded, [`Error::Database`]
-    /// if the insert fails (nothing was enqueued then).
+    /// if the insert fails (nothing was enqueued then),
+    /// [`Error::SchemaTooOld`] or [`Error::SchemaTooNew`] if the database's
+    /// schema is not this build's (checked once per client).
     pub async fn enqueue(self, client: &Client) -> Result<JobId> {
         let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
@@ -141,6 +143,7 @@ impl<T> EnqueueBuilder<T> {
     ) -> Result<JobId> {
         let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
+        client.check_schema(&mut *conn).await?;
         let ids = client
             .store()
             .insert_jobs_in(
@@ -238,6 +241,7 @@ impl Client {
             .collect::<Result<Vec<_>>>()?;
         match conn {
             Some(conn) => {
+                self.check_schema(&mut *conn).await?;
                 self.store()
                     .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
                     .await

@@ -65,6 +65,17 @@ pub enum Error {
         /// The newest version this build ships.
         known: i64,
     },
+    /// The schema in the database is older than this build's, or missing:
+    /// [`Client::migrate`](crate::Client::migrate) has not been run since
+    /// the upgrade. Returned by `Runtime::start` and the enqueue paths.
+    #[error("{}; run Client::migrate()", schema_too_old(*found, *known))]
+    SchemaTooOld {
+        /// The version found in the database: the last of the migrations
+        /// it has in order, 0 for none.
+        found: i64,
+        /// The newest version this build ships.
+        known: i64,
+    },
     /// A job that `retry_dead` was asked for is not dead (or does not exist).
     #[error("job {0} is not a dead job")]
     NotDead(queue_core::JobId),
@@ -74,6 +85,14 @@ pub enum Error {
     /// Shutdown did not finish within its drain time.
     #[error("shutdown: {0}")]
     Shutdown(String),
+}
+
+fn schema_too_old(found: i64, known: i64) -> String {
+    if found == 0 {
+        format!("the database has no queue-runtime schema (this build's is version {known})")
+    } else {
+        format!("the database schema is at version {found}, older than this build's {known}")
+    }
 }
 
 /// `Result` with the runtime's [`enum@Error`].

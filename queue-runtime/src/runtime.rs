@@ -113,9 +113,12 @@ impl RuntimeBuilder {
     ///
     /// # Errors
     /// [`Error::DuplicateTask`] when two tasks share a name,
-    /// [`Error::InvalidArgument`] for a bad queue name.
+    /// [`Error::InvalidArgument`] for a bad queue name,
+    /// [`Error::SchemaTooOld`] or [`Error::SchemaTooNew`] if the database's
+    /// schema is not this build's.
     pub async fn start(self) -> Result<Runtime> {
         let registry = Registry::collect()?;
+        self.client.check_schema(self.client.pool()).await?;
         let queues = match self.queues {
             Some(q) => q,
             None => {

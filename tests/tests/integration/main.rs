@@ -5,6 +5,8 @@
 mod admin;
 mod claim;
 mod deadlines;
+mod keys;
+mod migrations;
 mod outcomes;
 mod priority;
 mod schedule;

@@ -1,0 +1,13 @@
+-- queue-runtime schema, version 3: unique keys compare byte for byte.
+--
+-- Version 2 stored keys as VARCHAR utf8mb4_bin, a PAD SPACE collation:
+-- trailing spaces do not count, so `.unique_key("k ")` found the pending job
+-- of key "k" and inserted nothing. VARBINARY compares bytes, with no padding
+-- or folding, on MariaDB and MySQL 8 alike. 1788 bytes hold the longest
+-- stored key: a 255-character task name, U+001F and a 191-character key,
+-- four bytes a character (1785 bytes). The unique index stays; keys stored
+-- by version 2 keep their bytes (utf8mb4), which is how keys are bound.
+--
+-- The conversion copies the table (writes to it wait meanwhile). migrate.rs
+-- skips it when the column is already VARBINARY(1788).
+ALTER TABLE queue_jobs MODIFY unique_key VARBINARY(1788) NULL;
