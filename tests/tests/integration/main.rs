@@ -8,6 +8,7 @@ mod deadlines;
 mod outcomes;
 mod priority;
 mod schedule;
+mod settings;
 mod shutdown;
 mod transactional;
 mod unique;
