@@ -191,7 +191,8 @@ struct Warnings(Arc<Mutex<Vec<String>>>);
 impl Warnings {
     fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
         let w = Warnings::default();
-        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(w.clone()));
+        let guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(w.clone()));
         (w, guard)
     }
 
@@ -208,11 +209,7 @@ impl Warnings {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         if *event.metadata().level() != tracing::Level::WARN {
             return;
         }
