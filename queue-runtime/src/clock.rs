@@ -73,12 +73,26 @@ impl Clock for ManualClock {
     }
 }
 
-/// Adds a std duration to a time, saturating.
+/// The latest time a `DATETIME(6)` column holds: 9999-12-31 23:59:59.999999.
+pub(crate) fn latest() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
+        .map_or(DateTime::<Utc>::MAX_UTC, |t| t.and_utc())
+}
+
+/// Adds a std duration to a time, saturating at the latest time a
+/// `DATETIME(6)` column stores ([`latest`]) rather than at chrono's own
+/// maximum (year 262142), which every statement writing it would fail on.
+/// (Known gap, not fixed here: a `DateTime<Utc>` *bound as a parameter* is
+/// sent by sqlx as a `TIMESTAMP`, which MariaDB stores as NULL past
+/// 2038-01-19 03:14:07 UTC; only times written as SQL literals, such as
+/// leases, reach year 9999.)
 pub(crate) fn add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    let latest = latest();
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .map_or(latest, |t| t.min(latest))
 }
 
 /// Waits until a hand-moved clock changes; forever for a clock that moves
@@ -91,5 +105,26 @@ pub(crate) async fn moved(rx: &mut Option<watch::Receiver<DateTime<Utc>>>) {
             }
         }
         None => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn add_saturates_at_the_latest_datetime() {
+        let now = Utc::now();
+        assert_eq!(
+            add(now, Duration::from_secs(1)),
+            now + chrono::Duration::seconds(1)
+        );
+        assert_eq!(add(now, Duration::MAX), latest());
+        assert_eq!(
+            add(now, Duration::from_secs(20_000 * 365 * 86_400)),
+            latest()
+        );
+        assert_eq!(latest().to_rfc3339(), "9999-12-31T23:59:59.999999+00:00");
     }
 }
