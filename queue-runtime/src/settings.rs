@@ -88,8 +88,9 @@ impl Settings {
                 self.concurrency
             ));
         }
+        // Unset, it follows `concurrency`, whose own rule covers it.
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
-        if prefetch > MAX_PREFETCH {
+        if self.prefetch.is_some() && prefetch > MAX_PREFETCH {
             errors.push(format!(
                 "prefetch must be at most {MAX_PREFETCH} (got {prefetch})"
             ));
