@@ -87,6 +87,14 @@ pub struct Stats {
     /// Time from a job's run time (its enqueue, for a job due at once) to
     /// the start of its attempt, in this process over the last minute (p50, p99).
     pub start_lag: Option<(Duration, Duration)>,
+    /// Jobs waiting or running (not dead) whose task no `#[task]` of this
+    /// process declares, per task name: jobs of an older or newer
+    /// deployment, or inserted by hand with a wrong name. A runtime hands
+    /// them back every minute without spending an attempt, until a runtime
+    /// that knows the task runs them. Counted against the tasks of the
+    /// process that calls `stats()`: in a process that declares no tasks,
+    /// every waiting job counts.
+    pub unknown_tasks: BTreeMap<String, u64>,
     /// InnoDB's history list length: undo records purge has not yet removed.
     /// Rising with claim latency means a long-open read view is stalling
     /// purge. `None` when the server does not expose it.
@@ -182,10 +190,16 @@ impl Client {
     /// This client reading time from `clock` (for tests: a [`ManualClock`](crate::ManualClock)).
     /// Returns a new client on the same pool; clones of the old one keep their clock.
     pub fn with_clock(&self, clock: impl Clock) -> Client {
+        self.derived(self.inner.store.clone(), Arc::new(clock))
+    }
+
+    /// A new client on this one's pool with `store` and `clock`: its own
+    /// wake-ups and metrics, this one's schema check.
+    fn derived(&self, store: Store, clock: Arc<dyn Clock>) -> Client {
         Client {
             inner: Arc::new(Inner {
-                store: self.inner.store.clone(),
-                clock: Arc::new(clock),
+                store,
+                clock,
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
                 metrics: crate::runtime::Metrics::default(),
@@ -201,15 +215,10 @@ impl Client {
     /// MySQL's optimizer hints). Not public API.
     #[doc(hidden)]
     pub fn with_flavor(&self, flavor: Flavor) -> Client {
-        Client {
-            inner: Arc::new(Inner {
-                store: Store::new(self.inner.store.pool.clone(), flavor),
-                clock: self.inner.clock.clone(),
-                ready_gen: watch::channel(0).0,
-                scheduled_gen: watch::channel(0).0,
-                metrics: crate::runtime::Metrics::default(),
-            }),
-        }
+        self.derived(
+            Store::new(self.inner.store.pool.clone(), flavor),
+            self.inner.clock.clone(),
+        )
     }
 
     /// The largest payload, in bytes of JSON, the server takes: its
@@ -288,28 +297,36 @@ impl Client {
         Ok(ids)
     }
 
-    /// Counts per queue and state, with the claim latency and InnoDB's
-    /// history list length.
+    /// Counts per queue and state, the jobs of unknown tasks, the claim
+    /// latency and InnoDB's history list length.
+    ///
+    /// One statement scans every job (grouped by queue, state and task:
+    /// a row per combination that has jobs), then the task names are
+    /// compared with this process's `#[task]`s.
     ///
     /// # Errors
     /// If the database cannot be read.
     pub async fn stats(&self) -> Result<Stats> {
-        let rows = sqlx::query(
-            self.store()
-                .sql("SELECT queue, state, COUNT(*) FROM queue_jobs GROUP BY queue, state"),
-        )
+        let rows = sqlx::query(self.store().sql(
+            "SELECT queue, state, task, COUNT(*) FROM queue_jobs GROUP BY queue, state, task",
+        ))
         .fetch_all(self.pool())
         .await?;
         let mut stats = Stats::default();
         for row in rows {
             let queue: String = row.get(0);
             let state: u8 = row.get(1);
-            let n: i64 = row.get(2);
+            let task: String = row.get(2);
+            let n: i64 = row.get(3);
             let n = u64::try_from(n).unwrap_or(0);
-            if let Some(state) = JobState::from_u8(state) {
-                stats.queues.entry(queue).or_default().add(state, n);
-                stats.total.add(state, n);
+            let Some(state) = JobState::from_u8(state) else {
+                continue;
+            };
+            if state != JobState::Dead && !crate::registry::is_declared(&task) {
+                *stats.unknown_tasks.entry(task).or_default() += n;
             }
+            stats.queues.entry(queue).or_default().add(state, n);
+            stats.total.add(state, n);
         }
         stats.claim_latency = self.inner.metrics.claim_latency();
         stats.start_lag = self.inner.metrics.start_lag();

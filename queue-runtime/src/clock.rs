@@ -55,8 +55,8 @@ impl ManualClock {
         self.tx.send_replace(t);
     }
 
-    /// Moves the time forward by `d` (saturating at the latest time chrono
-    /// can represent).
+    /// Moves the time forward by `d` (saturating at the latest time the
+    /// database can store).
     pub fn advance(&self, d: std::time::Duration) {
         self.set(add(self.now(), d));
     }
@@ -72,12 +72,15 @@ impl Clock for ManualClock {
     }
 }
 
-/// Adds a std duration to a time, saturating.
+/// Adds a std duration to a time, saturating at the latest time a
+/// `DATETIME(6)` column stores ([`crate::time::latest`]) rather than at
+/// chrono's own maximum (year 262142), which no statement could write.
 pub(crate) fn add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    let latest = crate::time::latest();
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .map_or(latest, |t| t.min(latest))
 }
 
 /// Subtracts a std duration from a time, saturating.
@@ -98,5 +101,23 @@ pub(crate) async fn moved(rx: &mut Option<watch::Receiver<DateTime<Utc>>>) {
             }
         }
         None => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn add_saturates_at_the_latest_datetime() {
+        let now = Utc::now();
+        assert_eq!(
+            add(now, Duration::from_secs(1)),
+            now + chrono::Duration::seconds(1)
+        );
+        let latest = crate::time::latest();
+        assert_eq!(add(now, Duration::MAX), latest);
+        assert_eq!(add(now, Duration::from_secs(20_000 * 365 * 86_400)), latest);
     }
 }

@@ -166,7 +166,11 @@ impl<T> EnqueueBuilder<T> {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut run_at = self.run_at.unwrap_or(now);
         if let Some(d) = self.delay {
-            run_at = crate::clock::add(run_at.max(now), d);
+            // Past chrono's range is past the database's: refused below.
+            run_at = chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| run_at.max(now).checked_add_signed(d))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
         }
         let run_at = crate::time::run_at(run_at).map_err(|e| match e {
             Error::InvalidArgument(m) => {

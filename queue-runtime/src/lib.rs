@@ -46,6 +46,7 @@ pub mod flavor;
 mod migrate;
 mod registry;
 mod runtime;
+mod settings;
 mod store;
 pub mod time;
 

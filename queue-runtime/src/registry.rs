@@ -1,8 +1,9 @@
 //! The tasks of the program, gathered at start-up from every `#[task]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 
 use queue_core::{TaskError, TaskOptions};
 
@@ -83,6 +84,20 @@ impl Registry {
         q.dedup();
         q
     }
+}
+
+/// Whether a `#[task]` of this program is named `name` (a name declared
+/// twice counts: `stats()` needs no valid registry).
+pub(crate) fn is_declared(name: &str) -> bool {
+    static NAMES: OnceLock<BTreeSet<&'static str>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            inventory::iter::<TaskRegistration>
+                .into_iter()
+                .map(|r| r.options.name)
+                .collect()
+        })
+        .contains(name)
 }
 
 #[cfg(test)]

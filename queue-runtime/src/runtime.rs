@@ -12,7 +12,7 @@
 //! - the **prober** looks behind the claim cursors (see `store::claim`);
 //! - the **cron scheduler** fires recurring tasks (see `cron`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::clock::add;
 use crate::context::TaskContext;
 use crate::error::{Error, Result, is_connection_error};
 use crate::registry::Registry;
+use crate::settings::Settings;
 use crate::store::{ClaimTicket, Claimed, ClaimedJob, Cursors};
 
 /// Extra time a handler gets past its deadline before it is stopped.
@@ -38,56 +39,104 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 const HEAL_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long an unknown task's job waits before it is offered again.
 const UNKNOWN_TASK_DELAY: Duration = Duration::from_secs(60);
+/// How often this process warns about each unknown task name it claims.
+const UNKNOWN_TASK_LOG_EVERY: Duration = Duration::from_secs(3600);
+
+/// The unknown task names this process warned about, and when: one warning
+/// per name per hour, however many runtimes and claims (a job of an unknown
+/// task comes back every minute, forever).
+static UNKNOWN_TASKS_LOGGED: LogLimiter = LogLimiter::new(UNKNOWN_TASK_LOG_EVERY);
+
+/// Lets through the first sighting of each key, then one per `every`.
+#[derive(Debug)]
+struct LogLimiter {
+    every: Duration,
+    last: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl LogLimiter {
+    const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether to log `key` at `now`: its first sighting, or `every` after
+    /// the last one logged.
+    fn first_in_a_while(&self, key: &str, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(key) {
+            Some(t) if now.saturating_duration_since(*t) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
 
 /// Configures and starts a [`Runtime`].
+///
+/// The setters store their argument as given and never fail; [`start`]
+/// checks every setting and names each rule broken in one
+/// [`Error::InvalidArgument`]. The rules are on each setter.
+///
+/// [`start`]: RuntimeBuilder::start
 #[derive(Debug)]
 #[must_use = "a runtime runs only after `.start().await`"]
 pub struct RuntimeBuilder {
     client: Client,
-    concurrency: usize,
-    queues: Option<Vec<String>>,
-    poll_interval: Duration,
-    lease: Duration,
-    heartbeat: Duration,
-    prefetch: Option<usize>,
+    settings: Settings,
     cron: bool,
 }
 
 impl RuntimeBuilder {
-    /// Tasks in flight at once in this process (default 10).
+    /// Tasks in flight at once in this process (default 10). From 1 to
+    /// 10,000: `start` rejects `0` (a runtime that runs nothing) and more.
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.settings.concurrency = n;
         self
     }
 
     /// The queues this runtime claims from, in the order it serves them
-    /// (default: every queue a task of the program names).
+    /// (default: every queue a task of the program names). `start` rejects
+    /// an empty list (a runtime that runs nothing), an invalid name (1 to 64
+    /// ASCII letters, digits, `_`, `.`, `:`, `-`) and a name listed twice.
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self.settings.queues = Some(queues.into_iter().map(Into::into).collect());
         self
     }
 
     /// How often an idle runtime looks for jobs that other processes
-    /// enqueued (default 500 ms). Jobs enqueued by this process wake it at once.
+    /// enqueued (default 500 ms). Jobs enqueued by this process wake it at
+    /// once. From 10 ms (shorter is a busy loop on the database) to 1 h.
     pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d.max(Duration::from_millis(10));
+        self.settings.poll_interval = d;
         self
     }
 
     /// How long a claim holds a job before another runtime may take it back
-    /// (default 15 s). Renewed every `heartbeat` while the job runs.
+    /// (default 15 s). Renewed every `heartbeat` while the job runs. From
+    /// 1 s (a shorter lease expires during an ordinary slow statement) to
+    /// 1 h (the jobs of a lost worker wait their lease before they run again).
     pub fn lease(mut self, d: Duration) -> Self {
-        self.lease = d.max(Duration::from_millis(200));
+        self.settings.lease = d;
         self
     }
 
-    /// How often leases of running jobs are renewed (default 5 s).
+    /// How often leases of running jobs are renewed (default: 5 s, or a
+    /// third of the lease if that is shorter). At least 50 ms, and shorter
+    /// than the lease: `start` rejects a heartbeat at or above the lease,
+    /// whose jobs would be taken back and run twice while they run. More
+    /// than half the lease starts with a warning: one late beat (a slow
+    /// statement, a busy pool) lets a lease expire; a third or less is safer.
     pub fn heartbeat(mut self, d: Duration) -> Self {
-        self.heartbeat = d.max(Duration::from_millis(50));
+        self.settings.heartbeat = Some(d);
         self
     }
 
@@ -97,9 +146,9 @@ impl RuntimeBuilder {
     /// `concurrency`). Prefetched jobs are leased (and heartbeated) while
     /// they wait for a slot; a job that arrives meanwhile with a higher
     /// priority waits behind at most this many. `0` claims only for free
-    /// slots.
+    /// slots; at most 10,000.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = Some(n);
+        self.settings.prefetch = Some(n);
         self
     }
 
@@ -109,31 +158,30 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Collects the program's tasks and starts the runtime.
+    /// Checks the settings, collects the program's tasks and starts the
+    /// runtime.
     ///
     /// # Errors
+    /// [`Error::InvalidArgument`] naming every rule of the setters broken
+    /// (e.g. "heartbeat must be shorter than the lease"),
     /// [`Error::DuplicateTask`] when two tasks share a name,
-    /// [`Error::InvalidArgument`] for a bad queue name,
     /// [`Error::SchemaTooOld`] or [`Error::SchemaTooNew`] if the database's
     /// schema is not this build's.
     pub async fn start(self) -> Result<Runtime> {
         let registry = Registry::collect()?;
-        self.client.check_schema(self.client.pool()).await?;
-        let queues = match self.queues {
-            Some(q) => q,
-            None => {
-                let q = registry.queues();
-                if q.is_empty() {
-                    vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()]
-                } else {
-                    q
-                }
+        let settings = self.settings.check(|| {
+            let q = registry.queues();
+            if q.is_empty() {
+                vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()]
+            } else {
+                q
             }
-        };
-        for q in &queues {
-            queue_core::validate_queue_name(q)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        })?;
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
         }
+        let queues = settings.queues;
+        self.client.check_schema(self.client.pool()).await?;
         self.client.store().ensure_sentinels(&queues).await?;
         let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,20 +191,20 @@ impl RuntimeBuilder {
             registry,
             owner,
             queues,
-            semaphore: Arc::new(Semaphore::new(self.concurrency)),
+            semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             in_flight: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             slot_freed: tokio::sync::Notify::new(),
             ack_tx,
             stop: stop_rx,
             hand_back: watch::channel(false).0,
-            poll_interval: self.poll_interval,
-            lease: self.lease,
-            heartbeat: self.heartbeat,
-            prefetch: self.prefetch.unwrap_or(self.concurrency),
+            poll_interval: settings.poll_interval,
+            lease: settings.lease,
+            heartbeat: settings.heartbeat,
+            prefetch: settings.prefetch,
             outage: Outage::default(),
         });
-        tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = self.concurrency, "queue runtime starting");
+        tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
         let mut background = Vec::new();
         let acker = tokio::spawn(acker(shared.clone(), ack_rx));
         background.push(tokio::spawn(heartbeat(shared.clone())));
@@ -193,12 +241,7 @@ impl Runtime {
     pub fn builder(client: Client) -> RuntimeBuilder {
         RuntimeBuilder {
             client,
-            concurrency: 10,
-            queues: None,
-            poll_interval: Duration::from_millis(500),
-            lease: Duration::from_secs(15),
-            heartbeat: Duration::from_secs(5),
-            prefetch: None,
+            settings: Settings::default(),
             cron: true,
         }
     }
@@ -221,7 +264,7 @@ impl Runtime {
     /// Stops claiming, lets running jobs finish within `drain`, then stops
     /// the rest and hands them back to the queue at once (their interrupted
     /// attempt is not counted), so another runtime can start them without
-    /// waiting for their lease.
+    /// waiting for their lease. `Duration::MAX` waits for every job to end.
     ///
     /// # Errors
     /// If outcomes could not be written before the runtime stopped (the jobs
@@ -231,8 +274,10 @@ impl Runtime {
         if let Some(p) = self.producer.take() {
             let _ = p.await;
         }
-        let until = Instant::now() + drain;
-        while Instant::now() < until && self.in_flight() > 0 {
+        // A drain too long for an `Instant` (`Duration::MAX`) waits as long
+        // as the jobs run.
+        let until = Instant::now().checked_add(drain);
+        while until.is_none_or(|t| Instant::now() < t) && self.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let handed_back = self.in_flight();
@@ -879,7 +924,17 @@ async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
             shared.owner,
             UNKNOWN_TASK_DELAY.as_secs()
         );
-        tracing::warn!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
+        if UNKNOWN_TASKS_LOGGED.first_in_a_while(&job.task, Instant::now()) {
+            tracing::warn!(
+                task = %job.task,
+                job.id = %id,
+                "claimed a job of an unknown task; handing it back (every {}s, no attempt spent; \
+                 logged once an hour per task name; client.stats() counts these jobs)",
+                UNKNOWN_TASK_DELAY.as_secs()
+            );
+        } else {
+            tracing::debug!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
+        }
         return Ack::Retry {
             id,
             attempt,
@@ -1407,6 +1462,18 @@ mod tests {
         // A statement sent after the end fails: a new outage.
         outage.failed("claim", &lost, Instant::now());
         assert!(outage.since().is_some_and(|t| t > began), "a new outage");
+    }
+
+    #[test]
+    fn an_unknown_task_is_logged_once_an_hour_per_name() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        assert!(limiter.first_in_a_while("old.task", t0));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(60)));
+        assert!(limiter.first_in_a_while("other.task", t0 + Duration::from_secs(60)));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3599)));
+        assert!(limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3600)));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3660)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod migrations;
 mod outcomes;
 mod priority;
 mod schedule;
+mod settings;
 mod shutdown;
 mod sizes;
 mod times;
