@@ -176,7 +176,9 @@ pub fn validate_queue_name(s: &str) -> Result<(), QueueNameError> {
 }
 
 /// Checks a task name: 1 to 255 characters, none of them a control
-/// character.
+/// character, not beginning or ending with whitespace (the database
+/// compares names ignoring trailing spaces: `"a "` would share `"a"`'s
+/// cron schedule).
 pub fn validate_task_name(s: &str) -> Result<(), TaskNameError> {
     let fail = |reason| {
         Err(TaskNameError {
@@ -189,6 +191,9 @@ pub fn validate_task_name(s: &str) -> Result<(), TaskNameError> {
     }
     if s.chars().any(char::is_control) {
         return fail("control characters are not allowed");
+    }
+    if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return fail("it must not begin or end with whitespace");
     }
     if s.chars().count() > MAX_TASK_NAME {
         return fail("it is longer than 255 characters");
@@ -310,6 +315,11 @@ mod tests {
             assert_eq!(validate_task_name(ok), Ok(()), "{ok}");
         }
         assert_eq!(validate_task_name(&"\u{e9}".repeat(255)), Ok(()));
+        assert_eq!(validate_task_name("a b"), Ok(()));
+        for bad in ["a ", " a", "a\u{a0}", "\u{3000}a"] {
+            let e = validate_task_name(bad).unwrap_err().to_string();
+            assert!(e.ends_with(": it must not begin or end with whitespace"), "{e}");
+        }
         assert_eq!(
             validate_task_name("").unwrap_err().to_string(),
             "invalid task name ``: it must not be empty"
