@@ -158,6 +158,11 @@ make_certs() {
     if [ -s "$CA_PEM" ] && [ -s "$SERVER_PEM" ] && [ -s "$SERVER_KEY" ]; then
         return 0
     fi
+    if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "openssl is not installed; installing it with apt-get (log: $DIR/apt.log)..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 openssl \
+            </dev/null >>"$DIR/apt.log" 2>&1 || true
+    fi
     command -v openssl >/dev/null 2>&1 ||
         die "openssl is needed to make the private server's TLS certificate (Debian/Ubuntu: apt-get install openssl)"
     say "making a CA and a server certificate under $TLS_DIR ..."

@@ -374,8 +374,13 @@ impl<DB: Database> PoolInner<DB> {
                     }
                 }
 
-                // an IO error while connecting is assumed to be the system starting up
-                Ok(Err(Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => (),
+                // PATCHED (queue-runtime, vendor/README.md): a refused connection
+                // is reported at once. Upstream assumes the server is starting
+                // up and retries until the acquire deadline, then reports
+                // `PoolTimedOut`, hiding the cause (launchbadge/sqlx#3808).
+                Ok(Err(Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(Error::Io(e));
+                }
 
                 // We got a transient database error, retry.
                 Ok(Err(Error::Database(error))) if error.is_transient_in_connect_phase() => (),
