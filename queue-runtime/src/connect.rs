@@ -2,19 +2,24 @@
 //! options, and connect errors that name the server (never the password).
 //!
 //! A server that refuses connections, or a host that does not resolve,
-//! fails [`Client::connect`](crate::Client::connect) at once, and so does
-//! every call of an existing client whose server went away: the pool
-//! reports the refused connection instead of retrying it until its acquire
-//! timeout (sqlx 0.9 retries; the workspace patches that, see
-//! `vendor/README.md`). A server that accepts connections but does not
-//! answer takes the acquire timeout, which [`ClientOptions`] sets.
+//! fails [`Client::connect`](crate::Client::connect) at once: its first
+//! connection is made outside the pool, which sqlx 0.9 would retry until
+//! the acquire timeout. Every call of an existing client whose server went
+//! away fails at once too, but only in builds with the workspace's patched
+//! sqlx-core (`vendor/README.md`): `[patch]` applies to the workspace being
+//! built, so a host application elsewhere needs the same entry, or its
+//! calls wait the acquire timeout and say "pool timed out". A server that
+//! accepts connections but does not answer takes the acquire timeout,
+//! which [`ClientOptions`] sets.
 
 use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Executor;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlSslMode,
+};
+use sqlx::{Connection, Executor};
 
 use crate::error::{Error, Result};
 
@@ -68,11 +73,17 @@ impl ClientOptions {
 }
 
 /// The pool of a new client: `url` checked and parsed, one connection made
-/// (so that a server that cannot be reached fails here), each connection's
-/// time zone set to UTC.
+/// and closed (so that a server that cannot be reached fails here, at
+/// once), then the pool connected, each connection's time zone set to UTC.
 pub(crate) async fn connect_pool(url: &str, options: &ClientOptions) -> Result<MySqlPool> {
     let connect_options = parse_url(url)?;
     let server = server_name(&connect_options);
+    // A first connection outside the pool fails at once with the cause,
+    // patched sqlx-core or not; then the pool makes its own.
+    let probe = MySqlConnection::connect_with(&connect_options)
+        .await
+        .map_err(|e| Error::Database(naming_server(e, &server)))?;
+    let _ = probe.close().await;
     MySqlPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
