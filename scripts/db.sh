@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Private MariaDB/MySQL server for tests and demos.
 #
-# Usage: scripts/db.sh [ensure|start|stop|restart|url|shell|status]
+# Usage: scripts/db.sh [ensure|start|stop|restart|url|shell|status|ca]
 #
 #   ensure (default)  print $DATABASE_URL if it is set and names another
 #                     server; otherwise make sure the private server under
@@ -14,6 +14,15 @@
 #   url               same as ensure.
 #   shell             open the mariadb client on the private server.
 #   status            say whether the private server is running (exit 1 if not).
+#   ca                print the path of the CA certificate that signed the
+#                     private server's TLS certificate (creating both if
+#                     missing), for `ssl-ca=...` in a URL.
+#
+# TLS: the private server always offers TLS, with a certificate for
+# 127.0.0.1 and localhost signed by a CA of its own (made with openssl
+# under <target>/mariadb/tls), so ?ssl-mode=VERIFY_IDENTITY&ssl-ca=$(scripts/db.sh ca)
+# works. A server started by an older db.sh, without TLS, is left running
+# (others may be using it) with a warning; `scripts/db.sh restart` turns TLS on.
 #
 # Environment:
 #   DATABASE_URL      use this server instead of the private one (ensure/url).
@@ -34,6 +43,10 @@ PIDFILE="$DIR/mariadbd.pid"
 LOG="$DIR/mariadbd.log"
 URLFILE="$DIR/url"
 LOCK="$DIR/.lock"
+TLS_DIR="$DIR/tls"
+CA_PEM="$TLS_DIR/ca.pem"
+SERVER_PEM="$TLS_DIR/server.pem"
+SERVER_KEY="$TLS_DIR/server-key.pem"
 PORT="${QUEUE_DB_PORT:-3366}"
 USER_NAME=queue
 USER_PASS=queue
@@ -138,6 +151,60 @@ init_datadir() {
     fi
 }
 
+# A CA and a server certificate it signs, for 127.0.0.1 and localhost (the
+# names VERIFY_IDENTITY checks), valid for ten years. Kept once made, so
+# that CA paths handed out earlier stay valid.
+make_certs() {
+    if [ -s "$CA_PEM" ] && [ -s "$SERVER_PEM" ] && [ -s "$SERVER_KEY" ]; then
+        return 0
+    fi
+    if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "openssl is not installed; installing it with apt-get (log: $DIR/apt.log)..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 openssl \
+            </dev/null >>"$DIR/apt.log" 2>&1 || true
+    fi
+    command -v openssl >/dev/null 2>&1 ||
+        die "openssl is needed to make the private server's TLS certificate (Debian/Ubuntu: apt-get install openssl)"
+    say "making a CA and a server certificate under $TLS_DIR ..."
+    local tmp
+    tmp="$(mktemp -d "$DIR/tls.XXXXXX")"
+    if ! {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+            -keyout "$tmp/ca-key.pem" -out "$tmp/ca.pem" \
+            -subj "/CN=queue-runtime test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            openssl req -newkey rsa:2048 -nodes \
+                -keyout "$tmp/server-key.pem" -out "$tmp/server.csr" \
+                -subj "/CN=localhost" &&
+            printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+                "basicConstraints=critical,CA:FALSE" \
+                "keyUsage=critical,digitalSignature,keyEncipherment" \
+                "extendedKeyUsage=serverAuth" >"$tmp/server.ext" &&
+            openssl x509 -req -days 3650 -in "$tmp/server.csr" \
+                -CA "$tmp/ca.pem" -CAkey "$tmp/ca-key.pem" -set_serial "0x$(openssl rand -hex 8)" \
+                -extfile "$tmp/server.ext" -out "$tmp/server.pem"
+    } >"$tmp/openssl.log" 2>&1; then
+        cat "$tmp/openssl.log" >&2
+        rm -rf "$tmp"
+        die "openssl could not make the TLS certificates"
+    fi
+    rm -f "$tmp/server.csr" "$tmp/server.ext" "$tmp/openssl.log"
+    rm -rf "$TLS_DIR"
+    mv "$tmp" "$TLS_DIR"
+}
+
+# Whether the private server offers TLS.
+has_tls() {
+    [ "$(root_sql "SELECT @@have_ssl" 2>/dev/null || true)" = "YES" ]
+}
+
+warn_no_tls() {
+    has_tls && return 0
+    say "warning: the private server on port $PORT runs without TLS (an older db.sh started it);"
+    say "         the TLS tests will fail against it. Run 'scripts/db.sh restart' to turn TLS on."
+}
+
 port_in_use() {
     # True when something (not our server) already listens on the port.
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
@@ -146,6 +213,7 @@ port_in_use() {
 start_server() {
     local bin pid
     bin="$(server_bin)"
+    make_certs
     rm -f "$SOCK" "$SOCK.lock" "$PIDFILE"
     say "starting $bin on 127.0.0.1:$PORT (data: $DATA, log: $LOG) ..."
     # setsid + nohup: the server outlives this script, its shell and any
@@ -162,6 +230,9 @@ start_server() {
         --innodb-flush-log-at-trx-commit=1 \
         --max-connections=1000 \
         --skip-name-resolve \
+        --ssl-ca="$CA_PEM" \
+        --ssl-cert="$SERVER_PEM" \
+        --ssl-key="$SERVER_KEY" \
         --innodb-lock-wait-timeout=20 \
         --character-set-server=utf8mb4 \
         --collation-server=utf8mb4_unicode_ci \
@@ -205,6 +276,7 @@ ensure_locked() {
         # Our socket answers: our server runs (even if its pid file was lost).
         if [ "$(root_sql "SELECT @@port" 2>/dev/null || true)" = "$PORT" ]; then
             [ "$(cat "$URLFILE" 2>/dev/null || true)" = "$URL" ] || setup_user
+            warn_no_tls
             return 0
         fi
         say "the private server listens on another port than $PORT; restarting it"
@@ -213,7 +285,7 @@ ensure_locked() {
     if pid_alive; then
         # Running but not answering (still starting, or wedged): give it a moment.
         for _ in $(seq 1 50); do
-            answering && { setup_user; return 0; }
+            answering && { setup_user; warn_no_tls; return 0; }
             pid_alive || break
             sleep 0.2
         done
@@ -229,6 +301,7 @@ ensure_locked() {
     init_datadir
     start_server
     setup_user
+    has_tls || die "the server started without TLS (log: $LOG)"
 }
 
 stop_locked() {
@@ -323,6 +396,11 @@ cmd_status() {
     fi
 }
 
+cmd_ca() {
+    with_lock make_certs
+    echo "$CA_PEM"
+}
+
 cmd="${1:-ensure}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -332,6 +410,7 @@ case "$cmd" in
     restart) cmd_restart ;;
     shell) cmd_shell "$@" ;;
     status) cmd_status ;;
+    ca) cmd_ca ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown command '$cmd' (use ensure, start, stop, restart, url, shell or status)" ;;
+    *) die "unknown command '$cmd' (use ensure, start, stop, restart, url, shell, status or ca)" ;;
 esac

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::Row;
+use sqlx::mysql::MySqlPool;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
+use crate::connect::ClientOptions;
 use crate::error::{Error, Result};
 use crate::flavor::Flavor;
 use crate::store::{NewJob, Store};
@@ -146,22 +147,43 @@ pub struct JobInfo {
 }
 
 impl Client {
-    /// Connects a new pool (up to 20 connections) to `url`.
+    /// Connects a new pool to `url` (`mysql://user:password@host:port/database`,
+    /// or `mariadb://…`), with [`ClientOptions`]' defaults: up to 20
+    /// connections, a 10-s acquire timeout.
+    ///
+    /// TLS is asked for with URL parameters (`ssl-mode=REQUIRED`,
+    /// `VERIFY_CA` or `VERIFY_IDENTITY`, `ssl-ca=<file>`) and needs the `tls`
+    /// feature.
     ///
     /// # Errors
-    /// If the server cannot be reached.
+    /// - [`Error::InvalidArgument`] for another database's URL (`postgres://`),
+    ///   a URL that does not parse, or one requiring TLS without the `tls` feature.
+    /// - [`Error::Database`] at once if the server refuses the connection or
+    ///   its host does not resolve (the message names `host:port`), after
+    ///   the acquire timeout if it accepts but does not answer, or if it
+    ///   rejects the credentials.
     pub async fn connect(url: &str) -> Result<Client> {
-        let pool = MySqlPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("SET time_zone = '+00:00'").await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        Self::connect_with(url, ClientOptions::new()).await
+    }
+
+    /// [`connect`](Self::connect) with the pool's size and acquire timeout
+    /// of `options`.
+    ///
+    /// ```rust,no_run
+    /// # async fn example() -> queue_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use queue_runtime::{Client, ClientOptions};
+    ///
+    /// let options = ClientOptions::new().acquire_timeout(Duration::from_secs(30));
+    /// let client = Client::connect_with("mysql://queue:queue@127.0.0.1:3366/queue", options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        let pool = crate::connect::connect_pool(url, &options).await?;
         Self::from_pool(pool).await
     }
 
@@ -235,6 +257,10 @@ impl Client {
     }
 
     /// The pool.
+    ///
+    /// Its [`connect_options()`](sqlx::Pool::connect_options) are sqlx's
+    /// `MySqlConnectOptions`, whose `Debug` output includes the password:
+    /// do not log them. Nothing of this crate prints them (nor the URL).
     pub fn pool(&self) -> &MySqlPool {
         &self.inner.store.pool
     }

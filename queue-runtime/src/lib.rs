@@ -37,6 +37,7 @@
 
 mod client;
 pub mod clock;
+mod connect;
 mod context;
 mod cron;
 mod db;
@@ -52,6 +53,7 @@ pub mod time;
 
 pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use connect::ClientOptions;
 pub use context::TaskContext;
 pub use cron::RecurringTask;
 pub use db::{Db, DbTransaction};
