@@ -318,7 +318,10 @@ mod tests {
         assert_eq!(validate_task_name("a b"), Ok(()));
         for bad in ["a ", " a", "a\u{a0}", "\u{3000}a"] {
             let e = validate_task_name(bad).unwrap_err().to_string();
-            assert!(e.ends_with(": it must not begin or end with whitespace"), "{e}");
+            assert!(
+                e.ends_with(": it must not begin or end with whitespace"),
+                "{e}"
+            );
         }
         assert_eq!(
             validate_task_name("").unwrap_err().to_string(),
