@@ -556,7 +556,13 @@ const MAX_CLAIMS_IN_FLIGHT: usize = 2;
 
 /// A finished claim: the queue's index, its ticket, its result, and when it
 /// was sent.
-type ClaimDone = (usize, ClaimTicket, Result<Claimed>, Instant);
+type ClaimDone = (usize, ClaimTicket, Result<Claimed>, Instant, LostClaim);
+
+/// A claim's `now` and lease end, as it wrote them to the jobs it leased:
+/// with this runtime's owner id, they name those jobs exactly (each claim
+/// of a runtime has its own `now`), so a claim whose reply was lost can be
+/// undone (see `Store::release_lost_claim`).
+pub(crate) type LostClaim = (DateTime<Utc>, DateTime<Utc>);
 
 async fn producer(shared: Arc<Shared>) {
     let client = &shared.client;
@@ -566,6 +572,13 @@ async fn producer(shared: Arc<Shared>) {
     let (found_tx, mut found_rx) = mpsc::channel::<ProbeFinds>(16);
     let prober = tokio::spawn(prober(shared.clone(), probe_rx, found_tx));
     let mut claims: JoinSet<ClaimDone> = JoinSet::new();
+    // Claims that failed on a connection error: their COMMIT may have
+    // reached the server with the reply lost, leaving jobs leased to this
+    // runtime that nothing runs. Released once no claim is in flight.
+    let mut lost: Vec<LostClaim> = Vec::new();
+    // The last claim's `now`: each claim's is later, so that it names the
+    // claim's jobs.
+    let mut last_claim_at: Option<DateTime<Utc>> = None;
     // Jobs each claim in flight may bring back: counted against the window.
     let mut reserved: Vec<(tokio::task::Id, usize)> = Vec::new();
     let mut failures = 0u32;
@@ -628,9 +641,20 @@ async fn producer(shared: Arc<Shared>) {
         }
         let mut errored = false;
         while let Some(done) = claims.try_join_next_with_id() {
-            match settle_claim(&shared, &mut cursors, &mut reserved, done) {
+            match settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done) {
                 Some((picked, want)) => note!(picked, want),
                 None => errored = true,
+            }
+        }
+        if !errored && !lost.is_empty() && claims.is_empty() {
+            // Every claim that succeeded has started its jobs: what is
+            // still leased under a lost claim's `now` ran nowhere.
+            let sent = Instant::now();
+            let released = release_lost(&shared, &lost).await;
+            shared.outage.track("claim recovery", sent, &released);
+            match released {
+                Ok(()) => lost.clear(),
+                Err(_) => errored = true,
             }
         }
         if errored {
@@ -677,15 +701,22 @@ async fn producer(shared: Arc<Shared>) {
             }
             let ticket = cursors[qi].ticket(free);
             let shared2 = shared.clone();
+            let mut now = crate::time::clamp(client.now());
+            if let Some(last) = last_claim_at
+                && now <= last
+            {
+                now = last + chrono::TimeDelta::microseconds(1);
+            }
+            last_claim_at = Some(now);
             let task = claims.spawn(async move {
-                let now = shared2.client.now();
                 let sent = Instant::now();
+                let lease_until = crate::time::clamp(add(now, shared2.lease));
                 let r = shared2
                     .client
                     .store()
-                    .claim_ticket(&ticket, &shared2.owner, add(now, shared2.lease), now)
+                    .claim_ticket(&ticket, &shared2.owner, lease_until, now)
                     .await;
-                (qi, ticket, r, sent)
+                (qi, ticket, r, sent, (now, lease_until))
             });
             reserved.push((task.id(), free));
             continue;
@@ -716,7 +747,7 @@ async fn producer(shared: Arc<Shared>) {
             _ = stop.wait_for(|s| *s) => None,
         };
         if let Some(done) = done {
-            match settle_claim(&shared, &mut cursors, &mut reserved, done) {
+            match settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done) {
                 Some((picked, want)) => note!(picked, want),
                 None => {
                     failures += 1;
@@ -730,9 +761,33 @@ async fn producer(shared: Arc<Shared>) {
     // Claims in flight finish: their jobs are started or handed back like
     // any other claimed at shutdown.
     while let Some(done) = claims.join_next_with_id().await {
-        settle_claim(&shared, &mut cursors, &mut reserved, done);
+        settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done);
+    }
+    if !lost.is_empty() {
+        // One try; what it cannot release waits for its lease.
+        let _ = release_lost(&shared, &lost).await;
     }
     prober.abort();
+}
+
+/// Hands back, without spending an attempt, the jobs that claims whose
+/// reply was lost leased to this runtime.
+async fn release_lost(shared: &Shared, lost: &[LostClaim]) -> Result<()> {
+    let store = shared.client.store();
+    let mut released = 0;
+    for &(claimed_at, lease_until) in lost {
+        released += store
+            .release_lost_claim(&shared.owner, claimed_at, lease_until, shared.client.now())
+            .await?;
+    }
+    if released > 0 {
+        tracing::warn!(
+            jobs = released,
+            "handed back jobs that a claim leased while its reply was lost"
+        );
+        shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+    }
+    Ok(())
 }
 
 /// Records a finished claim and starts its jobs: `(rows taken, wanted)`, or
@@ -741,6 +796,7 @@ fn settle_claim(
     shared: &Arc<Shared>,
     cursors: &mut [Cursors],
     reserved: &mut Vec<(tokio::task::Id, usize)>,
+    lost: &mut Vec<LostClaim>,
     done: std::result::Result<(tokio::task::Id, ClaimDone), tokio::task::JoinError>,
 ) -> Option<(usize, usize)> {
     let id = match &done {
@@ -748,7 +804,7 @@ fn settle_claim(
         Err(e) => e.id(),
     };
     reserved.retain(|r| r.0 != id);
-    let Ok((_, (qi, ticket, result, sent))) = done else {
+    let Ok((_, (qi, ticket, result, sent, claim))) = done else {
         // The claim's task panicked (it does not): its stragglers are found
         // again by the next probes.
         return None;
@@ -756,6 +812,11 @@ fn settle_claim(
     let want = ticket.limit;
     let settled = cursors[qi].settle(ticket, result);
     shared.outage.track("claim", sent, &settled);
+    if let Err(Error::Database(e)) = &settled
+        && is_connection_error(e)
+    {
+        lost.push(claim);
+    }
     let (jobs, picked) = settled.ok()?;
     shared.client.inner.metrics.record_claim(sent.elapsed());
     tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
@@ -1109,9 +1170,19 @@ async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             shared.outage.track("recording successes", sent, &completed);
             match completed {
                 Ok(n) => {
-                    if (n as usize) < done.len() {
+                    let mut lost = done.len() - (n as usize).min(done.len());
+                    if lost > 0 && failures > 0 {
+                        // An earlier try may have deleted them with its
+                        // reply lost: only jobs still there, at another
+                        // attempt, were taken by another runtime.
+                        let ids: Vec<JobId> = done.iter().map(|d| d.0).collect();
+                        if let Ok(left) = store.count_existing(&ids).await {
+                            lost = left as usize;
+                        }
+                    }
+                    if lost > 0 {
                         tracing::warn!(
-                            lost = done.len() - n as usize,
+                            lost,
                             "some successes were not recorded: their lease had expired and another runtime took them"
                         );
                     }

@@ -733,8 +733,8 @@ async fn server_restart_during_thousands_of_jobs() {
     let (db, client) = setup().await;
     const JOBS: u64 = 3_000;
     // The lease is longer than the outage will be (the server stays down
-    // until an enqueue has failed, which takes the pool's 10 s acquire
-    // timeout): the point here is that the runtime rides out the outage,
+    // until an enqueue has failed, which a refused connection makes
+    // happen at once): the point here is that the runtime rides out the outage,
     // not a lease expiry (the SIGKILL test is about that). The outage's
     // length is measured and checked below.
     let lease = Duration::from_secs(60);
@@ -899,8 +899,9 @@ async fn server_restart_longer_than_the_lease_never_runs_a_job_twice_at_once() {
     let down_at = Instant::now();
     let restart_on_panic = RestartOnDrop;
     queue_tests::stop_server().await;
-    // Down for several leases, and longer than the pool's acquire timeout
-    // (10 s), so that the runtime's statements fail rather than wait.
+    // Down for several leases (and longer than the pool's acquire
+    // timeout, 10 s, which only a server that accepts connections without
+    // answering would make the runtime's statements wait).
     let down_for = Duration::from_secs(15);
     if down_at.elapsed() < down_for {
         tokio::time::sleep(down_for - down_at.elapsed()).await;

@@ -24,6 +24,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, sql_time};
 use crate::error::Result;
+use crate::time::At;
 
 const LEVELS: usize = Priority::LEVELS as usize;
 
@@ -407,6 +408,71 @@ impl Store {
         // Keep claim order (priority, seq).
         jobs.sort_by_key(|j| ids.iter().position(|&i| i == j.id.0));
         Ok((jobs, keys))
+    }
+
+    /// Hands back the jobs that the claim of `owner` made at `claimed_at`
+    /// (leasing them until `lease_until`) still holds: back to ready, the
+    /// attempt not spent. For a claim that failed on a connection error
+    /// after its COMMIT may have reached the server: its jobs were leased
+    /// but never started. Heartbeats and outcomes change `updated_at` or
+    /// the lease of every job that did start. Returns how many.
+    pub(crate) async fn release_lost_claim(
+        &self,
+        owner: &str,
+        claimed_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        super::retry_deadlocks(|| async {
+            let mut tx = self.begin().await?;
+            let ids: Vec<u64> = self
+                .q(
+                    "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+                     WHERE lease_expires_at = ? AND lease_owner = ? AND state = ? AND updated_at = ? \
+                     FOR UPDATE",
+                )
+                .bind(At(lease_until))
+                .bind(owner)
+                .bind(JobState::Running.as_u8())
+                .bind(At(claimed_at))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            let list = super::placeholders(ids.len());
+            let sql = format!(
+                "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                 attempts = attempts - 1, run_at = ?, updated_at = ?, \
+                 last_error = 'handed back: the claim that leased it lost its reply' \
+                 WHERE id IN ({list})"
+            );
+            let mut q = self
+                .q(&sql)
+                .bind(JobState::Ready.as_u8())
+                .bind(At(now))
+                .bind(At(now));
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id \
+                 FROM queue_jobs WHERE id IN ({list}) ORDER BY id"
+            );
+            let mut q = self.q(&sql);
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(ids.len() as u64)
+        })
+        .await
     }
 
     /// A statement with the runtime's own server-side limit, as text.

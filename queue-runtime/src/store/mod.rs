@@ -472,6 +472,25 @@ impl Store {
         Ok(total)
     }
 
+    /// How many of these jobs exist.
+    pub(crate) async fn count_existing(&self, ids: &[JobId]) -> Result<u64> {
+        let mut total = 0;
+        for part in ids.chunks(500) {
+            let list = part
+                .iter()
+                .map(|id| id.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = self.sql(&format!(
+                "SELECT COUNT(*) FROM queue_jobs WHERE id IN ({list})"
+            ));
+            // Text, not a prepared statement: see `fence`.
+            let n: i64 = sqlx::raw_sql(sql).fetch_one(&self.pool).await?.try_get(0)?;
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// Moves a failed attempt's job to scheduled (or straight to ready when
     /// `run_at` is not after `now`), with its error.
     pub(crate) async fn retry_later(
