@@ -30,7 +30,7 @@ pub(crate) struct Inner {
     pub(crate) ready_gen: watch::Sender<u64>,
     /// Bumped when this process schedules a job for later (wakes dispatchers).
     pub(crate) scheduled_gen: watch::Sender<u64>,
-    pub(crate) metrics: crate::runtime::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Set once the schema was found to be this build's (a failure is not
     /// remembered: the next call checks again).
     pub(crate) schema_checked: tokio::sync::OnceCell<()>,
@@ -203,7 +203,7 @@ impl Client {
                 clock: Arc::new(SystemClock),
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
-                metrics: crate::runtime::Metrics::default(),
+                metrics: crate::metrics::Metrics::default(),
                 schema_checked: tokio::sync::OnceCell::new(),
             }),
         })
@@ -224,7 +224,7 @@ impl Client {
                 clock,
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
-                metrics: crate::runtime::Metrics::default(),
+                metrics: crate::metrics::Metrics::default(),
                 schema_checked: tokio::sync::OnceCell::new_with(
                     self.inner.schema_checked.get().copied(),
                 ),

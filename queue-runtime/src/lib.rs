@@ -44,6 +44,7 @@ mod db;
 mod enqueue;
 mod error;
 pub mod flavor;
+mod metrics;
 mod migrate;
 mod registry;
 mod runtime;

@@ -1,0 +1,141 @@
+//! Writes outcomes: successes in batches (lingering for more), retries
+//! and deaths one by one.
+
+use super::*;
+use queue_core::JobId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long the acker waits for more outcomes to write with the first one.
+pub(super) const ACK_LINGER: Duration = Duration::from_millis(2);
+
+/// Writes outcomes. Successes are batched: whatever has arrived since the
+/// last write goes in one DELETE.
+pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(ACK_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => {
+                    tokio::select! {
+                        a = rx.recv() => match a {
+                            Some(a) => batch.push(a),
+                            None => break,
+                        },
+                        _ = &mut linger => break,
+                    }
+                }
+            }
+            if matches!(batch.last(), Some(Ack::Stop)) {
+                break;
+            }
+        }
+        if batch.iter().any(|a| matches!(a, Ack::Stop)) {
+            stop = true;
+            // Flush what else is queued.
+            while let Ok(a) = rx.try_recv() {
+                batch.push(a);
+            }
+        }
+        write_acks(&shared, batch).await;
+    }
+}
+
+pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
+    let client = &shared.client;
+    let store = client.store();
+    let mut done = Vec::new();
+    let mut others = Vec::new();
+    for a in batch {
+        match a {
+            Ack::Complete { id, attempt } => done.push((id, attempt)),
+            Ack::Stop => {}
+            other => others.push(other),
+        }
+    }
+    let mut failures = 0;
+    if !done.is_empty() {
+        loop {
+            let sent = Instant::now();
+            let completed = store.complete(&done).await;
+            shared.outage.track("recording successes", sent, &completed);
+            match completed {
+                Ok(n) => {
+                    let mut lost = done.len() - (n as usize).min(done.len());
+                    if lost > 0 && failures > 0 {
+                        // An earlier try may have deleted them with its
+                        // reply lost: only jobs still there, at another
+                        // attempt, were taken by another runtime.
+                        let ids: Vec<JobId> = done.iter().map(|d| d.0).collect();
+                        if let Ok(left) = store.count_existing(&ids).await {
+                            lost = left as usize;
+                        }
+                    }
+                    if lost > 0 {
+                        tracing::warn!(
+                            lost,
+                            "some successes were not recorded: their lease had expired and another runtime took them"
+                        );
+                    }
+                    break;
+                }
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(Outage::backoff(failures)).await;
+                }
+            }
+        }
+        for (id, attempt) in &done {
+            shared.forget(*id, *attempt);
+        }
+    }
+    for a in others {
+        let id = a.id();
+        let mut failures = 0;
+        loop {
+            let now = client.now();
+            let sent = Instant::now();
+            let r = match &a {
+                Ack::Retry {
+                    id,
+                    attempt,
+                    run_at,
+                    error,
+                    uncount,
+                } => {
+                    store
+                        .retry_later(*id, *attempt, *run_at, error, now, *uncount)
+                        .await
+                }
+                Ack::Dead { id, attempt, error } => store.bury(*id, *attempt, error, now).await,
+                _ => Ok(true),
+            };
+            shared.outage.track("recording an outcome", sent, &r);
+            match r {
+                Ok(recorded) => {
+                    if !recorded {
+                        tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
+                    }
+                    if matches!(a, Ack::Retry { .. }) {
+                        client.inner.scheduled_gen.send_modify(|g| *g += 1);
+                        client.inner.ready_gen.send_modify(|g| *g += 1);
+                    }
+                    break;
+                }
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(Outage::backoff(failures)).await;
+                }
+            }
+        }
+        if let Some((id, attempt)) = id {
+            shared.forget(id, attempt);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Runs one attempt of a claimed job: its slot, its deadline, its panic,
+//! and the outcome it reports to the completer.
+
+use super::*;
+use crate::clock::add;
+use crate::context::TaskContext;
+use crate::error::Error;
+use crate::store::ClaimedJob;
+use futures_util::FutureExt;
+use queue_core::{Deadline, TaskError, TaskErrorKind};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+/// Extra time a handler gets past its deadline before it is stopped.
+pub(super) const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+/// How long an unknown task's job waits before it is offered again.
+pub(super) const UNKNOWN_TASK_DELAY: Duration = Duration::from_secs(60);
+/// How often this process warns about each unknown task name it claims.
+pub(super) const UNKNOWN_TASK_LOG_EVERY: Duration = Duration::from_secs(3600);
+
+/// The unknown task names this process warned about, and when: one warning
+/// per name per hour, however many runtimes and claims (a job of an unknown
+/// task comes back every minute, forever).
+pub(super) static UNKNOWN_TASKS_LOGGED: LogLimiter = LogLimiter::new(UNKNOWN_TASK_LOG_EVERY);
+
+/// Lets through the first sighting of each key, then one per `every`.
+#[derive(Debug)]
+pub(super) struct LogLimiter {
+    every: Duration,
+    last: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl LogLimiter {
+    const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether to log `key` at `now`: its first sighting, or `every` after
+    /// the last one logged.
+    fn first_in_a_while(&self, key: &str, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(key) {
+            Some(t) if now.saturating_duration_since(*t) < self.every => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
+    let permit = match shared.semaphore.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            // Prefetched beyond the free slots: waits below for one.
+            shared
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
+    };
+    let shared2 = shared.clone();
+    let id = job.id;
+    let attempt = job.attempt;
+    // Register before the task can finish, so heartbeats cover it.
+    let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::spawn(async move {
+        let permit = match permit {
+            Some(p) => p,
+            None => {
+                // A prefetched job waits for a slot, unless the runtime stops
+                // first: then it is handed back without having started.
+                let mut stop = shared2.stop.clone();
+                let p = tokio::select! {
+                    p = shared2.semaphore.clone().acquire_owned() => p.ok(),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                shared2
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                shared2.slot_freed.notify_one();
+                match p {
+                    Some(p) => p,
+                    None => {
+                        let ack = Ack::Retry {
+                            id: job.id,
+                            attempt: job.attempt,
+                            run_at: shared2.client.now(),
+                            error: "handed back at shutdown before it started".into(),
+                            uncount: true,
+                        };
+                        report(&shared2, &job, ack);
+                        return;
+                    }
+                }
+            }
+        };
+        let _slot = Slot(Some(permit), shared2.clone());
+        execute(shared2, job).await;
+    });
+    map.insert(
+        id,
+        InFlight {
+            attempt,
+            reported: false,
+        },
+    );
+}
+
+/// A job's slot: released when the job's task ends, however it ends, and
+/// the producer told.
+pub(super) struct Slot(Option<OwnedSemaphorePermit>, Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        self.1.slot_freed.notify_one();
+    }
+}
+
+pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
+    let span = tracing::info_span!(
+        "queue.job",
+        job.id = %job.id,
+        task = %job.task,
+        queue = %job.queue,
+        attempt = job.attempt,
+    );
+    let ack = run_attempt(&shared, &job).instrument(span.clone()).await;
+    let _enter = span.enter();
+    match &ack {
+        Ack::Complete { .. } => tracing::debug!("job succeeded"),
+        Ack::Retry {
+            error,
+            run_at,
+            uncount: false,
+            ..
+        } => {
+            tracing::warn!(error = %error, retry_at = %run_at, max_attempts = job.max_attempts, "job failed; will retry");
+        }
+        Ack::Retry { error, .. } => tracing::info!(reason = %error, "job handed back"),
+        Ack::Dead { error, .. } => {
+            tracing::error!(error = %error, attempts = job.attempt, "job failed for good; moving it to the dead jobs");
+        }
+        Ack::Stop => {}
+    }
+    report(&shared, &job, ack);
+}
+
+/// Hands an outcome to the acker, marking the job as reported.
+pub(super) fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
+    if let Some(f) = shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&job.id)
+        .filter(|f| f.attempt == job.attempt)
+    {
+        f.reported = true;
+    }
+    if shared.ack_tx.send(ack).is_err() {
+        // The acker is gone (runtime dropped): the lease expires and the job runs again.
+        shared.forget(job.id, job.attempt);
+    }
+}
+
+/// Runs one attempt and decides its outcome.
+pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
+    let client = &shared.client;
+    let (id, attempt) = (job.id, job.attempt);
+    let Some(reg) = shared.registry.get(&job.task) else {
+        let error = format!(
+            "unknown task `{}`: no #[task] of this name in runtime {}; handed back for {}s",
+            job.task,
+            shared.owner,
+            UNKNOWN_TASK_DELAY.as_secs()
+        );
+        if UNKNOWN_TASKS_LOGGED.first_in_a_while(&job.task, Instant::now()) {
+            tracing::warn!(
+                task = %job.task,
+                job.id = %id,
+                "claimed a job of an unknown task; handing it back (every {}s, no attempt spent; \
+                 logged once an hour per task name; client.stats() counts these jobs)",
+                UNKNOWN_TASK_DELAY.as_secs()
+            );
+        } else {
+            tracing::debug!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
+        }
+        return Ack::Retry {
+            id,
+            attempt,
+            run_at: add(client.now(), UNKNOWN_TASK_DELAY),
+            error,
+            uncount: true,
+        };
+    };
+    let budget = job
+        .deadline_ms
+        .map(Duration::from_millis)
+        .or(reg.options.deadline);
+    let deadline = budget.map(Deadline::after);
+    let ctx = TaskContext::new(
+        id,
+        attempt,
+        job.max_attempts,
+        job.task.clone(),
+        job.queue.clone(),
+        deadline,
+        client.clone(),
+    );
+    // The handler runs inside this task (no second spawn): a panic is
+    // caught here, and dropping the future is how a deadline or a shutdown
+    // stops it.
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.handler)(ctx, &job.payload)))
+    {
+        Ok(fut) => fut,
+        Err(p) => Box::pin(std::future::ready(Err(TaskError::panic(panic_message(p))))),
+    };
+    if let Ok(lag) = (client.now() - job.run_at).to_std() {
+        client.inner.metrics.record_start_lag(lag);
+    }
+    let fut = AssertUnwindSafe(Deadline::scope(deadline, fut)).catch_unwind();
+    let mut hand_back = shared.hand_back.subscribe();
+    let stop_at = deadline.map(|d| d.expires_at() + DEADLINE_GRACE);
+    let joined = tokio::select! {
+        j = fut => Some(j),
+        _ = async {
+            match stop_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        } => Some(Ok(Err(TaskError::deadline_exceeded()))),
+        _ = hand_back.wait_for(|h| *h) => None,
+    };
+    let Some(joined) = joined else {
+        // The runtime is shutting down: hand the job back at once.
+        return Ack::Retry {
+            id,
+            attempt,
+            run_at: client.now(),
+            error: "handed back at shutdown before it finished".into(),
+            uncount: true,
+        };
+    };
+    let result = joined.unwrap_or_else(|p| Err(TaskError::panic(panic_message(p))));
+    match result {
+        Ok(()) => Ack::Complete { id, attempt },
+        Err(e) => {
+            let text = error_text(&e, client.flavor());
+            if e.is_permanent() || attempt >= job.max_attempts {
+                Ack::Dead {
+                    id,
+                    attempt,
+                    error: text,
+                }
+            } else {
+                let mut rng = fastrand::Rng::new();
+                let delay = reg.options.backoff.delay(attempt, &mut rng);
+                Ack::Retry {
+                    id,
+                    attempt,
+                    run_at: add(client.now(), delay),
+                    error: text,
+                    uncount: false,
+                }
+            }
+        }
+    }
+}
+
+/// The text stored as a job's last error. A server-side statement timeout
+/// reads "deadline exceeded" like any other deadline failure.
+pub(super) fn error_text(e: &TaskError, flavor: crate::flavor::Flavor) -> String {
+    let text = e.to_string();
+    if e.kind() == TaskErrorKind::Deadline {
+        return text;
+    }
+    let server_timeout = e
+        .find::<sqlx::Error>()
+        .and_then(crate::error::sql_error_number)
+        .is_some_and(|n| flavor.is_timeout_error(n));
+    let ours = e.find::<Error>().is_some_and(|e| {
+        matches!(e, Error::DeadlineExceeded)
+            || e.db_code().is_some_and(|n| flavor.is_timeout_error(n))
+    });
+    if server_timeout || ours {
+        format!("deadline exceeded: {text}")
+    } else {
+        text
+    }
+}
+
+pub(super) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_task_is_logged_once_an_hour_per_name() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        assert!(limiter.first_in_a_while("old.task", t0));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(60)));
+        assert!(limiter.first_in_a_while("other.task", t0 + Duration::from_secs(60)));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3599)));
+        assert!(limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3600)));
+        assert!(!limiter.first_in_a_while("old.task", t0 + Duration::from_secs(3660)));
+    }
+}

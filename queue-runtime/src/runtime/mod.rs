@@ -1,0 +1,353 @@
+//! The runtime: claims jobs, runs them, records outcomes, keeps leases alive,
+//! rescues jobs whose worker was lost, moves due jobs into the claim index.
+//!
+//! One process runs these tokio tasks:
+//! - the **producer** claims at most as many jobs as there are free slots
+//!   (`concurrency`) and spawns one task per job;
+//! - the **acker** writes outcomes, successes in batches;
+//! - the **heartbeat** extends the leases of jobs in flight, in one
+//!   statement per beat;
+//! - the **rescuer** takes back jobs whose lease expired (any runtime's);
+//! - the **dispatcher** moves scheduled jobs that came due into the claim index;
+//! - the **prober** looks behind the claim cursors (see `store::claim`);
+//! - the **cron scheduler** fires recurring tasks (see `cron`).
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::settings::Settings;
+use queue_core::JobId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+mod completer;
+mod dispatcher;
+mod executor;
+mod heartbeat;
+mod monitor;
+mod outage;
+mod outcome;
+mod producer;
+mod rescuer;
+
+pub(crate) use outage::Outage;
+use outcome::Ack;
+
+/// Configures and starts a [`Runtime`].
+///
+/// The setters store their argument as given and never fail; [`start`]
+/// checks every setting and names each rule broken in one
+/// [`Error::InvalidArgument`]. The rules are on each setter.
+///
+/// [`start`]: RuntimeBuilder::start
+#[derive(Debug)]
+#[must_use = "a runtime runs only after `.start().await`"]
+pub struct RuntimeBuilder {
+    client: Client,
+    settings: Settings,
+    cron: bool,
+}
+
+impl RuntimeBuilder {
+    /// Tasks in flight at once in this process (default 10). From 1 to
+    /// 10,000: `start` rejects `0` (a runtime that runs nothing) and more.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.settings.concurrency = n;
+        self
+    }
+
+    /// The queues this runtime claims from, in the order it serves them
+    /// (default: every queue a task of the program names). `start` rejects
+    /// an empty list (a runtime that runs nothing), an invalid name (1 to 64
+    /// ASCII letters, digits, `_`, `.`, `:`, `-`) and a name listed twice.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How often an idle runtime looks for jobs that other processes
+    /// enqueued (default 500 ms). Jobs enqueued by this process wake it at
+    /// once. From 10 ms (shorter is a busy loop on the database) to 1 h.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.settings.poll_interval = d;
+        self
+    }
+
+    /// How long a claim holds a job before another runtime may take it back
+    /// (default 15 s). Renewed every `heartbeat` while the job runs. From
+    /// 1 s (a shorter lease expires during an ordinary slow statement) to
+    /// 1 h (the jobs of a lost worker wait their lease before they run again).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.settings.lease = d;
+        self
+    }
+
+    /// How often leases of running jobs are renewed (default: 5 s, or a
+    /// third of the lease if that is shorter). At least 50 ms, and shorter
+    /// than the lease: `start` rejects a heartbeat at or above the lease,
+    /// whose jobs would be taken back and run twice while they run. More
+    /// than half the lease starts with a warning: one late beat (a slow
+    /// statement, a busy pool) lets a lease expire; a third or less is safer.
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.settings.heartbeat = Some(d);
+        self
+    }
+
+    /// Jobs claimed beyond the free slots, so that a claim brings back a
+    /// batch big enough to hide its round trips and the next jobs are
+    /// already at hand when slots free up (default: as many as
+    /// `concurrency`). Prefetched jobs are leased (and heartbeated) while
+    /// they wait for a slot; a job that arrives meanwhile with a higher
+    /// priority waits behind at most this many. `0` claims only for free
+    /// slots; at most 10,000.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.settings.prefetch = Some(n);
+        self
+    }
+
+    /// Whether this runtime fires cron tasks (default true).
+    pub fn cron(mut self, enabled: bool) -> Self {
+        self.cron = enabled;
+        self
+    }
+
+    /// Checks the settings, collects the program's tasks and starts the
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming every rule of the setters broken
+    /// (e.g. "heartbeat must be shorter than the lease"),
+    /// [`Error::DuplicateTask`] when two tasks share a name,
+    /// [`Error::SchemaTooOld`] or [`Error::SchemaTooNew`] if the database's
+    /// schema is not this build's.
+    pub async fn start(self) -> Result<Runtime> {
+        let registry = Registry::collect()?;
+        let settings = self.settings.check(|| {
+            let q = registry.queues();
+            if q.is_empty() {
+                vec![queue_core::TaskOptions::DEFAULT_QUEUE.to_owned()]
+            } else {
+                q
+            }
+        })?;
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
+        let queues = settings.queues;
+        self.client.check_schema(self.client.pool()).await?;
+        self.client.store().ensure_sentinels(&queues).await?;
+        let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            registry,
+            owner,
+            queues,
+            semaphore: Arc::new(Semaphore::new(settings.concurrency)),
+            in_flight: Mutex::new(HashMap::new()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            slot_freed: tokio::sync::Notify::new(),
+            ack_tx,
+            stop: stop_rx,
+            hand_back: watch::channel(false).0,
+            poll_interval: settings.poll_interval,
+            lease: settings.lease,
+            heartbeat: settings.heartbeat,
+            prefetch: settings.prefetch,
+            outage: Outage::default(),
+        });
+        tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
+        let mut background = Vec::new();
+        let acker = tokio::spawn(completer::acker(shared.clone(), ack_rx));
+        background.push(tokio::spawn(heartbeat::heartbeat(shared.clone())));
+        background.push(tokio::spawn(rescuer::rescuer(shared.clone())));
+        background.push(tokio::spawn(dispatcher::dispatcher(shared.clone())));
+        background.push(tokio::spawn(monitor::monitor(shared.clone())));
+        if self.cron {
+            background.push(tokio::spawn(crate::cron::scheduler(shared.clone())));
+        }
+        let producer = tokio::spawn(producer::producer(shared.clone()));
+        Ok(Runtime {
+            shared,
+            stop_tx,
+            producer: Some(producer),
+            acker: Some(acker),
+            background,
+        })
+    }
+}
+
+/// A running job runtime. Stop it with [`Runtime::shutdown`]; dropping it
+/// stops claiming but does not wait for jobs in flight.
+#[derive(Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    producer: Option<JoinHandle<()>>,
+    acker: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// A builder for a runtime on `client`.
+    pub fn builder(client: Client) -> RuntimeBuilder {
+        RuntimeBuilder {
+            client,
+            settings: Settings::default(),
+            cron: true,
+        }
+    }
+
+    /// This runtime's unique owner id, as stored in `lease_owner`.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// The queues this runtime serves.
+    pub fn queues(&self) -> &[String] {
+        &self.shared.queues
+    }
+
+    /// Jobs running in this process now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Stops claiming, lets running jobs finish within `drain`, then stops
+    /// the rest and hands them back to the queue at once (their interrupted
+    /// attempt is not counted), so another runtime can start them without
+    /// waiting for their lease. `Duration::MAX` waits for every job to end.
+    ///
+    /// # Errors
+    /// If outcomes could not be written before the runtime stopped (the jobs
+    /// are then taken back when their lease expires).
+    pub async fn shutdown(mut self, drain: Duration) -> Result<()> {
+        self.stop_tx.send_replace(true);
+        if let Some(p) = self.producer.take() {
+            let _ = p.await;
+        }
+        // A drain too long for an `Instant` (`Duration::MAX`) waits as long
+        // as the jobs run.
+        let until = Instant::now().checked_add(drain);
+        while until.is_none_or(|t| Instant::now() < t) && self.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let handed_back = self.in_flight();
+        // Running handlers are stopped and report a hand-back.
+        self.shared.hand_back.send_replace(true);
+        if handed_back > 0 {
+            tracing::info!(
+                jobs = handed_back,
+                "handing back unfinished jobs at shutdown"
+            );
+        }
+        // Wait for the executors to report (aborted ones report a hand-back).
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && self.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Outcomes are queued before an executor leaves `in_flight`... but
+        // removed only once written: stop the acker after it drained.
+        if let Some(a) = self.acker.take() {
+            self.shared.ack_tx.send(Ack::Stop).ok();
+            let _ = tokio::time::timeout(Duration::from_secs(30), a).await;
+        }
+        let remaining = self.in_flight();
+        for b in self.background.drain(..) {
+            b.abort();
+        }
+        tracing::info!(owner = %self.shared.owner, "queue runtime stopped");
+        if remaining > 0 {
+            return Err(Error::Shutdown(format!(
+                "{remaining} jobs did not report an outcome; their leases will expire"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_tx.send_replace(true);
+        if self.acker.is_some() {
+            self.shared.ack_tx.send(Ack::Stop).ok();
+        }
+        for b in &self.background {
+            b.abort();
+        }
+    }
+}
+
+/// State shared by the runtime's tasks.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) registry: Registry,
+    pub(crate) owner: String,
+    pub(crate) queues: Vec<String>,
+    semaphore: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<JobId, InFlight>>,
+    /// Prefetched jobs waiting for a free slot.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Signalled when a job's slot is released or a prefetched job takes one.
+    slot_freed: tokio::sync::Notify,
+    ack_tx: mpsc::UnboundedSender<Ack>,
+    pub(crate) stop: watch::Receiver<bool>,
+    /// Set when a shutdown's drain time is over: running handlers stop.
+    hand_back: watch::Sender<bool>,
+    pub(crate) poll_interval: Duration,
+    lease: Duration,
+    heartbeat: Duration,
+    prefetch: usize,
+    pub(crate) outage: Outage,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Drops a job from the in-flight set once its outcome is written, but
+    /// only the entry of that attempt: after an outage longer than the lease
+    /// this runtime may have claimed the job again, and the new attempt must
+    /// keep its heartbeats.
+    fn forget(&self, id: JobId, attempt: u32) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&id).is_some_and(|f| f.attempt == attempt) {
+            map.remove(&id);
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps for `d` or until the runtime stops; returns true if stopping.
+    pub(crate) async fn sleep_or_stop(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        self.stopping()
+    }
+}
+
+struct InFlight {
+    attempt: u32,
+    /// The attempt's outcome is queued for the acker (or being written): a
+    /// heartbeat that no longer matches the job may just have raced with
+    /// its success, so the job is not counted as lost.
+    reported: bool,
+}

@@ -1,0 +1,71 @@
+//! Takes back jobs whose lease expired (any runtime's), and repairs the
+//! claim index now and then.
+
+use super::*;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a runtime looks for ready jobs missing from the claim index.
+pub(super) const HEAL_INTERVAL: Duration = Duration::from_secs(3600);
+pub(super) async fn rescuer(shared: Arc<Shared>) {
+    let interval = (shared.lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut last_ok: Option<DateTime<Utc>> = None;
+    let mut last_full = Instant::now();
+    let mut last_heal: Option<Instant> = None;
+    loop {
+        let now = shared.client.now();
+        // Look at leases that expired since the last pass (with a margin);
+        // the whole index now and then, and at start.
+        // (A 10-s margin covers clocks of other processes a little behind.)
+        let since = match last_ok {
+            Some(t) if last_full.elapsed() < Duration::from_secs(600) => {
+                Some(crate::clock::sub(t, Duration::from_secs(10)))
+            }
+            _ => {
+                last_full = Instant::now();
+                None
+            }
+        };
+        // One cheap non-locking look first; the locking pass only when it
+        // finds an expired lease.
+        let store = shared.client.store();
+        let sent = Instant::now();
+        let pass = match store.any_expired(now, since).await {
+            Ok(false) => Ok((0, 0)),
+            Ok(true) => store.rescue_expired(now, since).await,
+            Err(e) => Err(e),
+        };
+        shared.outage.track("lease rescue", sent, &pass);
+        if pass.is_ok() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_INTERVAL) {
+            // At start and hourly: ready jobs that have no row in the claim
+            // index (written by SQL from outside, or by an earlier
+            // version's bulk enqueue on a server whose
+            // auto_increment_increment is not 1) are put back in it. A
+            // full scan of both tables (~3.6 s at 1,000,000 ready jobs).
+            let sent = Instant::now();
+            let healed = store.heal_claim_index(now).await;
+            shared.outage.track("claim index repair", sent, &healed);
+            // A failure is logged by `track`; the next try is in an hour
+            // too (a statement that hit its time limit would hit it again).
+            last_heal = Some(Instant::now());
+            if let Ok(n @ 1..) = healed {
+                tracing::warn!(
+                    jobs = n,
+                    "put ready jobs missing from the claim index back in it"
+                );
+                shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+            }
+        }
+        if let Ok((requeued, buried)) = pass {
+            last_ok = Some(now);
+            if requeued + buried > 0 {
+                tracing::warn!(requeued, buried, "took back jobs whose lease expired");
+                shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+            }
+        }
+        if shared.sleep_or_stop(interval).await {
+            return;
+        }
+    }
+}
