@@ -92,7 +92,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             }
         }
         for (id, attempt) in &done {
-            shared.forget(*id, *attempt);
+            shared.finished(*id, *attempt);
         }
     }
     for a in others {
@@ -107,13 +107,15 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     attempt,
                     run_at,
                     error,
-                    uncount,
+                    refund,
                 } => {
                     store
-                        .retry_later(*id, *attempt, *run_at, error, now, *uncount)
+                        .retry_later(*id, *attempt, *run_at, error, now, *refund)
                         .await
                 }
-                Ack::Dead { id, attempt, error } => store.bury(*id, *attempt, error, now).await,
+                Ack::Dead { id, attempt, error } => {
+                    store.mark_dead(*id, *attempt, error, now).await
+                }
                 _ => Ok(true),
             };
             shared.outage.track("recording an outcome", sent, &r);
@@ -135,7 +137,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             }
         }
         if let Some((id, attempt)) = id {
-            shared.forget(id, attempt);
+            shared.finished(id, attempt);
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Runs one attempt of a claimed job: its slot, its deadline, its panic,
 //! and the outcome it reports to the completer.
 
+use super::outcome::{self, Ended};
 use super::*;
-use crate::clock::add;
 use crate::context::TaskContext;
 use crate::error::Error;
 use crate::store::ClaimedJob;
@@ -90,13 +90,18 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
                 match p {
                     Some(p) => p,
                     None => {
-                        let ack = Ack::Retry {
-                            id: job.id,
-                            attempt: job.attempt,
-                            run_at: shared2.client.now(),
-                            error: "handed back at shutdown before it started".into(),
-                            uncount: true,
+                        let ended = Ended::HandedBack {
+                            after: Duration::ZERO,
+                            reason: "handed back at shutdown before it started".into(),
                         };
+                        let decision = outcome::decide(
+                            ended,
+                            job.attempt,
+                            job.max_attempts,
+                            &queue_core::Backoff::default(),
+                            &mut fastrand::Rng::new(),
+                        );
+                        let ack = Ack::new(job.id, job.attempt, decision, shared2.client.now());
                         report(&shared2, &job, ack);
                         return;
                     }
@@ -141,7 +146,7 @@ pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
         Ack::Retry {
             error,
             run_at,
-            uncount: false,
+            refund: false,
             ..
         } => {
             tracing::warn!(error = %error, retry_at = %run_at, max_attempts = job.max_attempts, "job failed; will retry");
@@ -168,7 +173,7 @@ pub(super) fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
     }
     if shared.ack_tx.send(ack).is_err() {
         // The acker is gone (runtime dropped): the lease expires and the job runs again.
-        shared.forget(job.id, job.attempt);
+        shared.finished(job.id, job.attempt);
     }
 }
 
@@ -194,13 +199,21 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         } else {
             tracing::debug!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
         }
-        return Ack::Retry {
+        return Ack::new(
             id,
             attempt,
-            run_at: add(client.now(), UNKNOWN_TASK_DELAY),
-            error,
-            uncount: true,
-        };
+            outcome::decide(
+                Ended::HandedBack {
+                    after: UNKNOWN_TASK_DELAY,
+                    reason: error,
+                },
+                attempt,
+                job.max_attempts,
+                &queue_core::Backoff::default(),
+                &mut fastrand::Rng::new(),
+            ),
+            client.now(),
+        );
     };
     let budget = job
         .deadline_ms
@@ -240,40 +253,28 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         } => Some(Ok(Err(TaskError::deadline_exceeded()))),
         _ = hand_back.wait_for(|h| *h) => None,
     };
-    let Some(joined) = joined else {
+    let ended = match joined {
         // The runtime is shutting down: hand the job back at once.
-        return Ack::Retry {
-            id,
-            attempt,
-            run_at: client.now(),
-            error: "handed back at shutdown before it finished".into(),
-            uncount: true,
-        };
+        None => Ended::HandedBack {
+            after: Duration::ZERO,
+            reason: "handed back at shutdown before it finished".into(),
+        },
+        Some(joined) => match joined.unwrap_or_else(|p| Err(TaskError::panic(panic_message(p)))) {
+            Ok(()) => Ended::Succeeded,
+            Err(error) => Ended::Failed {
+                text: error_text(&error, client.flavor()),
+                error,
+            },
+        },
     };
-    let result = joined.unwrap_or_else(|p| Err(TaskError::panic(panic_message(p))));
-    match result {
-        Ok(()) => Ack::Complete { id, attempt },
-        Err(e) => {
-            let text = error_text(&e, client.flavor());
-            if e.is_permanent() || attempt >= job.max_attempts {
-                Ack::Dead {
-                    id,
-                    attempt,
-                    error: text,
-                }
-            } else {
-                let mut rng = fastrand::Rng::new();
-                let delay = reg.options.backoff.delay(attempt, &mut rng);
-                Ack::Retry {
-                    id,
-                    attempt,
-                    run_at: add(client.now(), delay),
-                    error: text,
-                    uncount: false,
-                }
-            }
-        }
-    }
+    let decision = outcome::decide(
+        ended,
+        attempt,
+        job.max_attempts,
+        &reg.options.backoff,
+        &mut fastrand::Rng::new(),
+    );
+    Ack::new(id, attempt, decision, client.now())
 }
 
 /// The text stored as a job's last error. A server-side statement timeout

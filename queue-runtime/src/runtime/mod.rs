@@ -322,7 +322,7 @@ impl Shared {
     /// only the entry of that attempt: after an outage longer than the lease
     /// this runtime may have claimed the job again, and the new attempt must
     /// keep its heartbeats.
-    fn forget(&self, id: JobId, attempt: u32) {
+    fn finished(&self, id: JobId, attempt: u32) {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id).is_some_and(|f| f.attempt == attempt) {
             map.remove(&id);

@@ -1,7 +1,9 @@
 //! Takes back jobs whose lease expired (any runtime's), and repairs the
 //! claim index now and then.
 
+use super::outcome::{self, Decision, Ended};
 use super::*;
+use crate::store::{ExpiredLease, Rescue};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +35,11 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
         let sent = Instant::now();
         let pass = match store.any_expired(now, since).await {
             Ok(false) => Ok((0, 0)),
-            Ok(true) => store.rescue_expired(now, since).await,
+            Ok(true) => {
+                store
+                    .rescue_expired(now, since, &|lease| rescue(lease, now))
+                    .await
+            }
             Err(e) => Err(e),
         };
         shared.outage.track("lease rescue", sent, &pass);
@@ -67,5 +73,28 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
         if shared.sleep_or_stop(interval).await {
             return;
         }
+    }
+}
+
+/// The retry policy's answer for a job whose worker was lost.
+fn rescue(lease: &ExpiredLease, now: DateTime<Utc>) -> Rescue {
+    let decision = outcome::decide(
+        Ended::LeaseLost,
+        lease.attempt,
+        lease.max_attempts,
+        &queue_core::Backoff::default(),
+        &mut fastrand::Rng::new(),
+    );
+    match decision {
+        Decision::Retry { after, error, .. } => Rescue::Retry {
+            run_at: crate::clock::add(now, after),
+            error,
+        },
+        Decision::Dead { error } => Rescue::Dead { error },
+        // A lost worker's attempt never succeeded.
+        Decision::Complete => Rescue::Retry {
+            run_at: now,
+            error: "lease expired".into(),
+        },
     }
 }

@@ -66,6 +66,31 @@ pub(crate) fn stored_unique_key(task: &str, key: &str) -> String {
     format!("{task}\u{1f}{key}")
 }
 
+/// Expired leases taken back per transaction.
+const RESCUE_BATCH: usize = 200;
+
+/// A running job whose lease expired: the worker running it was lost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExpiredLease {
+    pub id: JobId,
+    /// The attempt the lost worker was running.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// What the rescuer does with an expired lease's job (the runtime's retry
+/// policy decides; see `runtime::outcome`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rescue {
+    /// Runs again at `run_at` (at once if that is not after now).
+    Retry {
+        run_at: DateTime<Utc>,
+        error: String,
+    },
+    /// Dead, with `error`.
+    Dead { error: String },
+}
+
 /// How long a ready job waits, unchanged, before a missing claim-index
 /// row is made for it.
 const HEAL_AFTER: Duration = Duration::from_secs(60);
@@ -500,9 +525,9 @@ impl Store {
         run_at: DateTime<Utc>,
         error: &str,
         now: DateTime<Utc>,
-        uncount_attempt: bool,
+        refund_attempt: bool,
     ) -> Result<bool> {
-        retry_deadlocks(|| self.try_reschedule(id, attempt, run_at, error, now, uncount_attempt))
+        retry_deadlocks(|| self.try_reschedule(id, attempt, run_at, error, now, refund_attempt))
             .await
     }
 
@@ -513,7 +538,7 @@ impl Store {
         run_at: DateTime<Utc>,
         error: &str,
         now: DateTime<Utc>,
-        uncount_attempt: bool,
+        refund_attempt: bool,
     ) -> Result<bool> {
         let due = run_at <= now;
         let mut tx = self.begin().await?;
@@ -527,7 +552,7 @@ impl Store {
             .bind(At(run_at))
             .bind(if due { None } else { Some(At(run_at)) })
             .bind(error)
-            .bind(u32::from(uncount_attempt))
+            .bind(u32::from(refund_attempt))
             .bind(At(now))
             .bind(id.0)
             .bind(attempt)
@@ -549,7 +574,7 @@ impl Store {
     }
 
     /// Marks a job dead with its error, only while still at `attempt`.
-    pub(crate) async fn bury(
+    pub(crate) async fn mark_dead(
         &self,
         id: JobId,
         attempt: u32,
@@ -612,21 +637,22 @@ impl Store {
     }
 
     /// Takes back running jobs whose lease expired at or before `now`
-    /// (looking only at leases after `since`, when given): back to ready, or
-    /// dead when their attempts are spent. Returns (requeued, buried).
+    /// (looking only at leases after `since`, when given), each as `decide`
+    /// says: back to ready (or scheduled) or dead. Returns (retried, dead).
     pub(crate) async fn rescue_expired(
         &self,
         now: DateTime<Utc>,
         since: Option<DateTime<Utc>>,
+        decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
     ) -> Result<(u64, u64)> {
-        let mut requeued = 0;
-        let mut buried = 0;
+        let mut retried = 0;
+        let mut dead = 0;
         loop {
-            let (r, b, more) = retry_deadlocks(|| self.try_rescue(now, since)).await?;
-            requeued += r;
-            buried += b;
+            let (r, d, more) = retry_deadlocks(|| self.try_rescue(now, since, decide)).await?;
+            retried += r;
+            dead += d;
             if !more {
-                return Ok((requeued, buried));
+                return Ok((retried, dead));
             }
         }
     }
@@ -635,78 +661,105 @@ impl Store {
         &self,
         now: DateTime<Utc>,
         since: Option<DateTime<Utc>>,
+        decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
     ) -> Result<(u64, u64, bool)> {
-        const BATCH: usize = 200;
         let mut tx = self.begin().await?;
         let lower = since.unwrap_or_else(crate::time::earliest);
-        let rows = self
-            .q(
-                "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
-                 WHERE lease_expires_at > ? AND lease_expires_at <= ? \
-                 ORDER BY lease_expires_at LIMIT 200 FOR UPDATE SKIP LOCKED",
-            )
+        let sql = format!(
+            "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+             WHERE lease_expires_at > ? AND lease_expires_at <= ? \
+             ORDER BY lease_expires_at LIMIT {RESCUE_BATCH} FOR UPDATE SKIP LOCKED"
+        );
+        let leases: Vec<ExpiredLease> = self
+            .q(&sql)
             .bind(At(lower))
             .bind(At(now))
             .fetch_all(&mut *tx)
-            .await?;
-        let more = rows.len() == BATCH;
-        let mut requeue = Vec::new();
-        let mut bury = Vec::new();
-        for row in &rows {
-            let id: u64 = row.get(0);
-            let attempts: u32 = row.get(1);
-            let max: u32 = row.get(2);
-            if attempts >= max {
-                bury.push(id)
-            } else {
-                requeue.push(id)
-            }
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ExpiredLease {
+                    id: JobId(r.try_get(0)?),
+                    attempt: r.try_get(1)?,
+                    max_attempts: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let more = leases.len() == RESCUE_BATCH;
+        // Jobs with the same decision are written by one statement.
+        let mut groups: std::collections::BTreeMap<Rescue, Vec<u64>> = Default::default();
+        for lease in &leases {
+            groups.entry(decide(lease)).or_default().push(lease.id.0);
         }
-        if !requeue.is_empty() {
-            let list = placeholders(requeue.len());
-            let sql = format!(
-                "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, run_at = ?, \
-                 last_error = CONCAT('lease expired: the worker running attempt ', attempts, ' was lost'), \
-                 updated_at = ? WHERE id IN ({list})"
-            );
-            let mut q = self
-                .q(&sql)
-                .bind(JobState::Ready.as_u8())
-                .bind(At(now))
-                .bind(At(now));
-            for id in &requeue {
+        let (mut retried, mut dead) = (0, 0);
+        for (rescue, ids) in groups {
+            let list = placeholders(ids.len());
+            let q = match &rescue {
+                Rescue::Retry { run_at, error } => {
+                    retried += ids.len() as u64;
+                    let due = *run_at <= now;
+                    let sql = format!(
+                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                    );
+                    self.q(&sql)
+                        .bind(
+                            if due {
+                                JobState::Ready
+                            } else {
+                                JobState::Scheduled
+                            }
+                            .as_u8(),
+                        )
+                        .bind(At(*run_at))
+                        .bind((!due).then_some(At(*run_at)))
+                        .bind(error.as_str())
+                        .bind(At(now))
+                }
+                Rescue::Dead { error } => {
+                    dead += ids.len() as u64;
+                    // A dead job releases its unique key.
+                    let sql = format!(
+                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                    );
+                    self.q(&sql)
+                        .bind(JobState::Dead.as_u8())
+                        .bind(At(now))
+                        .bind(error.as_str())
+                        .bind(At(now))
+                }
+            };
+            let mut q = q;
+            for id in &ids {
                 q = q.bind(*id);
             }
             q.execute(&mut *tx).await?;
-            let sql = format!(
-                "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id FROM queue_jobs \
-                 WHERE id IN ({list}) ORDER BY id"
-            );
-            let mut q = self.q(&sql);
-            for id in &requeue {
-                q = q.bind(*id);
+            if matches!(&rescue, Rescue::Retry { run_at, .. } if *run_at <= now) {
+                self.index_ready_by_id(&mut tx, &ids).await?;
             }
-            q.execute(&mut *tx).await?;
-        }
-        if !bury.is_empty() {
-            let sql = format!(
-                "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, dead_at = ?, \
-                 unique_key = NULL, last_error = CONCAT('lease expired: the worker running attempt ', attempts, ' was lost; no attempts left'), \
-                 updated_at = ? WHERE id IN ({})",
-                placeholders(bury.len())
-            );
-            let mut q = self
-                .q(&sql)
-                .bind(JobState::Dead.as_u8())
-                .bind(At(now))
-                .bind(At(now));
-            for id in &bury {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok((requeue.len() as u64, bury.len() as u64, more))
+        Ok((retried, dead, more))
+    }
+
+    /// Adds jobs, by id, to the claim index (in id order).
+    pub(crate) async fn index_ready_by_id(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        ids: &[u64],
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id \
+             FROM queue_jobs WHERE id IN ({}) ORDER BY id",
+            placeholders(ids.len())
+        );
+        let mut q = self.q(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx).await?;
+        Ok(())
     }
 
     /// Puts ready jobs that have no row in the claim index back in it;
