@@ -4,7 +4,7 @@
 use super::*;
 use queue_core::JobId;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long the acker waits for more outcomes to write with the first one.
@@ -59,37 +59,26 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             other => others.push(other),
         }
     }
-    let mut failures = 0;
     if !done.is_empty() {
-        loop {
-            let sent = Instant::now();
-            let completed = store.complete(&done).await;
-            shared.outage.track("recording successes", sent, &completed);
-            match completed {
-                Ok(n) => {
-                    let mut lost = done.len() - (n as usize).min(done.len());
-                    if lost > 0 && failures > 0 {
-                        // An earlier try may have deleted them with its
-                        // reply lost: only jobs still there, at another
-                        // attempt, were taken by another runtime.
-                        let ids: Vec<JobId> = done.iter().map(|d| d.0).collect();
-                        if let Ok(left) = store.count_existing(&ids).await {
-                            lost = left as usize;
-                        }
-                    }
-                    if lost > 0 {
-                        tracing::warn!(
-                            lost,
-                            "some successes were not recorded: their lease had expired and another runtime took them"
-                        );
-                    }
-                    break;
-                }
-                Err(_) => {
-                    failures += 1;
-                    tokio::time::sleep(Outage::backoff(failures)).await;
-                }
+        let (n, retried) = shared
+            .outage
+            .until_ok("recording successes", || store.complete(&done))
+            .await;
+        let mut lost = done.len() - (n as usize).min(done.len());
+        if lost > 0 && retried {
+            // An earlier try may have deleted them with its reply lost:
+            // only jobs still there, at another attempt, were taken by
+            // another runtime.
+            let ids: Vec<JobId> = done.iter().map(|d| d.0).collect();
+            if let Ok(left) = store.count_existing(&ids).await {
+                lost = left as usize;
             }
+        }
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "some successes were not recorded: their lease had expired and another runtime took them"
+            );
         }
         for (id, attempt) in &done {
             shared.finished(*id, *attempt);
@@ -97,44 +86,35 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     }
     for a in others {
         let id = a.id();
-        let mut failures = 0;
-        loop {
-            let now = client.now();
-            let sent = Instant::now();
-            let r = match &a {
-                Ack::Retry {
-                    id,
-                    attempt,
-                    run_at,
-                    error,
-                    refund,
-                } => {
-                    store
-                        .retry_later(*id, *attempt, *run_at, error, now, *refund)
-                        .await
-                }
-                Ack::Dead { id, attempt, error } => {
-                    store.mark_dead(*id, *attempt, error, now).await
-                }
-                _ => Ok(true),
-            };
-            shared.outage.track("recording an outcome", sent, &r);
-            match r {
-                Ok(recorded) => {
-                    if !recorded {
-                        tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
+        let (recorded, _) = shared
+            .outage
+            .until_ok("recording an outcome", || async {
+                let now = client.now();
+                match &a {
+                    Ack::Retry {
+                        id,
+                        attempt,
+                        run_at,
+                        error,
+                        refund,
+                    } => {
+                        store
+                            .retry_later(*id, *attempt, *run_at, error, now, *refund)
+                            .await
                     }
-                    if matches!(a, Ack::Retry { .. }) {
-                        client.inner.scheduled_gen.send_modify(|g| *g += 1);
-                        client.inner.ready_gen.send_modify(|g| *g += 1);
+                    Ack::Dead { id, attempt, error } => {
+                        store.mark_dead(*id, *attempt, error, now).await
                     }
-                    break;
+                    _ => Ok(true),
                 }
-                Err(_) => {
-                    failures += 1;
-                    tokio::time::sleep(Outage::backoff(failures)).await;
-                }
-            }
+            })
+            .await;
+        if !recorded {
+            tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
+        }
+        if matches!(a, Ack::Retry { .. }) {
+            client.inner.scheduled_gen.send_modify(|g| *g += 1);
+            client.inner.ready_gen.send_modify(|g| *g += 1);
         }
         if let Some((id, attempt)) = id {
             shared.finished(id, attempt);

@@ -1,5 +1,6 @@
 //! Moves scheduled jobs that came due into the claim index.
 
+use super::outage::Failures;
 use super::*;
 use crate::error::Error;
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ pub(super) async fn dispatcher(shared: Arc<Shared>) {
     let mut clock_rx = client.inner.clock.watch();
     let mut last_ok: Option<DateTime<Utc>> = None;
     let mut last_full = Instant::now();
-    let mut failures = 0;
+    let mut failures = Failures::default();
     loop {
         let now = client.now();
         let since = match last_ok {
@@ -44,7 +45,7 @@ pub(super) async fn dispatcher(shared: Arc<Shared>) {
             .track("dispatching scheduled jobs", sent, &stepped);
         match stepped {
             Ok((n, next)) => {
-                failures = 0;
+                failures.reset();
                 last_ok = Some(now);
                 if n > 0 {
                     client.inner.ready_gen.send_modify(|g| *g += 1);
@@ -54,8 +55,7 @@ pub(super) async fn dispatcher(shared: Arc<Shared>) {
                 }
             }
             Err(_) => {
-                failures += 1;
-                wait = Outage::backoff(failures);
+                wait = failures.next_wait();
             }
         }
         let mut stop = shared.stop.clone();

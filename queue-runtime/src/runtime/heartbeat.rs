@@ -1,5 +1,6 @@
 //! Extends the leases of the jobs in flight.
 
+use super::outage::Failures;
 use super::*;
 use crate::clock::add;
 use queue_core::JobId;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
     let mut wait = shared.heartbeat;
-    let mut failures = 0;
+    let mut failures = Failures::default();
     loop {
         // Beats go on during a shutdown's drain; shutdown aborts this task last.
         tokio::time::sleep(wait).await;
@@ -31,7 +32,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         shared.outage.track("heartbeat", sent, &beat);
         match beat {
             Ok(n) => {
-                failures = 0;
+                failures.reset();
                 if !repeated && sent.elapsed() > shared.heartbeat / 2 {
                     // The beat waited (for a connection, through an outage):
                     // its list of jobs is old, and jobs claimed since have
@@ -64,8 +65,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             }
             Err(_) => {
                 // Try again soon: the leases run out meanwhile.
-                failures += 1;
-                wait = Outage::backoff(failures).min(shared.heartbeat);
+                wait = failures.next_wait().min(shared.heartbeat);
             }
         }
     }

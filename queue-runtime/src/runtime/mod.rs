@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 mod completer;
+mod cursors;
 mod dispatcher;
 mod executor;
 mod heartbeat;

@@ -74,6 +74,53 @@ impl Outage {
     }
 }
 
+/// Consecutive failures of one of the runtime's loops, and how long it
+/// waits before its next try: 50 ms doubling to 5 s, with jitter.
+#[derive(Debug, Default)]
+pub(crate) struct Failures(u32);
+
+impl Failures {
+    /// Counts a failure; returns the wait before the next try.
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        self.0 = self.0.saturating_add(1);
+        Outage::backoff(self.0)
+    }
+
+    /// A statement succeeded: the next failure waits the least again.
+    pub(crate) fn reset(&mut self) {
+        self.0 = 0;
+    }
+
+    /// Whether the last statement failed.
+    pub(crate) fn any(&self) -> bool {
+        self.0 > 0
+    }
+}
+
+impl Outage {
+    /// Runs `statement` until it succeeds, recording each result and
+    /// waiting [`Failures`]' backoff between tries: for writes that must
+    /// not be dropped (outcomes). Returns the value, and whether a try
+    /// failed first (its effect may have reached the server with the
+    /// reply lost).
+    pub(crate) async fn until_ok<T, F, Fut>(&self, what: &str, mut statement: F) -> (T, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = crate::error::Result<T>>,
+    {
+        let mut failures = Failures::default();
+        loop {
+            let sent = Instant::now();
+            let result = statement().await;
+            self.track(what, sent, &result);
+            match result {
+                Ok(value) => return (value, failures.any()),
+                Err(_) => tokio::time::sleep(failures.next_wait()).await,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,320 +1,456 @@
 //! The claim loop: claims as many jobs as there are free slots (and
 //! prefetch), looks behind its cursors, and starts each job it claimed.
 
-use super::*;
-use crate::clock::add;
-use crate::error::{Error, Result, is_connection_error};
-use crate::store::{ClaimTicket, Claimed, Cursors};
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+
+use super::Shared;
+use super::cursors::Cursors;
+use super::outage::Failures;
+use crate::clock::add;
+use crate::error::{Error, Result, is_connection_error};
+use crate::store::{ClaimTicket, Claimed};
 
 /// Claims in flight at once while a queue has a backlog (one otherwise).
 /// A claim's time is mostly round trips and its commit's log flush, during
 /// which fast jobs finish and their slots idle; a second claim in flight
 /// fills them meanwhile. Each claim skips the rows the other holds locked.
-pub(super) const MAX_CLAIMS_IN_FLIGHT: usize = 2;
+const MAX_CLAIMS_IN_FLIGHT: usize = 2;
+/// How often the producer looks behind its cursors for the last
+/// `PROBE_LAG`, and how often behind the whole range.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const FULL_PROBE_EVERY: Duration = Duration::from_secs(30);
+/// Probe requests and finds queued between the producer and the prober.
+const PROBE_QUEUE: usize = 16;
 
-/// A finished claim: the queue's index, its ticket, its result, and when it
-/// was sent.
-pub(super) type ClaimDone = (usize, ClaimTicket, Result<Claimed>, Instant, LostClaim);
+/// A claim's `now` and lease end, as it wrote them into the jobs it
+/// leased: with this runtime's owner id they name those jobs exactly (each
+/// claim of a runtime has its own `now`), so a claim whose reply was lost
+/// can be undone (see `Store::release_lost_claim`).
+#[derive(Debug, Clone, Copy)]
+struct ClaimStamp {
+    at: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+}
 
-/// A claim's `now` and lease end, as it wrote them to the jobs it leased:
-/// with this runtime's owner id, they name those jobs exactly (each claim
-/// of a runtime has its own `now`), so a claim whose reply was lost can be
-/// undone (see `Store::release_lost_claim`).
-pub(crate) type LostClaim = (DateTime<Utc>, DateTime<Utc>);
+/// A claim that came back.
+struct ClaimDone {
+    /// The index of its queue in `Shared::queues`.
+    queue: usize,
+    ticket: ClaimTicket,
+    result: Result<Claimed>,
+    sent: Instant,
+    stamp: ClaimStamp,
+}
+
+/// A probe to run: a queue's index and the `(priority, low, high]` ranges
+/// behind its cursors.
+struct ProbeRequest {
+    queue: usize,
+    ranges: Vec<(u8, u64, u64)>,
+}
+
+/// What a probe found: a queue's index and `(priority, seq)` keys.
+struct ProbeFinds {
+    queue: usize,
+    keys: Vec<(u8, u64)>,
+}
+
+/// What a settled claim took: rows of the claim index (not jobs: rows whose
+/// job was cancelled are taken and dropped, and the rows behind them still
+/// wait), and how many it asked for.
+struct Took {
+    rows: usize,
+    wanted: usize,
+}
 
 pub(super) async fn producer(shared: Arc<Shared>) {
-    let client = &shared.client;
-    let mut cursors: Vec<Cursors> = shared.queues.iter().map(|q| Cursors::new(q)).collect();
-    let mut ready_rx = client.inner.ready_gen.subscribe();
-    let (probe_tx, probe_rx) = mpsc::channel::<ProbeRequest>(16);
-    let (found_tx, mut found_rx) = mpsc::channel::<ProbeFinds>(16);
+    let (probe_tx, probe_rx) = mpsc::channel(PROBE_QUEUE);
+    let (found_tx, found_rx) = mpsc::channel(PROBE_QUEUE);
     let prober = tokio::spawn(prober(shared.clone(), probe_rx, found_tx));
-    let mut claims: JoinSet<ClaimDone> = JoinSet::new();
-    // Claims that failed on a connection error: their COMMIT may have
-    // reached the server with the reply lost, leaving jobs leased to this
-    // runtime that nothing runs. Released once no claim is in flight.
-    let mut lost: Vec<LostClaim> = Vec::new();
-    // The last claim's `now`: each claim's is later, so that it names the
-    // claim's jobs.
-    let mut last_claim_at: Option<DateTime<Utc>> = None;
-    // Jobs each claim in flight may bring back: counted against the window.
-    let mut reserved: Vec<(tokio::task::Id, usize)> = Vec::new();
-    let mut failures = 0u32;
-    let mut next = 0usize;
-    let mut last_probe = Instant::now();
-    let mut last_full_probe = Instant::now();
-    // Look behind the cursors at start: rows committed out of order by a
-    // previous run are found by the first full probe.
-    let mut full_due = true;
-    // Idle polling: after work, look again after `min_poll`, doubling to
-    // `poll_interval` while nothing comes.
-    let min_poll = (shared.poll_interval / 25).max(Duration::from_millis(5));
-    let mut idle_wait = min_poll;
-    let mut idle = false;
-    // Consecutive claims (or idle looks) that found nothing: once every
-    // queue has had one, the runtime waits.
-    let mut empty = 0usize;
-    // The last claim came back full: the queue has more.
-    let mut backlog = false;
-    let refill_at = (shared.semaphore.available_permits() + shared.prefetch)
-        .div_ceil(2)
-        .max(1);
-    // What a claim that came back tells the loop.
-    macro_rules! note {
-        ($picked:expr, $want:expr) => {{
-            // Rows taken, not jobs: rows whose job was cancelled are taken
-            // and dropped, and the rows behind them still wait.
-            let picked: usize = $picked;
-            backlog = picked == $want;
-            if picked == 0 {
-                empty += 1;
-            } else {
-                empty = 0;
-                idle = false;
-                idle_wait = min_poll;
-                failures = 0;
-            }
-        }};
-    }
-    loop {
-        if shared.stopping() {
-            break;
-        }
-        while let Ok((qi, found)) = found_rx.try_recv() {
-            cursors[qi].add_stragglers(found);
-        }
-        if last_probe.elapsed() >= Duration::from_millis(250) || full_due {
-            let full = full_due || last_full_probe.elapsed() >= Duration::from_secs(30);
-            for (qi, c) in cursors.iter_mut().enumerate() {
-                let ranges = c.probe_ranges(full);
-                if !ranges.is_empty() {
-                    let _ = probe_tx.try_send((qi, ranges));
-                }
-            }
-            last_probe = Instant::now();
-            if full {
-                last_full_probe = last_probe;
-                full_due = false;
-            }
-        }
-        let mut errored = false;
-        while let Some(done) = claims.try_join_next_with_id() {
-            match settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done) {
-                Some((picked, want)) => note!(picked, want),
-                None => errored = true,
-            }
-        }
-        if !errored && !lost.is_empty() && claims.is_empty() {
-            // Every claim that succeeded has started its jobs: what is
-            // still leased under a lost claim's `now` ran nowhere.
-            let sent = Instant::now();
-            let released = release_lost(&shared, &lost).await;
-            shared.outage.track("claim recovery", sent, &released);
-            match released {
-                Ok(()) => lost.clear(),
-                Err(_) => errored = true,
-            }
-        }
-        if errored {
-            failures += 1;
-            if shared.sleep_or_stop(Outage::backoff(failures)).await {
-                break;
-            }
-            continue;
-        }
-        let slots = shared.semaphore.available_permits();
-        let waiting = prefetched(&shared);
-        let reserving: usize = reserved.iter().map(|r| r.1).sum();
-        let free = (slots + shared.prefetch).saturating_sub(waiting + reserving);
-        // Claim when a slot is idle with nothing prefetched or being claimed
-        // for it, or when half the window (free slots + prefetch) is free:
-        // with fast jobs one slot frees at a time, and claiming for each
-        // alone would make many claims of one or two jobs.
-        let idle_slot = slots > 0 && waiting + reserving == 0;
-        let lanes = if backlog { MAX_CLAIMS_IN_FLIGHT } else { 1 };
-        let stragglers = cursors.iter().any(Cursors::has_stragglers);
-        let want_claim = free > 0 && (free >= refill_at || idle_slot) && claims.len() < lanes;
-        if want_claim && (empty < cursors.len() || stragglers) {
-            let qi = next % cursors.len();
-            next = next.wrapping_add(1);
-            if idle && !cursors[qi].has_stragglers() {
-                // Idle: one cheap statement instead of a claim transaction.
-                let sent = Instant::now();
-                let has_ready = client.store().has_ready(&cursors[qi]).await;
-                shared.outage.track("claim", sent, &has_ready);
-                match has_ready {
-                    Ok(false) => {
-                        empty += 1;
-                        continue;
-                    }
-                    Ok(true) => {}
-                    Err(_) => {
-                        failures += 1;
-                        if shared.sleep_or_stop(Outage::backoff(failures)).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let ticket = cursors[qi].ticket(free);
-            let shared2 = shared.clone();
-            let mut now = crate::time::clamp(client.now());
-            if let Some(last) = last_claim_at
-                && now <= last
-            {
-                now = last + chrono::TimeDelta::microseconds(1);
-            }
-            last_claim_at = Some(now);
-            let task = claims.spawn(async move {
-                let sent = Instant::now();
-                let lease_until = crate::time::clamp(add(now, shared2.lease));
-                let r = shared2
-                    .client
-                    .store()
-                    .claim_ticket(&ticket, &shared2.owner, lease_until, now)
-                    .await;
-                (qi, ticket, r, sent, (now, lease_until))
-            });
-            reserved.push((task.id(), free));
-            continue;
-        }
-        let mut stop = shared.stop.clone();
-        if claims.is_empty() && empty >= cursors.len() && !stragglers {
-            // Nothing to claim: wait for a local enqueue, a probe's find, or
-            // the idle wait, which starts short after work (jobs enqueued by
-            // other processes in a trickle are found within a few ms) and
-            // doubles up to the poll interval while nothing comes. Probes
-            // due meanwhile are sent next round.
-            idle = true;
-            backlog = false;
-            tokio::select! {
-                _ = ready_rx.changed() => idle = false,
-                _ = tokio::time::sleep(idle_wait) => {}
-                _ = stop.wait_for(|s| *s) => {}
-                Some((qi, found)) = found_rx.recv() => cursors[qi].add_stragglers(found),
-            }
-            idle_wait = (idle_wait * 2).min(shared.poll_interval);
-            empty = 0;
-            continue;
-        }
-        // Wait for a claim to come back or a slot to free (or stop).
-        let done = tokio::select! {
-            Some(done) = claims.join_next_with_id(), if !claims.is_empty() => Some(done),
-            _ = shared.slot_freed.notified() => None,
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        if let Some(done) = done {
-            match settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done) {
-                Some((picked, want)) => note!(picked, want),
-                None => {
-                    failures += 1;
-                    if shared.sleep_or_stop(Outage::backoff(failures)).await {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    // Claims in flight finish: their jobs are started or handed back like
-    // any other claimed at shutdown.
-    while let Some(done) = claims.join_next_with_id().await {
-        settle_claim(&shared, &mut cursors, &mut reserved, &mut lost, done);
-    }
-    if !lost.is_empty() {
-        // One try; what it cannot release waits for its lease.
-        let _ = release_lost(&shared, &lost).await;
-    }
+    Producer::new(shared, probe_tx, found_rx).run().await;
     prober.abort();
 }
 
-/// Hands back, without spending an attempt, the jobs that claims whose
-/// reply was lost leased to this runtime.
-pub(super) async fn release_lost(shared: &Shared, lost: &[LostClaim]) -> Result<()> {
-    let store = shared.client.store();
-    let mut released = 0;
-    for &(claimed_at, lease_until) in lost {
-        released += store
-            .release_lost_claim(&shared.owner, claimed_at, lease_until, shared.client.now())
-            .await?;
-    }
-    if released > 0 {
-        tracing::warn!(
-            jobs = released,
-            "handed back jobs that a claim leased while its reply was lost"
-        );
-        shared.client.inner.ready_gen.send_modify(|g| *g += 1);
-    }
-    Ok(())
+/// The claim loop's state.
+struct Producer {
+    shared: Arc<Shared>,
+    cursors: Vec<Cursors>,
+    ready_rx: watch::Receiver<u64>,
+    probe_tx: mpsc::Sender<ProbeRequest>,
+    found_rx: mpsc::Receiver<ProbeFinds>,
+    claims: JoinSet<ClaimDone>,
+    /// Jobs each claim in flight may bring back: counted against the window.
+    reserved: Vec<(Id, usize)>,
+    /// Claims that failed on a connection error: their COMMIT may have
+    /// reached the server with the reply lost, leaving jobs leased to this
+    /// runtime that nothing runs. Released once no claim is in flight.
+    lost: Vec<ClaimStamp>,
+    /// The last claim's `now`: each claim's is later.
+    last_claim_at: Option<DateTime<Utc>>,
+    failures: Failures,
+    /// The queue the next claim is for (round robin).
+    next: usize,
+    last_probe: Instant,
+    last_full_probe: Instant,
+    /// Look behind the whole range next time (at start: rows committed out
+    /// of order by a previous run).
+    full_probe_due: bool,
+    /// Idle polling: after work, look again after `min_poll`, doubling to
+    /// the poll interval while nothing comes.
+    min_poll: Duration,
+    idle_wait: Duration,
+    idle: bool,
+    /// Consecutive claims (or idle looks) that found nothing: once every
+    /// queue has had one, the loop waits.
+    empty: usize,
+    /// The last claim came back full: the queue has more.
+    backlog: bool,
+    /// Claim once this many jobs fit the window (half of it).
+    refill_at: usize,
 }
 
-/// Records a finished claim and starts its jobs: `(rows taken, wanted)`, or
-/// `None` if it failed.
-pub(super) fn settle_claim(
-    shared: &Arc<Shared>,
-    cursors: &mut [Cursors],
-    reserved: &mut Vec<(tokio::task::Id, usize)>,
-    lost: &mut Vec<LostClaim>,
-    done: std::result::Result<(tokio::task::Id, ClaimDone), tokio::task::JoinError>,
-) -> Option<(usize, usize)> {
-    let id = match &done {
-        Ok((id, _)) => *id,
-        Err(e) => e.id(),
-    };
-    reserved.retain(|r| r.0 != id);
-    let Ok((_, (qi, ticket, result, sent, claim))) = done else {
-        // The claim's task panicked (it does not): its stragglers are found
-        // again by the next probes.
-        return None;
-    };
-    let want = ticket.limit;
-    let settled = cursors[qi].settle(ticket, result);
-    shared.outage.track("claim", sent, &settled);
-    if let Err(Error::Database(e)) = &settled
-        && is_connection_error(e)
-    {
-        lost.push(claim);
+impl Producer {
+    fn new(
+        shared: Arc<Shared>,
+        probe_tx: mpsc::Sender<ProbeRequest>,
+        found_rx: mpsc::Receiver<ProbeFinds>,
+    ) -> Producer {
+        let min_poll = (shared.poll_interval / 25).max(Duration::from_millis(5));
+        Producer {
+            cursors: shared.queues.iter().map(|q| Cursors::new(q)).collect(),
+            ready_rx: shared.client.inner.ready_gen.subscribe(),
+            probe_tx,
+            found_rx,
+            claims: JoinSet::new(),
+            reserved: Vec::new(),
+            lost: Vec::new(),
+            last_claim_at: None,
+            failures: Failures::default(),
+            next: 0,
+            last_probe: Instant::now(),
+            last_full_probe: Instant::now(),
+            full_probe_due: true,
+            min_poll,
+            idle_wait: min_poll,
+            idle: false,
+            empty: 0,
+            backlog: false,
+            refill_at: (shared.semaphore.available_permits() + shared.prefetch)
+                .div_ceil(2)
+                .max(1),
+            shared,
+        }
     }
-    let (jobs, picked) = settled.ok()?;
-    shared.client.inner.metrics.record_claim(sent.elapsed());
-    tracing::trace!(queue = %shared.queues[qi], want, got = jobs.len(), "claimed");
-    for job in jobs {
-        super::executor::spawn_job(shared, job);
+
+    async fn run(mut self) {
+        while !self.shared.stopping() {
+            while let Ok(found) = self.found_rx.try_recv() {
+                self.cursors[found.queue].add_stragglers(found.keys);
+            }
+            self.send_probes();
+            let mut ok = self.settle_finished();
+            if ok && !self.lost.is_empty() && self.claims.is_empty() {
+                ok = self.release_lost().await;
+            }
+            if !ok {
+                if self.shared.sleep_or_stop(self.failures.next_wait()).await {
+                    break;
+                }
+                continue;
+            }
+            if let Some(free) = self.claim_window() {
+                if self.idle_look_finds_nothing().await {
+                    continue;
+                }
+                self.start_claim(free);
+                continue;
+            }
+            self.wait().await;
+        }
+        // Claims in flight finish: their jobs are started or handed back
+        // like any other claimed at shutdown.
+        while let Some(done) = self.claims.join_next_with_id().await {
+            self.settle(done);
+        }
+        if !self.lost.is_empty() {
+            // One try; what it cannot release waits for its lease.
+            self.release_lost().await;
+        }
     }
-    Some((picked, want))
+
+    /// Sends the probes that are due.
+    fn send_probes(&mut self) {
+        if self.last_probe.elapsed() < PROBE_EVERY && !self.full_probe_due {
+            return;
+        }
+        let full = self.full_probe_due || self.last_full_probe.elapsed() >= FULL_PROBE_EVERY;
+        for (queue, c) in self.cursors.iter_mut().enumerate() {
+            let ranges = c.probe_ranges(full);
+            if !ranges.is_empty() {
+                let _ = self.probe_tx.try_send(ProbeRequest { queue, ranges });
+            }
+        }
+        self.last_probe = Instant::now();
+        if full {
+            self.last_full_probe = self.last_probe;
+            self.full_probe_due = false;
+        }
+    }
+
+    /// Settles the claims that came back; false if one failed.
+    fn settle_finished(&mut self) -> bool {
+        let mut ok = true;
+        while let Some(done) = self.claims.try_join_next_with_id() {
+            ok &= self.settle(done);
+        }
+        ok
+    }
+
+    /// How many jobs to claim now, if a claim should start: when a slot is
+    /// idle with nothing prefetched or being claimed for it, or when half
+    /// the window (free slots + prefetch) is free (with fast jobs one slot
+    /// frees at a time, and claiming for each alone would make many claims
+    /// of one or two jobs).
+    fn claim_window(&self) -> Option<usize> {
+        let shared = &self.shared;
+        let slots = shared.semaphore.available_permits();
+        let waiting = shared.waiting.load(std::sync::atomic::Ordering::SeqCst);
+        let reserving: usize = self.reserved.iter().map(|r| r.1).sum();
+        let free = (slots + shared.prefetch).saturating_sub(waiting + reserving);
+        let idle_slot = slots > 0 && waiting + reserving == 0;
+        let lanes = if self.backlog {
+            MAX_CLAIMS_IN_FLIGHT
+        } else {
+            1
+        };
+        let want = free > 0 && (free >= self.refill_at || idle_slot) && self.claims.len() < lanes;
+        let stragglers = self.cursors.iter().any(Cursors::has_stragglers);
+        (want && (self.empty < self.cursors.len() || stragglers)).then_some(free)
+    }
+
+    /// While idle, asks with one cheap statement, instead of a claim
+    /// transaction, whether the next queue has anything. True if it has
+    /// nothing, or if the look failed (after the failure's wait).
+    async fn idle_look_finds_nothing(&mut self) -> bool {
+        let queue = self.next % self.cursors.len();
+        if !self.idle || self.cursors[queue].has_stragglers() {
+            return false;
+        }
+        let sent = Instant::now();
+        let has_ready = self
+            .shared
+            .client
+            .store()
+            .has_ready(&self.cursors[queue].peek())
+            .await;
+        self.shared.outage.track("claim", sent, &has_ready);
+        match has_ready {
+            Ok(true) => false,
+            Ok(false) => {
+                self.next = self.next.wrapping_add(1);
+                self.empty += 1;
+                true
+            }
+            Err(_) => {
+                self.next = self.next.wrapping_add(1);
+                let wait = self.failures.next_wait();
+                self.shared.sleep_or_stop(wait).await;
+                true
+            }
+        }
+    }
+
+    /// Starts a claim of up to `free` jobs from the next queue.
+    fn start_claim(&mut self, free: usize) {
+        let queue = self.next % self.cursors.len();
+        self.next = self.next.wrapping_add(1);
+        let ticket = self.cursors[queue].ticket(free);
+        let mut now = crate::time::clamp(self.shared.client.now());
+        if let Some(last) = self.last_claim_at
+            && now <= last
+        {
+            now = last + chrono::TimeDelta::microseconds(1);
+        }
+        self.last_claim_at = Some(now);
+        let shared = self.shared.clone();
+        let task = self.claims.spawn(async move {
+            let sent = Instant::now();
+            let stamp = ClaimStamp {
+                at: now,
+                lease_until: crate::time::clamp(add(now, shared.lease)),
+            };
+            let result = shared
+                .client
+                .store()
+                .claim_ticket(&ticket, &shared.owner, stamp.lease_until, stamp.at)
+                .await;
+            ClaimDone {
+                queue,
+                ticket,
+                result,
+                sent,
+                stamp,
+            }
+        });
+        self.reserved.push((task.id(), free));
+    }
+
+    /// Waits: for a local enqueue, a probe's find or the idle wait when
+    /// there is nothing to claim; otherwise for a claim to come back or a
+    /// slot to free (or stop).
+    async fn wait(&mut self) {
+        let mut stop = self.shared.stop.clone();
+        let stragglers = self.cursors.iter().any(Cursors::has_stragglers);
+        if self.claims.is_empty() && self.empty >= self.cursors.len() && !stragglers {
+            // The idle wait starts short after work (jobs enqueued by other
+            // processes in a trickle are found within a few ms) and doubles
+            // up to the poll interval while nothing comes. Probes due
+            // meanwhile are sent next round.
+            self.idle = true;
+            self.backlog = false;
+            tokio::select! {
+                _ = self.ready_rx.changed() => self.idle = false,
+                _ = tokio::time::sleep(self.idle_wait) => {}
+                _ = stop.wait_for(|s| *s) => {}
+                Some(found) = self.found_rx.recv() => {
+                    self.cursors[found.queue].add_stragglers(found.keys);
+                }
+            }
+            self.idle_wait = (self.idle_wait * 2).min(self.shared.poll_interval);
+            self.empty = 0;
+            return;
+        }
+        let done = tokio::select! {
+            Some(done) = self.claims.join_next_with_id(), if !self.claims.is_empty() => Some(done),
+            _ = self.shared.slot_freed.notified() => None,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        if let Some(done) = done
+            && !self.settle(done)
+        {
+            let wait = self.failures.next_wait();
+            self.shared.sleep_or_stop(wait).await;
+        }
+    }
+
+    /// Records a claim that came back and starts its jobs; false if it
+    /// failed.
+    fn settle(&mut self, done: std::result::Result<(Id, ClaimDone), JoinError>) -> bool {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        self.reserved.retain(|r| r.0 != id);
+        let Ok((_, done)) = done else {
+            // The claim's task panicked (it does not): its stragglers are
+            // found again by the next probes.
+            return false;
+        };
+        let shared = &self.shared;
+        let wanted = done.ticket.limit;
+        let settled = self.cursors[done.queue].settle(done.ticket, done.result);
+        shared.outage.track("claim", done.sent, &settled);
+        let (jobs, rows) = match settled {
+            Ok(settled) => settled,
+            Err(e) => {
+                if let Error::Database(e) = &e
+                    && is_connection_error(e)
+                {
+                    self.lost.push(done.stamp);
+                }
+                return false;
+            }
+        };
+        shared
+            .client
+            .inner
+            .metrics
+            .record_claim(done.sent.elapsed());
+        tracing::trace!(queue = %shared.queues[done.queue], wanted, got = jobs.len(), "claimed");
+        for job in jobs {
+            super::executor::spawn_job(shared, job);
+        }
+        self.took(Took { rows, wanted });
+        true
+    }
+
+    /// What a claim that came back tells the loop.
+    fn took(&mut self, took: Took) {
+        self.backlog = took.rows == took.wanted;
+        if took.rows == 0 {
+            self.empty += 1;
+        } else {
+            self.empty = 0;
+            self.idle = false;
+            self.idle_wait = self.min_poll;
+            self.failures.reset();
+        }
+    }
+
+    /// Hands back, without spending an attempt, the jobs that claims whose
+    /// reply was lost leased to this runtime: once no claim is in flight,
+    /// every claim that succeeded has started its jobs, so what is still
+    /// leased under a lost claim's stamp ran nowhere. False if it failed
+    /// (tried again later).
+    async fn release_lost(&mut self) -> bool {
+        let shared = &self.shared;
+        let store = shared.client.store();
+        let sent = Instant::now();
+        let mut released = 0;
+        let mut result = Ok(());
+        for stamp in &self.lost {
+            match store
+                .release_lost_claim(
+                    &shared.owner,
+                    stamp.at,
+                    stamp.lease_until,
+                    shared.client.now(),
+                )
+                .await
+            {
+                Ok(n) => released += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        shared.outage.track("claim recovery", sent, &result);
+        if released > 0 {
+            tracing::warn!(
+                jobs = released,
+                "handed back jobs that a claim leased while its reply was lost"
+            );
+            shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+        }
+        if result.is_ok() {
+            self.lost.clear();
+        }
+        result.is_ok()
+    }
 }
 
-/// Jobs claimed beyond the free slots that are waiting for one.
-pub(super) fn prefetched(shared: &Shared) -> usize {
-    shared.waiting.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// A probe request: a queue's index and the `(priority, low, high]` ranges
-/// behind its cursors.
-pub(super) type ProbeRequest = (usize, Vec<(u8, u64, u64)>);
-/// A probe's finds: a queue's index and `(priority, seq)` keys.
-pub(super) type ProbeFinds = (usize, Vec<(u8, u64)>);
-
-pub(super) async fn prober(
+/// Runs the producer's probes: non-locking looks behind its cursors.
+async fn prober(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<ProbeRequest>,
     tx: mpsc::Sender<ProbeFinds>,
 ) {
-    while let Some((qi, ranges)) = rx.recv().await {
-        let queue = &shared.queues[qi];
+    while let Some(ProbeRequest { queue, ranges }) = rx.recv().await {
+        let name = &shared.queues[queue];
         let sent = Instant::now();
-        let probed = shared.client.store().probe(queue, &ranges).await;
+        let probed = shared.client.store().probe(name, &ranges).await;
         shared.outage.track("probe", sent, &probed);
-        if let Ok(found) = probed
-            && !found.is_empty()
+        if let Ok(keys) = probed
+            && !keys.is_empty()
         {
-            tracing::debug!(queue = %queue, rows = found.len(), "found ready rows behind the claim cursor");
-            if tx.send((qi, found)).await.is_err() {
+            tracing::debug!(queue = %name, rows = keys.len(), "found ready rows behind the claim cursor");
+            if tx.send(ProbeFinds { queue, keys }).await.is_err() {
                 return;
             }
         }

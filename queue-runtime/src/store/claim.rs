@@ -15,9 +15,6 @@
 //! range rarely — and the rows it finds are claimed by primary key, so the
 //! cursor itself never moves back.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
 use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState, Priority};
 use sqlx::{AssertSqlSafe, Row};
@@ -26,10 +23,7 @@ use super::{Store, sql_time};
 use crate::error::Result;
 use crate::time::At;
 
-const LEVELS: usize = Priority::LEVELS as usize;
-
-/// How far behind its cursor a probe looks often.
-pub(crate) const PROBE_LAG: Duration = Duration::from_secs(2);
+pub(crate) const LEVELS: usize = Priority::LEVELS as usize;
 
 /// A job claimed by this runtime.
 #[derive(Debug, Clone)]
@@ -45,134 +39,26 @@ pub(crate) struct ClaimedJob {
     pub run_at: DateTime<Utc>,
 }
 
-/// What a claim brought back: the jobs, and the `(priority, seq)` keys of
-/// the claim-index rows they came from.
-pub(crate) type Claimed = (Vec<ClaimedJob>, Vec<(u8, u64)>);
+/// What a claim brought back.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    /// The jobs, in claim order.
+    pub(crate) jobs: Vec<ClaimedJob>,
+    /// The `(priority, seq)` keys of the claim-index rows taken (more than
+    /// the jobs when some rows' jobs were cancelled).
+    pub(crate) keys: Vec<(u8, u64)>,
+}
 
-/// One claim's inputs, taken from a queue's [`Cursors`].
+/// One claim's inputs, taken from a queue's cursors (`runtime::cursors`).
 #[derive(Debug)]
 pub(crate) struct ClaimTicket {
-    queue: String,
-    last: [u64; LEVELS],
-    stragglers: Vec<(u8, u64)>,
+    pub(crate) queue: String,
+    /// Claim after these `seq`s, per priority.
+    pub(crate) last: [u64; LEVELS],
+    /// Claim-index rows found behind the cursors, claimed by key.
+    pub(crate) stragglers: Vec<(u8, u64)>,
     /// At most this many jobs.
     pub(crate) limit: usize,
-}
-
-/// The claim position of one runtime in one queue.
-#[derive(Debug)]
-pub(crate) struct Cursors {
-    pub queue: String,
-    /// Last claimed `seq` per priority (0: nothing claimed yet).
-    last: [u64; LEVELS],
-    /// Snapshots of `last`, newest at the back, for the lagged probe.
-    history: VecDeque<(Instant, [u64; LEVELS])>,
-    /// Rows found behind the cursors, to claim by key: (priority, seq).
-    stragglers: Vec<(u8, u64)>,
-}
-
-impl Cursors {
-    pub(crate) fn new(queue: &str) -> Self {
-        Self {
-            queue: queue.to_owned(),
-            last: [0; LEVELS],
-            history: VecDeque::new(),
-            stragglers: Vec::new(),
-        }
-    }
-
-    /// The ranges a probe should look at: for each priority, `(low, high]`
-    /// behind the cursor. `full` looks back to the start of the range.
-    pub(crate) fn probe_ranges(&mut self, full: bool) -> Vec<(u8, u64, u64)> {
-        let now = Instant::now();
-        while self.history.len() > 1 && now.duration_since(self.history[1].0) >= PROBE_LAG {
-            self.history.pop_front();
-        }
-        let lagged = self.history.front().map_or([0; LEVELS], |h| h.1);
-        let mut out = Vec::new();
-        for (p, (&high, &lag)) in self.last.iter().zip(lagged.iter()).enumerate() {
-            let low = if full { 0 } else { lag };
-            if high > low {
-                out.push((p as u8, low, high));
-            }
-        }
-        out
-    }
-
-    /// Records rows a probe found behind the cursors.
-    pub(crate) fn add_stragglers(&mut self, found: impl IntoIterator<Item = (u8, u64)>) {
-        for f in found {
-            if !self.stragglers.contains(&f) {
-                self.stragglers.push(f);
-            }
-        }
-        self.stragglers.truncate(1000);
-    }
-
-    pub(crate) fn has_stragglers(&self) -> bool {
-        !self.stragglers.is_empty()
-    }
-
-    /// Starts a claim of up to `limit` jobs: the cursor positions to claim
-    /// after, and the stragglers to claim by key (taken from the cursors
-    /// until the claim is settled).
-    pub(crate) fn ticket(&mut self, limit: usize) -> ClaimTicket {
-        ClaimTicket {
-            queue: self.queue.clone(),
-            last: self.last,
-            stragglers: std::mem::take(&mut self.stragglers),
-            limit,
-        }
-    }
-
-    /// Records a claim's result: the cursors move past the rows it claimed
-    /// from the ranges (never back), and stragglers it did not reach are
-    /// kept for the next claim. Returns the jobs and how many claim-index
-    /// rows the claim took (more than the jobs when some rows' jobs were
-    /// cancelled).
-    pub(crate) fn settle(
-        &mut self,
-        ticket: ClaimTicket,
-        result: Result<Claimed>,
-    ) -> Result<(Vec<ClaimedJob>, usize)> {
-        let ClaimTicket {
-            stragglers, limit, ..
-        } = ticket;
-        match result {
-            Ok((jobs, keys)) => {
-                // Stragglers the claim passed over were locked by another
-                // claimer or are gone; the next probe finds any that remain.
-                let from_range: Vec<(u8, u64)> = keys
-                    .iter()
-                    .copied()
-                    .filter(|k| !stragglers.contains(k))
-                    .collect();
-                if keys.len() == limit {
-                    // Cut off by LIMIT: keep the stragglers not reached.
-                    self.add_stragglers(stragglers.into_iter().filter(|k| !keys.contains(k)));
-                }
-                self.advance(&from_range);
-                Ok((jobs, keys.len()))
-            }
-            Err(e) => {
-                self.add_stragglers(stragglers);
-                Err(e)
-            }
-        }
-    }
-
-    fn advance(&mut self, claimed: &[(u8, u64)]) {
-        for &(p, seq) in claimed {
-            let p = usize::from(p);
-            if p < LEVELS && seq > self.last[p] {
-                self.last[p] = seq;
-            }
-        }
-        let now = Instant::now();
-        if self.history.back().is_none_or(|h| h.1 != self.last) {
-            self.history.push_back((now, self.last));
-        }
-    }
 }
 
 impl Store {
@@ -277,7 +163,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Claimed> {
         if ticket.limit == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Claimed::default());
         }
         super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now)).await
     }
@@ -332,7 +218,7 @@ impl Store {
             .await?;
         if rows.is_empty() {
             sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Claimed::default());
         }
         let keys: Vec<(u8, u64)> = rows
             .iter()
@@ -407,7 +293,7 @@ impl Store {
             .collect();
         // Keep claim order (priority, seq).
         jobs.sort_by_key(|j| ids.iter().position(|&i| i == j.id.0));
-        Ok((jobs, keys))
+        Ok(Claimed { jobs, keys })
     }
 
     /// Hands back the jobs that the claim of `owner` made at `claimed_at`
@@ -522,15 +408,15 @@ fn claim_ranges(queue: &str, last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> 
 }
 
 impl Store {
-    /// Whether anything may be claimable for `cursors`: one non-locking
+    /// Whether anything may be claimable for `ticket`: one non-locking
     /// statement, outside any transaction — what an idle runtime sends
     /// instead of a claim transaction. A row another claimer is taking
     /// right now may count (its delete is not yet committed): the claim that
     /// follows then finds nothing, which is harmless.
-    pub(crate) async fn has_ready(&self, cursors: &Cursors) -> Result<bool> {
+    pub(crate) async fn has_ready(&self, ticket: &ClaimTicket) -> Result<bool> {
         let sql = format!(
             "SELECT 1 FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} LIMIT 1",
-            claim_ranges(&cursors.queue, &cursors.last, &cursors.stragglers)
+            claim_ranges(&ticket.queue, &ticket.last, &ticket.stragglers)
         );
         Ok(sqlx::raw_sql(AssertSqlSafe(self.limited(&sql)))
             .fetch_optional(&self.pool)
@@ -577,17 +463,5 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 3, 29, 1, 2, 3).unwrap()
             + chrono::Duration::microseconds(45);
         assert_eq!(sql_time(t), "2026-03-29 01:02:03.000045");
-    }
-
-    #[test]
-    fn probe_ranges_lag_behind_the_cursor() {
-        let mut c = Cursors::new("q");
-        assert!(c.probe_ranges(false).is_empty());
-        c.advance(&[(0, 10), (2, 7)]);
-        // With one snapshot, the lagged view is that snapshot itself.
-        assert!(c.probe_ranges(false).is_empty());
-        assert_eq!(c.probe_ranges(true), vec![(0, 0, 10), (2, 0, 7)]);
-        c.advance(&[(0, 20)]);
-        assert_eq!(c.probe_ranges(false), vec![(0, 10, 20)]);
     }
 }

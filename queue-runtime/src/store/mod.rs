@@ -11,7 +11,7 @@ use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
 
-pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, Cursors, claim_sql};
+pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, LEVELS, claim_sql};
 
 use crate::error::{Result, is_retryable};
 use crate::flavor::Flavor;
