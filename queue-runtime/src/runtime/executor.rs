@@ -108,7 +108,10 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
                 }
             }
         };
-        let _slot = Slot(Some(permit), shared2.clone());
+        let _slot = Slot {
+            permit: Some(permit),
+            shared: shared2.clone(),
+        };
         execute(shared2, job).await;
     });
     map.insert(
@@ -122,12 +125,15 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
 
 /// A job's slot: released when the job's task ends, however it ends, and
 /// the producer told.
-pub(super) struct Slot(Option<OwnedSemaphorePermit>, Arc<Shared>);
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        drop(self.0.take());
-        self.1.slot_freed.notify_one();
+        drop(self.permit.take());
+        self.shared.slot_freed.notify_one();
     }
 }
 
