@@ -72,17 +72,13 @@ impl Store {
         decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
     ) -> Result<(u64, u64, bool)> {
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or_else(crate::time::earliest);
         let sql = format!(
             "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
              WHERE lease_expires_at > ? AND lease_expires_at <= ? \
              ORDER BY lease_expires_at LIMIT {RESCUE_BATCH} FOR UPDATE SKIP LOCKED"
         );
         let leases: Vec<ExpiredLease> = self
-            .q(&sql)
-            .bind(At(lower))
-            .bind(At(now))
-            .fetch_all(&mut *tx)
+            .lock_window(&mut tx, &sql, since, now)
             .await?
             .iter()
             .map(|r| {
@@ -195,17 +191,13 @@ impl Store {
         since: Option<DateTime<Utc>>,
     ) -> Result<(u64, bool)> {
         let mut tx = self.begin().await?;
-        let lower = since.unwrap_or_else(crate::time::earliest);
         let sql = format!(
             "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
              WHERE scheduled_at >= ? AND scheduled_at <= ? \
              ORDER BY scheduled_at, id LIMIT {DISPATCH_BATCH} FOR UPDATE SKIP LOCKED"
         );
         let ids: Vec<u64> = self
-            .q(&sql)
-            .bind(At(lower))
-            .bind(At(now))
-            .fetch_all(&mut *tx)
+            .lock_window(&mut tx, &sql, since, now)
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -229,6 +221,23 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok((ids.len() as u64, ids.len() == DISPATCH_BATCH))
+    }
+
+    /// The rows `sql` selects (locking) with its two parameters, the time
+    /// window's ends: `since` (the earliest time, if `None`) and `now`.
+    async fn lock_window(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        sql: &str,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<sqlx::mysql::MySqlRow>> {
+        Ok(self
+            .q(sql)
+            .bind(At(since.unwrap_or_else(crate::time::earliest)))
+            .bind(At(now))
+            .fetch_all(&mut *tx)
+            .await?)
     }
 
     /// The earliest scheduled run time at or after `since` (all, if

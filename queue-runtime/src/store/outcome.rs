@@ -57,48 +57,38 @@ impl Store {
         now: DateTime<Utc>,
         refund_attempt: bool,
     ) -> Result<bool> {
-        retry_deadlocks(|| self.try_reschedule(id, attempt, run_at, error, now, refund_attempt))
-            .await
-    }
-
-    async fn try_reschedule(
-        &self,
-        id: JobId,
-        attempt: u32,
-        run_at: DateTime<Utc>,
-        error: &str,
-        now: DateTime<Utc>,
-        refund_attempt: bool,
-    ) -> Result<bool> {
         let due = run_at <= now;
-        let mut tx = self.begin().await?;
-        let res = self
-            .q(
-                "UPDATE queue_jobs SET state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
-                 lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? \
-                 WHERE id = ? AND attempts = ? AND state = ?",
-            )
-            .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
-            .bind(At(run_at))
-            .bind(if due { None } else { Some(At(run_at)) })
-            .bind(error)
-            .bind(u32::from(refund_attempt))
-            .bind(At(now))
-            .bind(id.0)
-            .bind(attempt)
-            .bind(JobState::Running.as_u8())
-            .execute(&mut *tx)
-            .await?;
-        if res.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if due {
-            self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
+        retry_deadlocks(|| async {
+            let mut tx = self.begin().await?;
+            let res = self
+                .q(
+                    "UPDATE queue_jobs SET state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
+                     lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? \
+                     WHERE id = ? AND attempts = ? AND state = ?",
+                )
+                .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
+                .bind(At(run_at))
+                .bind(if due { None } else { Some(At(run_at)) })
+                .bind(error)
+                .bind(u32::from(refund_attempt))
+                .bind(At(now))
+                .bind(id.0)
+                .bind(attempt)
+                .bind(JobState::Running.as_u8())
+                .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if due {
+                self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Marks a job dead with its error, only while still at `attempt`.
