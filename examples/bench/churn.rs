@@ -166,16 +166,12 @@ where
     })
 }
 
-/// InnoDB's history list length.
-async fn hll(pool: &MySqlPool) -> f64 {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'",
-    )
-    .fetch_optional(pool)
-    .await
-    .ok()
-    .flatten()
-    .map_or(f64::NAN, |v| v as f64)
+/// InnoDB's history list length, as the runtime reads it.
+async fn hll(client: &Client) -> f64 {
+    client
+        .history_list_length()
+        .await
+        .map_or(f64::NAN, |v| v as f64)
 }
 
 /// A session holding a read view: `START TRANSACTION WITH CONSISTENT
@@ -317,6 +313,7 @@ async fn runtime_variant(
     // Another pool, as another process: its enqueues do not wake the runtime.
     let producer = Client::connect(&url).await?;
     let monitor = MySqlPool::connect(&url).await?;
+    let monitor_client = Client::from_pool(monitor.clone()).await?;
     let view = if readview {
         Some(hold_read_view(&url, "queue_ready").await?)
     } else {
@@ -373,7 +370,7 @@ async fn runtime_variant(
             claim_p99: c99,
             urgent_n: urgent.len(),
             urgent_p99: pct(&urgent, 99.0),
-            hll: hll(&monitor).await,
+            hll: hll(&monitor_client).await,
             secs,
         };
         print_window(&w);
@@ -492,6 +489,7 @@ async fn seed_variant(
     );
     drop(admin);
     let pool = MySqlPool::connect(&url).await?;
+    let pool_client = Client::from_pool(pool.clone()).await?;
     let view = if readview {
         Some(hold_read_view(&url, "tasks").await?)
     } else {
@@ -572,7 +570,7 @@ async fn seed_variant(
             claim_p99: pct(&claims, 99.0),
             urgent_n: urgent.len(),
             urgent_p99: pct(&urgent, 99.0),
-            hll: hll(&pool).await,
+            hll: hll(&pool_client).await,
             secs,
         };
         print_window(&w);

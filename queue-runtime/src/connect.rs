@@ -89,7 +89,7 @@ pub(crate) async fn connect_pool(url: &str, options: &ClientOptions) -> Result<M
         .acquire_timeout(options.acquire_timeout)
         .after_connect(|conn, _| {
             Box::pin(async move {
-                conn.execute("SET time_zone = '+00:00'").await?;
+                conn.execute(crate::store::SESSION_SETUP).await?;
                 Ok(())
             })
         })

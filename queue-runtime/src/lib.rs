@@ -35,28 +35,27 @@
 //!
 //! See `docs/architecture.md` for the schema and the claim path.
 
+mod admin;
 mod client;
 pub mod clock;
 mod connect;
 mod context;
-mod cron;
 mod db;
 mod enqueue;
 mod error;
 pub mod flavor;
 mod metrics;
-mod migrate;
 mod registry;
 mod runtime;
 mod settings;
 mod store;
 pub mod time;
 
-pub use client::{Client, DeadJob, JobInfo, QueueCounts, Stats};
+pub use admin::{DeadJob, JobInfo, QueueCounts, RecurringTask, Stats};
+pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use connect::ClientOptions;
 pub use context::TaskContext;
-pub use cron::RecurringTask;
 pub use db::{Db, DbTransaction};
 pub use enqueue::EnqueueBuilder;
 pub use error::{Error, Result};

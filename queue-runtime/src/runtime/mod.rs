@@ -10,7 +10,7 @@
 //! - the **rescuer** takes back jobs whose lease expired (any runtime's);
 //! - the **dispatcher** moves scheduled jobs that came due into the claim index;
 //! - the **prober** looks behind the claim cursors (see `store::claim`);
-//! - the **cron scheduler** fires recurring tasks (see `cron`).
+//! - the **cron scheduler** fires recurring tasks (see `runtime::cron`).
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 mod completer;
+mod cron;
 mod cursors;
 mod dispatcher;
 mod executor;
@@ -173,7 +174,7 @@ impl RuntimeBuilder {
         background.push(tokio::spawn(dispatcher::dispatcher(shared.clone())));
         background.push(tokio::spawn(monitor::monitor(shared.clone())));
         if self.cron {
-            background.push(tokio::spawn(crate::cron::scheduler(shared.clone())));
+            background.push(tokio::spawn(cron::scheduler(shared.clone())));
         }
         let producer = tokio::spawn(producer::producer(shared.clone()));
         Ok(Runtime {

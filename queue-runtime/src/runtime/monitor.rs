@@ -21,7 +21,7 @@ pub(super) async fn monitor(shared: Arc<Shared>) {
         let Some((p50, p99)) = shared.client.inner.metrics.claim_latency() else {
             continue;
         };
-        let Some(hll) = crate::client::history_list_length(shared.client.pool()).await else {
+        let Some(hll) = shared.client.history_list_length().await else {
             continue;
         };
         tracing::debug!(claim_p50 = ?p50, claim_p99 = ?p99, history_list_length = hll, "claim health");

@@ -19,11 +19,16 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState, Priority};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, sql_time};
+use super::{
+    ReadyOrder, Store, bind_ids, inline_list, placeholders, repeated, sql_time, value_rows,
+};
 use crate::error::Result;
 use crate::time::At;
 
 pub(crate) const LEVELS: usize = Priority::LEVELS as usize;
+
+/// Rows one probe reports at most.
+const PROBE_LIMIT: usize = 200;
 
 /// A job claimed by this runtime.
 #[derive(Debug, Clone)]
@@ -88,22 +93,14 @@ impl Store {
         )
         .execute(&mut *conn)
         .await?;
-        let mut sql =
-            String::from("INSERT IGNORE INTO queue_ready (queue, priority, seq, job_id) VALUES ");
-        let mut first = true;
-        for _ in queues {
-            for p in 0..LEVELS {
-                if !first {
-                    sql.push_str(", ");
-                }
-                first = false;
-                sql.push_str(&format!("(?, {p}, 0, 0)"));
-            }
-        }
+        let sql = format!(
+            "INSERT IGNORE INTO queue_ready (queue, priority, seq, job_id) VALUES {}",
+            value_rows("(?, ?, 0, 0)", queues.len() * LEVELS)
+        );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for queue in queues {
-            for _ in 0..LEVELS {
-                q = q.bind(queue);
+            for p in 0..LEVELS as u8 {
+                q = q.bind(queue).bind(p);
             }
         }
         let inserted = q.execute(&mut *conn).await;
@@ -129,16 +126,15 @@ impl Store {
         if ranges.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = String::from(
-            "SELECT priority, seq FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = ? AND (",
+        let sql = format!(
+            "SELECT priority, seq FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = ? AND ({}) \
+             ORDER BY priority, seq LIMIT {PROBE_LIMIT}",
+            repeated(
+                "(priority = ? AND seq > ? AND seq <= ?)",
+                ranges.len(),
+                " OR "
+            )
         );
-        for i in 0..ranges.len() {
-            if i > 0 {
-                sql.push_str(" OR ");
-            }
-            sql.push_str("(priority = ? AND seq > ? AND seq <= ?)");
-        }
-        sql.push_str(") ORDER BY priority, seq LIMIT 200");
         let mut q = self.q(&sql).bind(queue);
         for (p, low, high) in ranges {
             q = q.bind(*p).bind(*low).bind(*high);
@@ -230,32 +226,21 @@ impl Store {
             .collect::<Result<_, _>>()?;
 
         // Delete by primary key, priority by priority.
-        let mut delete = format!("DELETE FROM queue_ready WHERE queue = '{queue}' AND (");
-        let mut first_level = true;
-        for p in 0..LEVELS as u8 {
-            let seqs: Vec<String> = keys
-                .iter()
-                .filter(|k| k.0 == p)
-                .map(|k| k.1.to_string())
-                .collect();
-            if seqs.is_empty() {
-                continue;
-            }
-            if !first_level {
-                delete.push_str(" OR ");
-            }
-            first_level = false;
-            delete.push_str(&format!(
-                "(priority = {p} AND seq IN ({}))",
-                seqs.join(", ")
-            ));
-        }
-        delete.push(')');
-        let list = ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let levels: Vec<String> = (0..LEVELS as u8)
+            .filter_map(|p| {
+                let mut seqs = keys.iter().filter(|k| k.0 == p).map(|k| k.1).peekable();
+                seqs.peek()?;
+                Some(format!(
+                    "(priority = {p} AND seq IN ({}))",
+                    inline_list(seqs)
+                ))
+            })
+            .collect();
+        let delete = format!(
+            "DELETE FROM queue_ready WHERE queue = '{queue}' AND ({})",
+            levels.join(" OR ")
+        );
+        let list = inline_list(&ids);
         let (running, ready) = (JobState::Running.as_u8(), JobState::Ready.as_u8());
         let update = format!(
             "UPDATE queue_jobs SET state = {running}, attempts = attempts + 1, \
@@ -330,40 +315,25 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(0);
             }
-            let list = super::placeholders(ids.len());
+            let list = placeholders(ids.len());
             let sql = format!(
                 "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
                  attempts = attempts - 1, run_at = ?, updated_at = ?, \
                  last_error = 'handed back: the claim that leased it lost its reply' \
                  WHERE id IN ({list})"
             );
-            let mut q = self
+            let q = self
                 .q(&sql)
                 .bind(JobState::Ready.as_u8())
                 .bind(At(now))
                 .bind(At(now));
-            for id in &ids {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
-            let sql = format!(
-                "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id \
-                 FROM queue_jobs WHERE id IN ({list}) ORDER BY id"
-            );
-            let mut q = self.q(&sql);
-            for id in &ids {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
+            bind_ids(q, &ids).execute(&mut *tx).await?;
+            self.index_ready_by_id(&mut tx, &ids, ReadyOrder::Id)
+                .await?;
             tx.commit().await?;
             Ok(ids.len() as u64)
         })
         .await
-    }
-
-    /// A statement with the runtime's own server-side limit, as text.
-    fn limited(&self, sql: &str) -> String {
-        self.flavor.limit_statement(sql, super::STATEMENT_LIMIT).0
     }
 }
 
@@ -391,15 +361,15 @@ fn claim_ranges(queue: &str, last: &[u64; LEVELS], stragglers: &[(u8, u64)]) -> 
             sql.push_str(" OR ");
         }
         sql.push_str(&format!("(priority = {p} AND seq > {cursor})"));
-        let mine: Vec<String> = stragglers
+        let mut mine = stragglers
             .iter()
             .filter(|s| usize::from(s.0) == p)
-            .map(|s| s.1.to_string())
-            .collect();
-        if !mine.is_empty() {
+            .map(|s| s.1)
+            .peekable();
+        if mine.peek().is_some() {
             sql.push_str(&format!(
                 " OR (priority = {p} AND seq IN ({}))",
-                mine.join(", ")
+                inline_list(mine)
             ));
         }
     }

@@ -87,13 +87,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "jobs",
-        sql: include_str!("../migrations/0001_jobs.sql"),
+        sql: include_str!("../../migrations/0001_jobs.sql"),
         applied: &[Applied::Idempotent; 3],
     },
     Migration {
         version: 2,
         name: "unique",
-        sql: include_str!("../migrations/0002_unique.sql"),
+        sql: include_str!("../../migrations/0002_unique.sql"),
         applied: &[
             Applied::Column {
                 table: "queue_jobs",
@@ -108,7 +108,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         name: "unique_bytes",
-        sql: include_str!("../migrations/0003_unique_bytes.sql"),
+        sql: include_str!("../../migrations/0003_unique_bytes.sql"),
         applied: &[Applied::ColumnType {
             table: "queue_jobs",
             column: "unique_key",

@@ -1,0 +1,216 @@
+//! The client's admin API: counts, dead jobs and their repair, one job,
+//! cancel, recurring tasks, and this process's claim metrics. The SQL is in
+//! `store::admin` and `store::cron`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use queue_core::{JobId, JobState, Schedule};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+pub use crate::store::admin::{DeadJob, JobInfo};
+
+/// Job counts of one queue (or of all queues).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting to be claimed.
+    pub ready: u64,
+    /// Waiting for a future run time (delays and retry backoff).
+    pub scheduled: u64,
+    /// Claimed and running under a lease.
+    pub running: u64,
+    /// Out of attempts, permanently failed or undecodable.
+    pub dead: u64,
+}
+
+impl QueueCounts {
+    /// Every job counted.
+    pub fn total(&self) -> u64 {
+        self.ready + self.scheduled + self.running + self.dead
+    }
+
+    fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Ready => self.ready += n,
+            JobState::Scheduled => self.scheduled += n,
+            JobState::Running => self.running += n,
+            JobState::Dead => self.dead += n,
+            _ => {}
+        }
+    }
+}
+
+/// What `client.stats()` reports.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Counts per queue.
+    pub queues: BTreeMap<String, QueueCounts>,
+    /// Counts over all queues.
+    pub total: QueueCounts,
+    /// Claim latency in this process over the last minute (p50, p99), if
+    /// a runtime of this client claimed in that time.
+    pub claim_latency: Option<(Duration, Duration)>,
+    /// Time from a job's run time (its enqueue, for a job due at once) to
+    /// the start of its attempt, in this process over the last minute (p50, p99).
+    pub start_lag: Option<(Duration, Duration)>,
+    /// Jobs waiting or running (not dead) whose task no `#[task]` of this
+    /// process declares, per task name: jobs of an older or newer
+    /// deployment, or inserted by hand with a wrong name. A runtime hands
+    /// them back every minute without spending an attempt, until a runtime
+    /// that knows the task runs them. Counted against the tasks of the
+    /// process that calls `stats()`: in a process that declares no tasks,
+    /// every waiting job counts.
+    pub unknown_tasks: BTreeMap<String, u64>,
+    /// InnoDB's history list length: undo records purge has not yet removed.
+    /// Rising with claim latency means a long-open read view is stalling
+    /// purge. `None` when the server does not expose it.
+    pub history_list_length: Option<u64>,
+}
+
+/// A recurring task as the database knows it.
+#[derive(Clone, Debug)]
+pub struct RecurringTask {
+    /// The task's stored name.
+    pub task: String,
+    /// The cron expression (seconds first).
+    pub expression: String,
+    /// The IANA time zone it is evaluated in.
+    pub timezone: String,
+    /// The last tick that fired (or, for a task never fired, when it was
+    /// first registered).
+    pub last_tick: DateTime<Utc>,
+    /// The next tick after now, by this client's clock.
+    pub next_tick: Option<DateTime<Utc>>,
+}
+
+impl Client {
+    /// Counts per queue and state, the jobs of unknown tasks, the claim
+    /// latency and InnoDB's history list length.
+    ///
+    /// One statement scans every job (grouped by queue, state and task:
+    /// a row per combination that has jobs), then the task names are
+    /// compared with this process's `#[task]`s.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        for count in self.store().count_jobs().await? {
+            let (state, n) = (count.state, count.jobs);
+            if state != JobState::Dead && !crate::registry::is_declared(&count.task) {
+                *stats.unknown_tasks.entry(count.task).or_default() += n;
+            }
+            stats.queues.entry(count.queue).or_default().add(state, n);
+            stats.total.add(state, n);
+        }
+        stats.claim_latency = self.inner.metrics.claim_latency();
+        stats.start_lag = self.inner.metrics.start_lag();
+        stats.history_list_length = self.history_list_length().await;
+        Ok(stats)
+    }
+
+    /// InnoDB's history list length (as in [`Stats`]), without counting
+    /// the jobs; `None` when the server does not expose it or cannot be
+    /// asked.
+    pub async fn history_list_length(&self) -> Option<u64> {
+        self.store().history_list_length().await
+    }
+
+    /// Claim latency (p50, p99) of this client's runtimes in this process
+    /// over the last minute, without touching the database (unlike
+    /// [`stats`](Self::stats), which also counts every job).
+    pub fn claim_latency(&self) -> Option<(Duration, Duration)> {
+        self.inner.metrics.claim_latency()
+    }
+
+    /// Time from run time to start (p50, p99) of the jobs this client's
+    /// runtimes started in this process over the last minute; no database
+    /// access.
+    pub fn start_lag(&self) -> Option<(Duration, Duration)> {
+        self.inner.metrics.start_lag()
+    }
+
+    /// Dead jobs, newest first.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn dead_jobs(&self, limit: u32) -> Result<Vec<DeadJob>> {
+        self.store().dead_jobs(limit).await
+    }
+
+    /// Puts a dead job back to run now, with its attempts reset.
+    ///
+    /// # Errors
+    /// [`Error::NotDead`] if no dead job has this id.
+    pub async fn retry_dead(&self, id: JobId) -> Result<()> {
+        if !self.store().retry_dead(id, self.now()).await? {
+            return Err(Error::NotDead(id));
+        }
+        self.wake_ready();
+        Ok(())
+    }
+
+    /// Cancels a job that has not started: deletes it if it is ready or
+    /// scheduled. Returns whether it did; `false` if the job is running
+    /// (it runs to its end), dead (see [`Client::purge_dead`]), finished or
+    /// unknown. A claim that races with the cancel either takes the job
+    /// first (`false`) or finds it gone. Its row in the claim index, if
+    /// any, is removed by the next claim that reaches it.
+    ///
+    /// # Errors
+    /// If the database cannot be written.
+    pub async fn cancel(&self, id: JobId) -> Result<bool> {
+        self.store().cancel(id).await
+    }
+
+    /// Deletes dead jobs that died more than `older_than` ago. Returns how many.
+    ///
+    /// # Errors
+    /// If the database cannot be written.
+    pub async fn purge_dead(&self, older_than: Duration) -> Result<u64> {
+        // Saturating: an age reaching before the earliest storable time purges nothing.
+        let cutoff = chrono::Duration::from_std(older_than)
+            .ok()
+            .and_then(|age| self.now().checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.store().purge_dead(cutoff).await
+    }
+
+    /// One job as stored, or `None` if it does not exist (a job that
+    /// succeeded is deleted).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn job(&self, id: JobId) -> Result<Option<JobInfo>> {
+        self.store().job(id).await
+    }
+
+    /// Every recurring task registered in the database, with its next fire time.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn recurring(&self) -> Result<Vec<RecurringTask>> {
+        let now = self.now();
+        Ok(self
+            .store()
+            .recurring()
+            .await?
+            .into_iter()
+            .map(|row| {
+                let next_tick = Schedule::parse(&row.expression, Some(&row.timezone))
+                    .ok()
+                    .and_then(|s| s.next_after(now));
+                RecurringTask {
+                    task: row.task,
+                    expression: row.expression,
+                    timezone: row.timezone,
+                    last_tick: row.last_tick,
+                    next_tick,
+                }
+            })
+            .collect())
+    }
+}

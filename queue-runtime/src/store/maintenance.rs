@@ -1,0 +1,275 @@
+//! The maintenance services' statements: rescue of expired leases, dispatch
+//! of scheduled jobs that came due, healing of the claim index.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use queue_core::{JobId, JobState};
+use sqlx::Row;
+
+use super::{ReadyOrder, Store, bind_ids, placeholders, retry_deadlocks};
+use crate::error::Result;
+use crate::time::At;
+
+/// Expired leases taken back per transaction.
+const RESCUE_BATCH: usize = 200;
+
+/// A running job whose lease expired: the worker running it was lost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExpiredLease {
+    pub id: JobId,
+    /// The attempt the lost worker was running.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// What the rescuer does with an expired lease's job (the runtime's retry
+/// policy decides; see `runtime::outcome`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rescue {
+    /// Runs again at `run_at` (at once if that is not after now).
+    Retry {
+        run_at: DateTime<Utc>,
+        error: String,
+    },
+    /// Dead, with `error`.
+    Dead { error: String },
+}
+
+/// How long a ready job waits, unchanged, before a missing claim-index
+/// row is made for it.
+const HEAL_AFTER: Duration = Duration::from_secs(60);
+
+/// Scheduled jobs made ready per transaction.
+const DISPATCH_BATCH: usize = 500;
+
+impl Store {
+    /// Takes back running jobs whose lease expired at or before `now`
+    /// (looking only at leases after `since`, when given), each as `decide`
+    /// says: back to ready (or scheduled) or dead. Returns (retried, dead).
+    pub(crate) async fn rescue_expired(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+        decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
+    ) -> Result<(u64, u64)> {
+        let mut retried = 0;
+        let mut dead = 0;
+        loop {
+            let (r, d, more) = retry_deadlocks(|| self.try_rescue(now, since, decide)).await?;
+            retried += r;
+            dead += d;
+            if !more {
+                return Ok((retried, dead));
+            }
+        }
+    }
+
+    async fn try_rescue(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+        decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
+    ) -> Result<(u64, u64, bool)> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+             WHERE lease_expires_at > ? AND lease_expires_at <= ? \
+             ORDER BY lease_expires_at LIMIT {RESCUE_BATCH} FOR UPDATE SKIP LOCKED"
+        );
+        let leases: Vec<ExpiredLease> = self
+            .lock_window(&mut tx, &sql, since, now)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ExpiredLease {
+                    id: JobId(r.try_get(0)?),
+                    attempt: r.try_get(1)?,
+                    max_attempts: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let more = leases.len() == RESCUE_BATCH;
+        // Jobs with the same decision are written by one statement.
+        let mut groups: std::collections::BTreeMap<Rescue, Vec<u64>> = Default::default();
+        for lease in &leases {
+            groups.entry(decide(lease)).or_default().push(lease.id.0);
+        }
+        let (mut retried, mut dead) = (0, 0);
+        for (rescue, ids) in groups {
+            let list = placeholders(ids.len());
+            let q = match &rescue {
+                Rescue::Retry { run_at, error } => {
+                    retried += ids.len() as u64;
+                    let due = *run_at <= now;
+                    let sql = format!(
+                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                    );
+                    self.q(&sql)
+                        .bind(
+                            if due {
+                                JobState::Ready
+                            } else {
+                                JobState::Scheduled
+                            }
+                            .as_u8(),
+                        )
+                        .bind(At(*run_at))
+                        .bind((!due).then_some(At(*run_at)))
+                        .bind(error.as_str())
+                        .bind(At(now))
+                }
+                Rescue::Dead { error } => {
+                    dead += ids.len() as u64;
+                    // A dead job releases its unique key.
+                    let sql = format!(
+                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                    );
+                    self.q(&sql)
+                        .bind(JobState::Dead.as_u8())
+                        .bind(At(now))
+                        .bind(error.as_str())
+                        .bind(At(now))
+                }
+            };
+            bind_ids(q, &ids).execute(&mut *tx).await?;
+            if matches!(&rescue, Rescue::Retry { run_at, .. } if *run_at <= now) {
+                self.index_ready_by_id(&mut tx, &ids, ReadyOrder::Id)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok((retried, dead, more))
+    }
+
+    /// Puts ready jobs that have no row in the claim index back in it;
+    /// returns how many. Only jobs that have been ready, unchanged, for a
+    /// minute are looked at: a job enters the claim index in the
+    /// transaction that makes it ready, so one younger than that may be
+    /// in a transaction that has not committed yet. One statement; the
+    /// claim index's job ids are materialized once (a full scan of both
+    /// tables: run at start and every ten minutes).
+    pub(crate) async fn heal_claim_index(&self, now: DateTime<Utc>) -> Result<u64> {
+        let settled = crate::clock::sub(now, HEAL_AFTER);
+        retry_deadlocks(|| async {
+            Ok(self
+                .q("INSERT INTO queue_ready (queue, priority, job_id) \
+                     SELECT j.queue, j.priority, j.id FROM queue_jobs j \
+                     WHERE j.state = ? AND j.updated_at < ? \
+                     AND j.id NOT IN (SELECT r.job_id FROM queue_ready r) ORDER BY j.id")
+                .bind(JobState::Ready.as_u8())
+                .bind(At(settled))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+        .await
+    }
+
+    /// Moves scheduled jobs due at `now` into the claim index, oldest first,
+    /// looking only at run times after `since` when given. Returns how many.
+    pub(crate) async fn dispatch_due(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let (n, more) = retry_deadlocks(|| self.try_dispatch(now, since)).await?;
+            total += n;
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn try_dispatch(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(u64, bool)> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
+             WHERE scheduled_at >= ? AND scheduled_at <= ? \
+             ORDER BY scheduled_at, id LIMIT {DISPATCH_BATCH} FOR UPDATE SKIP LOCKED"
+        );
+        let ids: Vec<u64> = self
+            .lock_window(&mut tx, &sql, since, now)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok((0, false));
+        }
+        let list = placeholders(ids.len());
+        let sql = format!(
+            "UPDATE queue_jobs SET state = ?, scheduled_at = NULL, updated_at = ? WHERE id IN ({list})"
+        );
+        bind_ids(
+            self.q(&sql).bind(JobState::Ready.as_u8()).bind(At(now)),
+            &ids,
+        )
+        .execute(&mut *tx)
+        .await?;
+        // Enter the claim index in run-time order, so `seq` follows run time.
+        self.index_ready_by_id(&mut tx, &ids, ReadyOrder::RunAt)
+            .await?;
+        tx.commit().await?;
+        Ok((ids.len() as u64, ids.len() == DISPATCH_BATCH))
+    }
+
+    /// The rows `sql` selects (locking) with its two parameters, the time
+    /// window's ends: `since` (the earliest time, if `None`) and `now`.
+    async fn lock_window(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        sql: &str,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<sqlx::mysql::MySqlRow>> {
+        Ok(self
+            .q(sql)
+            .bind(At(since.unwrap_or_else(crate::time::earliest)))
+            .bind(At(now))
+            .fetch_all(&mut *tx)
+            .await?)
+    }
+
+    /// The earliest scheduled run time at or after `since` (all, if
+    /// `None`), if any. Non-locking.
+    pub(crate) async fn next_scheduled(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        self.q(
+            "SELECT scheduled_at FROM queue_jobs FORCE INDEX (queue_jobs_scheduled) \
+             WHERE scheduled_at >= ? ORDER BY scheduled_at LIMIT 1",
+        )
+        .bind(At(since.unwrap_or_else(crate::time::earliest)))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| crate::time::stored(&r, 0))
+        .transpose()
+    }
+
+    /// Whether any lease expired in `(since, now]` (non-locking).
+    pub(crate) async fn any_expired(
+        &self,
+        now: DateTime<Utc>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        Ok(self
+            .q("SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+                 WHERE lease_expires_at > ? AND lease_expires_at <= ? LIMIT 1")
+            .bind(At(since.unwrap_or_else(crate::time::earliest)))
+            .bind(At(now))
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+}

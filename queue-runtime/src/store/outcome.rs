@@ -1,0 +1,156 @@
+//! What the end of an attempt writes: a success deletes its job, a failure
+//! schedules it again or marks it dead; heartbeats extend leases. Every
+//! write is fenced by the attempt that produced it.
+
+use chrono::{DateTime, Utc};
+use queue_core::{JobId, JobState};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{ReadyOrder, Store, fence, inline_list, retry_deadlocks, sql_time};
+use crate::error::Result;
+use crate::time::At;
+
+/// Jobs per fenced statement at most (complete, heartbeat, count): keeps
+/// each statement's text and its row locks small.
+const FENCE_CHUNK: usize = 500;
+
+impl Store {
+    /// Deletes succeeded jobs, each only while still at its attempt.
+    pub(crate) async fn complete(&self, done: &[(JobId, u32)]) -> Result<u64> {
+        let mut total = 0;
+        for part in done.chunks(FENCE_CHUNK) {
+            let sql = self.sql(&format!("DELETE FROM queue_jobs WHERE {}", fence(part)));
+            total += retry_deadlocks(|| async {
+                Ok(sqlx::raw_sql(AssertSqlSafe(sql.0.clone()))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            })
+            .await?;
+        }
+        Ok(total)
+    }
+
+    /// How many of these jobs exist.
+    pub(crate) async fn count_existing(&self, ids: &[JobId]) -> Result<u64> {
+        let mut total = 0;
+        for part in ids.chunks(FENCE_CHUNK) {
+            let list = inline_list(part.iter().map(|id| id.0));
+            let sql = self.sql(&format!(
+                "SELECT COUNT(*) FROM queue_jobs WHERE id IN ({list})"
+            ));
+            // Text, not a prepared statement: see `fence`.
+            let n: i64 = sqlx::raw_sql(sql).fetch_one(&self.pool).await?.try_get(0)?;
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Moves a failed attempt's job to scheduled (or straight to ready when
+    /// `run_at` is not after `now`), with its error.
+    pub(crate) async fn retry_later(
+        &self,
+        id: JobId,
+        attempt: u32,
+        run_at: DateTime<Utc>,
+        error: &str,
+        now: DateTime<Utc>,
+        refund_attempt: bool,
+    ) -> Result<bool> {
+        let due = run_at <= now;
+        retry_deadlocks(|| async {
+            let mut tx = self.begin().await?;
+            let res = self
+                .q(
+                    "UPDATE queue_jobs SET state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
+                     lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? \
+                     WHERE id = ? AND attempts = ? AND state = ?",
+                )
+                .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
+                .bind(At(run_at))
+                .bind(if due { None } else { Some(At(run_at)) })
+                .bind(error)
+                .bind(u32::from(refund_attempt))
+                .bind(At(now))
+                .bind(id.0)
+                .bind(attempt)
+                .bind(JobState::Running.as_u8())
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if due {
+                self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Marks a job dead with its error, only while still at `attempt`.
+    pub(crate) async fn mark_dead(
+        &self,
+        id: JobId,
+        attempt: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        // A dead job releases its unique key.
+        let sql = "UPDATE queue_jobs SET state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                   unique_key = NULL, last_error = ?, updated_at = ? \
+                   WHERE id = ? AND attempts = ? AND state = ?";
+        let n = retry_deadlocks(|| async {
+            Ok(self
+                .q(sql)
+                .bind(JobState::Dead.as_u8())
+                .bind(At(now))
+                .bind(error)
+                .bind(At(now))
+                .bind(id.0)
+                .bind(attempt)
+                .bind(JobState::Running.as_u8())
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Extends the leases of jobs this owner runs. Returns how many it still held.
+    pub(crate) async fn heartbeat(
+        &self,
+        owner: &str,
+        jobs: &[(JobId, u32)],
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut total = 0;
+        for part in jobs.chunks(FENCE_CHUNK) {
+            // Text with inlined values, for the reason given at `fence`; the
+            // owner id is this runtime's own `rt-<hex>`.
+            debug_assert!(
+                owner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            );
+            let sql = self.sql(&format!(
+                "UPDATE queue_jobs SET lease_expires_at = '{}', updated_at = '{}' \
+                 WHERE lease_owner = '{owner}' AND state = {} AND ({})",
+                sql_time(until),
+                sql_time(now),
+                JobState::Running.as_u8(),
+                fence(part)
+            ));
+            total += sqlx::raw_sql(sql)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(total)
+    }
+}
