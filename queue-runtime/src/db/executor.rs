@@ -8,9 +8,11 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use queue_core::Deadline;
-use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlQueryResult, MySqlRow};
+use sqlx::mysql::{
+    MySql, MySqlConnection, MySqlPool, MySqlQueryResult, MySqlRow, MySqlStatement, MySqlTypeInfo,
+};
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Either, Execute, Executor};
+use sqlx::{AssertSqlSafe, Describe, Either, Execute, Executor, SqlStr};
 
 use super::deadline::deadline_exceeded;
 use super::statement::{Outgoing, Statement};
@@ -20,8 +22,12 @@ use crate::flavor::{DeadlinePlan, Flavor};
 /// What `fetch_many` yields: a statement's result or one of its rows.
 pub(super) type ResultOrRow = Result<Either<MySqlQueryResult, MySqlRow>, sqlx::Error>;
 
+/// A future of what sqlx returns, boxed as `sqlx::Executor` wants it.
+pub(super) type SqlFuture<'e, T> = BoxFuture<'e, Result<T, sqlx::Error>>;
+
 /// Where a handle runs a statement: what `Db` and `&mut DbTransaction`
-/// supply to the shared `fetch_many` and `fetch_optional`.
+/// supply to the one `sqlx::Executor` that [`executor_through_session!`]
+/// writes for both.
 pub(super) trait Session<'e>: Send + Sized + 'e {
     /// The pool to hand a statement to unchanged because nothing limits it
     /// (a `Db` without any deadline). Asked when the statement is issued.
@@ -30,12 +36,70 @@ pub(super) trait Session<'e>: Send + Sized + 'e {
     }
 
     /// Runs `stmt` under the deadline, collecting what `collect` asks for.
-    fn run(
-        self,
-        stmt: Statement,
-        collect: Collect,
-    ) -> BoxFuture<'e, Result<Collected, sqlx::Error>>;
+    fn run(self, stmt: Statement, collect: Collect) -> SqlFuture<'e, Collected>;
+
+    /// `Executor::prepare_with`, within the deadline.
+    fn prepare(self, sql: SqlStr, types: &'e [MySqlTypeInfo]) -> SqlFuture<'e, MySqlStatement>;
+
+    /// `Executor::describe`, required by sqlx's query macros (its `offline`
+    /// feature, which queue-runtime turns on so that a host application
+    /// using the macros builds). Not limited.
+    fn describe(self, sql: SqlStr) -> SqlFuture<'e, Describe<MySql>>;
 }
+
+/// The body of `impl sqlx::Executor<$life> for` a [`Session`]: every method
+/// forwards to the session. A macro because sqlx's trait cannot be
+/// implemented once for every session (the orphan rule), and both impls
+/// would otherwise repeat these signatures.
+macro_rules! executor_through_session {
+    ($life:lifetime) => {
+        type Database = ::sqlx::MySql;
+
+        fn fetch_many<'e, 'q: 'e, E>(
+            self,
+            query: E,
+        ) -> ::futures_core::stream::BoxStream<'e, $crate::db::executor::ResultOrRow>
+        where
+            $life: 'e,
+            E: 'q + ::sqlx::Execute<'q, ::sqlx::MySql>,
+        {
+            $crate::db::executor::fetch_many(self, query)
+        }
+
+        fn fetch_optional<'e, 'q: 'e, E>(
+            self,
+            query: E,
+        ) -> $crate::db::executor::SqlFuture<'e, Option<::sqlx::mysql::MySqlRow>>
+        where
+            $life: 'e,
+            E: 'q + ::sqlx::Execute<'q, ::sqlx::MySql>,
+        {
+            $crate::db::executor::fetch_optional(self, query)
+        }
+
+        fn prepare_with<'e>(
+            self,
+            sql: ::sqlx::SqlStr,
+            parameters: &'e [::sqlx::mysql::MySqlTypeInfo],
+        ) -> $crate::db::executor::SqlFuture<'e, ::sqlx::mysql::MySqlStatement>
+        where
+            $life: 'e,
+        {
+            $crate::db::executor::Session::prepare(self, sql, parameters)
+        }
+
+        fn describe<'e>(
+            self,
+            sql: ::sqlx::SqlStr,
+        ) -> $crate::db::executor::SqlFuture<'e, ::sqlx::Describe<::sqlx::MySql>>
+        where
+            $life: 'e,
+        {
+            $crate::db::executor::Session::describe(self, sql)
+        }
+    };
+}
+pub(super) use executor_through_session;
 
 /// `Executor::fetch_many` of a session.
 pub(super) fn fetch_many<'e, 'q: 'e, E>(
@@ -64,7 +128,7 @@ where
 pub(super) fn fetch_optional<'e, 'q: 'e, E>(
     session: impl Session<'e>,
     query: E,
-) -> BoxFuture<'e, Result<Option<MySqlRow>, sqlx::Error>>
+) -> SqlFuture<'e, Option<MySqlRow>>
 where
     E: 'q + Execute<'q, MySql>,
 {
@@ -109,49 +173,59 @@ impl Collected {
     }
 }
 
-/// Runs one statement on `conn`, limited by `deadline` if there is one
-/// (refused without sending anything if it has passed). Clears `reusable`
-/// when the connection must not be used again.
-pub(super) async fn run_on(
-    conn: &mut MySqlConnection,
-    pool: &MySqlPool,
-    flavor: Flavor,
-    deadline: Option<Deadline>,
-    stmt: Statement,
-    collect: Collect,
-    reusable: &mut bool,
-) -> Result<Collected, sqlx::Error> {
-    let Some(deadline) = deadline else {
-        return send(conn, stmt.unchanged(), collect).await;
-    };
-    let left = deadline.time_left();
-    if left.is_zero() {
-        return Err(deadline_exceeded());
-    }
-    match flavor.deadline_plan(stmt.sql.as_str(), left) {
-        DeadlinePlan::Rewritten(sql) => send(conn, stmt.rewritten(sql), collect).await,
-        DeadlinePlan::Watched(session) => {
-            let id = match lower_lock_wait(conn, session.setup).await {
-                Ok(id) => id,
-                Err(e) => {
-                    // Unknown how far the setup got: do not reuse.
+/// What limits a statement: its deadline, and the server's flavour, which
+/// says how the server enforces it (the pool is where MySQL's watchdog
+/// finds a connection for its `KILL QUERY`).
+#[derive(Clone, Copy)]
+pub(super) struct Limits<'a> {
+    pub(super) pool: &'a MySqlPool,
+    pub(super) flavor: Flavor,
+    pub(super) deadline: Option<Deadline>,
+}
+
+impl Limits<'_> {
+    /// Runs one statement on `conn`, limited by the deadline if there is one
+    /// (refused without sending anything if it has passed). Clears
+    /// `reusable` when the connection must not be used again.
+    pub(super) async fn run_on(
+        self,
+        conn: &mut MySqlConnection,
+        stmt: Statement,
+        collect: Collect,
+        reusable: &mut bool,
+    ) -> Result<Collected, sqlx::Error> {
+        let Some(deadline) = self.deadline else {
+            return send(conn, stmt.unchanged(), collect).await;
+        };
+        let left = deadline.time_left();
+        if left.is_zero() {
+            return Err(deadline_exceeded());
+        }
+        match self.flavor.deadline_plan(stmt.sql.as_str(), left) {
+            DeadlinePlan::Rewritten(sql) => send(conn, stmt.rewritten(sql), collect).await,
+            DeadlinePlan::Watched(session) => {
+                let id = match lower_lock_wait(conn, session.setup).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // Unknown how far the setup got: do not reuse.
+                        *reusable = false;
+                        return Err(e);
+                    }
+                };
+                let watchdog = Watchdog::arm(self.pool.clone(), id, deadline);
+                let collected = send(conn, stmt.unchanged(), collect).await;
+                if watchdog.disarm() {
+                    // A KILL QUERY is on its way to this connection, maybe
+                    // too late for the statement: never reuse it.
                     *reusable = false;
-                    return Err(e);
+                    return collected;
                 }
-            };
-            let watchdog = Watchdog::arm(pool.clone(), id, deadline);
-            let collected = send(conn, stmt.unchanged(), collect).await;
-            if watchdog.disarm() {
-                // A KILL QUERY is on its way to this connection, maybe
-                // too late for the statement: never reuse it.
-                *reusable = false;
-                return collected;
+                if let Err(e) = conn.execute(AssertSqlSafe(session.restore)).await {
+                    tracing::warn!(error = %e, "could not restore innodb_lock_wait_timeout; closing the connection");
+                    *reusable = false;
+                }
+                collected
             }
-            if let Err(e) = conn.execute(AssertSqlSafe(session.restore)).await {
-                tracing::warn!(error = %e, "could not restore innodb_lock_wait_timeout; closing the connection");
-                *reusable = false;
-            }
-            collected
         }
     }
 }

@@ -48,18 +48,18 @@ mod watchdog;
 
 use std::fmt;
 
-use futures_core::future::BoxFuture;
-use futures_core::stream::BoxStream;
 use futures_util::FutureExt;
 use queue_core::Deadline;
-use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlRow, MySqlStatement, MySqlTypeInfo};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlStatement, MySqlTypeInfo};
 use sqlx::pool::PoolConnection;
-use sqlx::{Execute, Executor, SqlStr};
+use sqlx::{Describe, Executor, SqlStr};
 
 use self::deadline::{
     CLEANUP_TIMEOUT, acquire, bounded, deadline_exceeded, effective, refuse_if_passed,
 };
-use self::executor::{Collect, Collected, ConnectionGuard, ResultOrRow, Session, run_on};
+use self::executor::{
+    Collect, Collected, ConnectionGuard, Limits, Session, SqlFuture, executor_through_session,
+};
 use self::statement::Statement;
 use crate::flavor::Flavor;
 
@@ -130,6 +130,14 @@ impl<'a> Db<'a> {
         effective(self.deadline)
     }
 
+    fn limits(&self, deadline: Option<Deadline>) -> Limits<'a> {
+        Limits {
+            pool: self.pool,
+            flavor: self.flavor,
+            deadline,
+        }
+    }
+
     /// Begins a transaction on one connection of the pool. Each statement in
     /// it is limited as a statement through [`Db`] is (lock waits included);
     /// see [`DbTransaction`].
@@ -141,9 +149,7 @@ impl<'a> Db<'a> {
         let deadline = self.deadline();
         let conn = acquire(self.pool, deadline).await?;
         let mut tx = DbTransaction {
-            pool: self.pool,
-            flavor: self.flavor,
-            deadline: self.deadline,
+            db: self,
             conn: Some(conn),
             open: false,
             in_flight: true,
@@ -162,82 +168,40 @@ impl<'e, 'c: 'e> Session<'e> for Db<'c> {
         self.deadline().is_none().then_some(self.pool)
     }
 
-    fn run(
-        self,
-        stmt: Statement,
-        collect: Collect,
-    ) -> BoxFuture<'e, Result<Collected, sqlx::Error>> {
+    fn run(self, stmt: Statement, collect: Collect) -> SqlFuture<'e, Collected> {
         let deadline = self.deadline();
         async move {
             let mut guard = ConnectionGuard::new(acquire(self.pool, deadline).await?);
+            let limits = self.limits(deadline);
             let mut reusable = true;
-            let collected = run_on(
-                guard.conn(),
-                self.pool,
-                self.flavor,
-                deadline,
-                stmt,
-                collect,
-                &mut reusable,
-            )
-            .await;
+            let collected = limits
+                .run_on(guard.conn(), stmt, collect, &mut reusable)
+                .await;
             guard.reusable = reusable;
             collected
         }
         .boxed()
     }
-}
 
-impl<'c> Executor<'c> for Db<'c> {
-    type Database = MySql;
-
-    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, ResultOrRow>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, MySql>,
-    {
-        executor::fetch_many(self, query)
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<MySqlRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, MySql>,
-    {
-        executor::fetch_optional(self, query)
-    }
-
-    fn prepare_with<'e>(
-        self,
-        sql: SqlStr,
-        parameters: &'e [MySqlTypeInfo],
-    ) -> BoxFuture<'e, Result<MySqlStatement, sqlx::Error>>
-    where
-        'c: 'e,
-    {
+    fn prepare(self, sql: SqlStr, types: &'e [MySqlTypeInfo]) -> SqlFuture<'e, MySqlStatement> {
         let deadline = self.deadline();
         async move {
             let mut guard = ConnectionGuard::new(acquire(self.pool, deadline).await?);
-            let statement = bounded(deadline, guard.conn().prepare_with(sql, parameters)).await?;
+            let statement = bounded(deadline, guard.conn().prepare_with(sql, types)).await?;
             guard.reusable = true;
             statement
         }
         .boxed()
     }
 
-    /// Required by sqlx's query macros (its `offline` feature, which
-    /// queue-runtime turns on so that a host application using the macros
-    /// builds): describes the statement on a pooled connection, without a
-    /// limit.
-    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<MySql>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
+    /// On a pooled connection.
+    fn describe(self, sql: SqlStr) -> SqlFuture<'e, Describe<MySql>> {
         self.pool.describe(sql)
     }
+}
+
+impl<'c> Executor<'c> for Db<'c> {
+    executor_through_session!('c);
 }
 
 /// A transaction begun by [`Db::begin`], with every statement limited by the
@@ -262,9 +226,8 @@ impl<'c> Executor<'c> for Db<'c> {
 /// the MySQL watchdog had to kill one (the server rolls back a transaction
 /// whose connection closes).
 pub struct DbTransaction<'a> {
-    pool: &'a MySqlPool,
-    flavor: Flavor,
-    deadline: Option<Deadline>,
+    /// The handle it was begun on: the pool, flavour and deadline.
+    db: Db<'a>,
     conn: Option<PoolConnection<MySql>>,
     /// `BEGIN` done, neither `COMMIT` nor `ROLLBACK` yet.
     open: bool,
@@ -278,8 +241,8 @@ pub struct DbTransaction<'a> {
 impl fmt::Debug for DbTransaction<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbTransaction")
-            .field("flavor", &self.flavor)
-            .field("deadline", &self.deadline)
+            .field("flavor", &self.db.flavor)
+            .field("deadline", &self.db.deadline)
             .field("open", &self.open)
             .field("reusable", &(self.reusable && !self.in_flight))
             .finish_non_exhaustive()
@@ -290,7 +253,7 @@ impl DbTransaction<'_> {
     /// The deadline that limits a statement issued now: the earlier of the
     /// transaction's (the attempt's) and [`Deadline::current`].
     pub fn deadline(&self) -> Option<Deadline> {
-        effective(self.deadline)
+        self.db.deadline()
     }
 
     /// Commits the transaction.
@@ -349,68 +312,26 @@ impl DbTransaction<'_> {
 }
 
 impl<'e, 't: 'e, 'c: 't> Session<'e> for &'t mut DbTransaction<'c> {
-    fn run(
-        self,
-        stmt: Statement,
-        collect: Collect,
-    ) -> BoxFuture<'e, Result<Collected, sqlx::Error>> {
+    fn run(self, stmt: Statement, collect: Collect) -> SqlFuture<'e, Collected> {
         async move {
             let deadline = self.deadline();
             refuse_if_passed(deadline)?;
-            let (pool, flavor) = (self.pool, self.flavor);
+            let limits = self.db.limits(deadline);
             let mut reusable = true;
-            let collected = run_on(
-                self.start_statement(),
-                pool,
-                flavor,
-                deadline,
-                stmt,
-                collect,
-                &mut reusable,
-            )
-            .await;
+            let conn = self.start_statement();
+            let collected = limits.run_on(conn, stmt, collect, &mut reusable).await;
             self.in_flight = false;
             self.reusable &= reusable;
             collected
         }
         .boxed()
     }
-}
 
-impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
-    type Database = MySql;
-
-    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, ResultOrRow>
-    where
-        't: 'e,
-        E: 'q + Execute<'q, MySql>,
-    {
-        executor::fetch_many(self, query)
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<MySqlRow>, sqlx::Error>>
-    where
-        't: 'e,
-        E: 'q + Execute<'q, MySql>,
-    {
-        executor::fetch_optional(self, query)
-    }
-
-    fn prepare_with<'e>(
-        self,
-        sql: SqlStr,
-        parameters: &'e [MySqlTypeInfo],
-    ) -> BoxFuture<'e, Result<MySqlStatement, sqlx::Error>>
-    where
-        't: 'e,
-    {
+    fn prepare(self, sql: SqlStr, types: &'e [MySqlTypeInfo]) -> SqlFuture<'e, MySqlStatement> {
         async move {
             let deadline = self.deadline();
             refuse_if_passed(deadline)?;
-            let prepared = self.start_statement().prepare_with(sql, parameters);
+            let prepared = self.start_statement().prepare_with(sql, types);
             let statement = bounded(deadline, prepared).await?;
             self.in_flight = false;
             statement
@@ -418,18 +339,18 @@ impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
         .boxed()
     }
 
-    /// Required by sqlx's query macros: describes the statement on the
-    /// transaction's connection.
-    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<MySql>, sqlx::Error>>
-    where
-        't: 'e,
-    {
+    /// On the transaction's connection.
+    fn describe(self, sql: SqlStr) -> SqlFuture<'e, Describe<MySql>> {
         async move {
             self.check_abandoned();
             self.live_connection().describe(sql).await
         }
         .boxed()
     }
+}
+
+impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
+    executor_through_session!('t);
 }
 
 impl Drop for DbTransaction<'_> {
