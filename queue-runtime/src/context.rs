@@ -97,3 +97,14 @@ impl TaskContext {
         Db::new(self.client(), self.deadline())
     }
 }
+
+/// Written here rather than in `db/`, so that the database handles do not
+/// depend on [`Client`]: they need only its pool and flavour.
+impl<'a> Db<'a> {
+    /// A handle on `client`'s pool limited by `deadline` (and by
+    /// [`Deadline::current`] wherever a statement is issued). Inside a task,
+    /// use `ctx.db()`; this is for code that keeps its own deadline.
+    pub fn new(client: &'a Client, deadline: Option<Deadline>) -> Db<'a> {
+        Db::on_pool(client.pool(), client.flavor(), deadline)
+    }
+}
