@@ -47,6 +47,11 @@ pub enum Error {
     /// A queue name or other argument that the runtime rejects.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Another process held the lock for too long: the migration lock
+    /// (`what` names it), or the pending job of a unique key, which kept
+    /// changing under the enqueue. Nothing was done; try again.
+    #[error("busy: {0}; try again")]
+    Busy(String),
     /// A cron expression or time zone of a registered task is invalid.
     #[error("task `{task}`: {message}")]
     Schedule {

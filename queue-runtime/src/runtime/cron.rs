@@ -22,11 +22,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use queue_core::{CatchUp, Schedule};
 
-use super::{Outage, Shared};
+use super::Shared;
+use super::outage::Failures;
 use crate::client::Client;
 use crate::error::Result;
 use crate::registry::TaskRegistration;
-use crate::store::NewJob;
 
 /// How late a tick may be noticed and still count as on time for
 /// `CatchUp::Skip`.
@@ -58,7 +58,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
     let client = shared.client.clone();
     let mut clock_rx = client.inner.clock.watch();
     let mut registered = false;
-    let mut failures = 0;
+    let mut failures = Failures::default();
     loop {
         let mut wait = shared
             .poll_interval
@@ -76,7 +76,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
         shared.outage.track("cron", sent, &stepped);
         match stepped {
             Ok(next) => {
-                failures = 0;
+                failures.reset();
                 let now = client.now();
                 if let Some(next) = next {
                     if let Ok(d) = (next - now).to_std() {
@@ -87,8 +87,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
                 }
             }
             Err(_) => {
-                failures += 1;
-                wait = Outage::backoff(failures);
+                wait = failures.next_wait();
             }
         }
         let mut stop = shared.stop.clone();
@@ -150,20 +149,20 @@ async fn fire(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let o = &t.reg.options;
-    let job = enqueue.then(|| NewJob {
-        task: o.name.to_owned(),
-        queue: o.queue.to_owned(),
-        priority: o.priority.get(),
-        payload: "null".to_owned(),
-        max_attempts: o.max_attempts(),
-        deadline_ms: o
-            .deadline
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        run_at: tick.min(now),
-        // Without overlap, a tick whose predecessor's job is still
-        // pending finds it by this key and enqueues nothing.
-        unique_key: (!o.overlap).then(|| crate::store::stored_unique_key(o.name, "cron")),
-    });
+    let job = if enqueue {
+        // A fired tick is an ordinary job of the task, with no payload.
+        let job = crate::enqueue::EnqueueBuilder::new(*o, ()).run_at(tick.min(now));
+        // Without overlap, a tick whose predecessor's job is still pending
+        // finds it by this key and enqueues nothing.
+        let job = if o.overlap {
+            job
+        } else {
+            job.unique_key("cron")
+        };
+        Some(job.into_new_job(now)?)
+    } else {
+        None
+    };
     let fired = client
         .store()
         .fire_cron_tick(o.name, tick, t.schedule.next_after(tick), job, now)

@@ -178,8 +178,8 @@ impl Store {
             }
         }
         let key = key.split_once('\u{1f}').map_or(key, |k| k.1);
-        Err(Error::InvalidArgument(format!(
-            "unique key {key:?} of task {}: the pending job kept changing; try again",
+        Err(Error::Busy(format!(
+            "unique key {key:?} of task {}: the pending job kept changing",
             job.task
         )))
     }

@@ -155,8 +155,8 @@ pub(crate) async fn run(pool: &MySqlPool) -> Result<()> {
             .fetch_one(&mut *conn)
             .await?;
     if lock != Some(1) {
-        return Err(Error::InvalidArgument(
-            "timed out after 60 s waiting for another process's migration".into(),
+        return Err(Error::Busy(
+            "waited 60 s for another process's migration to end".into(),
         ));
     }
     let result = apply(&mut conn).await;
