@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 
 /// How long the acker waits for more outcomes to write with the first one.
 pub(super) const ACK_LINGER: Duration = Duration::from_millis(2);
+/// Outcomes taken from the queue per write at most (the store cuts the
+/// DELETE into statements of `FENCE_CHUNK` jobs).
+const ACK_BATCH: usize = 1000;
 
 /// Writes outcomes. Successes are batched: whatever has arrived since the
 /// last write goes in one DELETE.
@@ -19,7 +22,7 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
         let mut batch = vec![first];
         let linger = tokio::time::sleep(ACK_LINGER);
         tokio::pin!(linger);
-        while batch.len() < 1000 {
+        while batch.len() < ACK_BATCH {
             match rx.try_recv() {
                 Ok(a) => batch.push(a),
                 Err(_) => {

@@ -19,6 +19,8 @@ use crate::store::{ClaimTicket, Claimed, ClaimedJob, LEVELS};
 
 /// How far behind its cursor a probe looks often.
 pub(crate) const PROBE_LAG: Duration = Duration::from_secs(2);
+/// Stragglers kept per queue at most (more are found by the next probe).
+const MAX_STRAGGLERS: usize = 1000;
 
 /// The claim position of one runtime in one queue.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ impl Cursors {
                 self.stragglers.push(f);
             }
         }
-        self.stragglers.truncate(1000);
+        self.stragglers.truncate(MAX_STRAGGLERS);
     }
 
     pub(crate) fn has_stragglers(&self) -> bool {
