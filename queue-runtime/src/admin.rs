@@ -68,6 +68,9 @@ pub struct Stats {
     /// Rising with claim latency means a long-open read view is stalling
     /// purge. `None` when the server does not expose it.
     pub history_list_length: Option<u64>,
+    /// The paused queues ([`Client::pause_queue`]), whether or not they
+    /// hold jobs.
+    pub paused_queues: Vec<String>,
 }
 
 /// A recurring task as the database knows it.
@@ -109,7 +112,47 @@ impl Client {
         stats.claim_latency = self.inner.metrics.claim_latency();
         stats.start_lag = self.inner.metrics.start_lag();
         stats.history_list_length = self.history_list_length().await;
+        stats.paused_queues = self.paused_queues().await?;
         Ok(stats)
+    }
+
+    /// Pauses `queue` on every runtime on the database: within one poll
+    /// interval no runtime starts another of its jobs; jobs already running
+    /// run to their end; enqueue keeps accepting jobs (and cron ticks keep
+    /// enqueuing them), which wait. Persisted: a runtime started later finds
+    /// the queue paused. Returns whether the queue was running.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a name
+    /// that is not a valid queue name; a database error.
+    pub async fn pause_queue(&self, queue: &str) -> Result<bool> {
+        valid_queue(queue)?;
+        let now = crate::time::now(self.now())?;
+        let paused = self.store().pause_queue(queue, now).await?;
+        self.inner.paused_gen.send_modify(|g| *g += 1);
+        Ok(paused)
+    }
+
+    /// Resumes a paused queue on every runtime on the database (within one
+    /// poll interval; at once in this process). Returns whether it was
+    /// paused.
+    ///
+    /// # Errors
+    /// As [`Client::pause_queue`].
+    pub async fn resume_queue(&self, queue: &str) -> Result<bool> {
+        valid_queue(queue)?;
+        let resumed = self.store().resume_queue(queue).await?;
+        self.inner.paused_gen.send_modify(|g| *g += 1);
+        self.wake_ready();
+        Ok(resumed)
+    }
+
+    /// The paused queues, by name.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.store().paused_queues().await
     }
 
     /// InnoDB's history list length (as in [`Stats`]), without counting
@@ -213,4 +256,10 @@ impl Client {
             })
             .collect())
     }
+}
+
+/// `queue` if it is a valid queue name.
+fn valid_queue(queue: &str) -> Result<()> {
+    queue_core::validate_queue_name(queue)
+        .map_err(|e| crate::error::Error::InvalidArgument(e.to_string()))
 }

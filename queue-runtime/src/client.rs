@@ -28,6 +28,9 @@ pub(crate) struct Inner {
     pub(crate) ready_gen: watch::Sender<u64>,
     /// Bumped when this process schedules a job for later (wakes dispatchers).
     pub(crate) scheduled_gen: watch::Sender<u64>,
+    /// Bumped when this process pauses or resumes a queue (its runtimes
+    /// read the paused queues again at once).
+    pub(crate) paused_gen: watch::Sender<u64>,
     pub(crate) metrics: crate::metrics::Metrics,
     /// Set once the schema was found to be this build's (a failure is not
     /// remembered: the next call checks again).
@@ -97,6 +100,7 @@ impl Client {
                 clock: Arc::new(SystemClock),
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
+                paused_gen: watch::channel(0).0,
                 metrics: crate::metrics::Metrics::default(),
                 schema_checked: tokio::sync::OnceCell::new(),
             }),
@@ -118,6 +122,7 @@ impl Client {
                 clock,
                 ready_gen: watch::channel(0).0,
                 scheduled_gen: watch::channel(0).0,
+                paused_gen: watch::channel(0).0,
                 metrics: crate::metrics::Metrics::default(),
                 schema_checked: tokio::sync::OnceCell::new_with(
                     self.inner.schema_checked.get().copied(),

@@ -112,6 +112,12 @@ struct Producer {
     backlog: bool,
     /// Claim once this many jobs fit the window (half of it).
     refill_at: usize,
+    /// Per queue: paused cluster-wide (`queue_paused`), as last read.
+    paused: Vec<bool>,
+    /// When the paused queues were last read (`None`: read next round).
+    paused_read: Option<Instant>,
+    /// Changes when this process pauses or resumes a queue.
+    paused_rx: watch::Receiver<u64>,
 }
 
 impl Producer {
@@ -124,6 +130,9 @@ impl Producer {
         Producer {
             cursors: shared.queues.iter().map(|q| Cursors::new(q)).collect(),
             ready_rx: shared.client.inner.ready_gen.subscribe(),
+            paused: vec![false; shared.queues.len()],
+            paused_read: None,
+            paused_rx: shared.client.inner.paused_gen.subscribe(),
             probe_tx,
             found_rx,
             claims: JoinSet::new(),
@@ -153,6 +162,7 @@ impl Producer {
                 self.cursors[found.queue].add_stragglers(found.keys);
             }
             self.send_probes();
+            self.read_paused().await;
             let mut ok = self.settle_finished();
             if ok && !self.lost.is_empty() && self.claims.is_empty() {
                 ok = self.release_lost().await;
@@ -202,6 +212,66 @@ impl Producer {
         }
     }
 
+    /// Reads which queues are paused, once per poll interval (and at once
+    /// after this process paused or resumed one). On failure the last
+    /// reading stands.
+    async fn read_paused(&mut self) {
+        let due = self
+            .paused_read
+            .is_none_or(|t| t.elapsed() >= self.shared.poll_interval);
+        if !due && !self.paused_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.paused_rx.mark_unchanged();
+        let sent = Instant::now();
+        let read = self.shared.client.store().paused_queues().await;
+        self.shared
+            .outage
+            .track("reading paused queues", sent, &read);
+        self.paused_read = Some(Instant::now());
+        if let Ok(paused) = read {
+            for (i, queue) in self.shared.queues.iter().enumerate() {
+                let now_paused = paused.contains(queue);
+                if now_paused != self.paused[i] {
+                    tracing::info!(queue = %queue, paused = now_paused, "queue paused state changed");
+                    if !now_paused {
+                        // Its jobs may have been waiting all along.
+                        self.empty = 0;
+                        self.idle = false;
+                    }
+                }
+                self.paused[i] = now_paused;
+            }
+        }
+    }
+
+    /// Queues not paused.
+    fn active(&self) -> usize {
+        self.paused.iter().filter(|p| !**p).count()
+    }
+
+    /// Whether a queue that is not paused has stragglers to claim.
+    fn active_stragglers(&self) -> bool {
+        self.cursors
+            .iter()
+            .zip(&self.paused)
+            .any(|(c, paused)| !paused && c.has_stragglers())
+    }
+
+    /// The next queue to claim from, skipping paused ones (`next` moves
+    /// to it); `None` if every queue is paused.
+    fn next_queue(&mut self) -> Option<usize> {
+        let n = self.cursors.len();
+        for _ in 0..n {
+            let queue = self.next % n;
+            if !self.paused[queue] {
+                return Some(queue);
+            }
+            self.next = self.next.wrapping_add(1);
+        }
+        None
+    }
+
     /// Settles the claims that came back; false if one failed.
     fn settle_finished(&mut self) -> bool {
         let mut ok = true;
@@ -229,15 +299,17 @@ impl Producer {
             1
         };
         let want = free > 0 && (free >= self.refill_at || idle_slot) && self.claims.len() < lanes;
-        let stragglers = self.cursors.iter().any(Cursors::has_stragglers);
-        (want && (self.empty < self.cursors.len() || stragglers)).then_some(free)
+        let active = self.active();
+        (active > 0 && want && (self.empty < active || self.active_stragglers())).then_some(free)
     }
 
     /// While idle, asks with one cheap statement, instead of a claim
     /// transaction, whether the next queue has anything. True if it has
     /// nothing, or if the look failed (after the failure's wait).
     async fn idle_look_finds_nothing(&mut self) -> bool {
-        let queue = self.next % self.cursors.len();
+        let Some(queue) = self.next_queue() else {
+            return true;
+        };
         if !self.idle || self.cursors[queue].has_stragglers() {
             return false;
         }
@@ -267,7 +339,9 @@ impl Producer {
 
     /// Starts a claim of up to `free` jobs from the next queue.
     fn start_claim(&mut self, free: usize) {
-        let queue = self.next % self.cursors.len();
+        let Some(queue) = self.next_queue() else {
+            return;
+        };
         self.next = self.next.wrapping_add(1);
         let ticket = self.cursors[queue].ticket(free);
         let mut now = crate::time::clamp(self.shared.client.now());
@@ -305,8 +379,8 @@ impl Producer {
     /// slot to free (or stop).
     async fn wait(&mut self) {
         let mut stop = self.shared.stop.clone();
-        let stragglers = self.cursors.iter().any(Cursors::has_stragglers);
-        if self.claims.is_empty() && self.empty >= self.cursors.len() && !stragglers {
+        let stragglers = self.active_stragglers();
+        if self.claims.is_empty() && self.empty >= self.active() && !stragglers {
             // The idle wait starts short after work (jobs enqueued by other
             // processes in a trickle are found within a few ms) and doubles
             // up to the poll interval while nothing comes. Probes due
@@ -315,6 +389,7 @@ impl Producer {
             self.backlog = false;
             tokio::select! {
                 _ = self.ready_rx.changed() => self.idle = false,
+                _ = self.paused_rx.changed() => self.paused_read = None,
                 _ = tokio::time::sleep(self.idle_wait) => {}
                 _ = stop.wait_for(|s| *s) => {}
                 Some(found) = self.found_rx.recv() => {

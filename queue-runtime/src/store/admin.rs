@@ -172,6 +172,39 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Pauses `queue` (validated): returns whether it was running.
+    pub(crate) async fn pause_queue(&self, queue: &str, now: DateTime<Utc>) -> Result<bool> {
+        let n = self
+            .q("INSERT IGNORE INTO queue_paused (queue, paused_at) VALUES (?, ?)")
+            .bind(queue)
+            .bind(At(now))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Resumes `queue`: returns whether it was paused.
+    pub(crate) async fn resume_queue(&self, queue: &str) -> Result<bool> {
+        let n = self
+            .q("DELETE FROM queue_paused WHERE queue = ?")
+            .bind(queue)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// The paused queues, by name.
+    pub(crate) async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.q("SELECT queue FROM queue_paused ORDER BY queue")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+    }
+
     /// Deletes the jobs that died before `cutoff`, [`PURGE_BATCH`] per
     /// statement. Returns how many.
     pub(crate) async fn purge_dead(&self, cutoff: DateTime<Utc>) -> Result<u64> {

@@ -115,6 +115,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             column_type: "varbinary(1788)",
         }],
     },
+    Migration {
+        version: 4,
+        name: "paused_queues",
+        sql: include_str!("../../migrations/0004_paused_queues.sql"),
+        applied: &[Applied::Idempotent],
+    },
 ];
 
 /// The newest schema version this build ships.
@@ -327,7 +333,7 @@ mod tests {
         for (version, m) in (1..).zip(MIGRATIONS) {
             assert_eq!(m.version, version, "{}", m.name);
         }
-        assert_eq!(KNOWN, 3);
+        assert_eq!(KNOWN, 4);
     }
 
     /// Every statement has a probe, and each probe tests what its statement
@@ -403,20 +409,21 @@ mod tests {
 
     #[test]
     fn the_verdict_follows_the_recorded_versions() {
-        assert!(verdict(&[1, 2, 3]).is_ok());
-        assert!(verdict(&[3, 1, 2]).is_ok());
+        assert!(verdict(&[1, 2, 3, 4]).is_ok());
+        assert!(verdict(&[4, 3, 1, 2]).is_ok());
         let too_old = |v: &[i64]| match verdict(v) {
-            Err(Error::SchemaTooOld { found, known: 3 }) => found,
+            Err(Error::SchemaTooOld { found, known: 4 }) => found,
             other => panic!("{v:?}: {other:?}"),
         };
         assert_eq!(too_old(&[]), 0);
         assert_eq!(too_old(&[1]), 1);
         assert_eq!(too_old(&[1, 2]), 2);
+        assert_eq!(too_old(&[1, 2, 3]), 3);
         assert_eq!(too_old(&[1, 3]), 1);
         assert_eq!(too_old(&[2, 3]), 0);
         assert!(matches!(
-            verdict(&[1, 2, 3, 4]),
-            Err(Error::SchemaTooNew { found: 4, known: 3 })
+            verdict(&[1, 2, 3, 4, 5]),
+            Err(Error::SchemaTooNew { found: 5, known: 4 })
         ));
         assert!(matches!(
             verdict(&[999]),

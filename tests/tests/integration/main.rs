@@ -9,6 +9,7 @@ mod deadlines;
 mod keys;
 mod migrations;
 mod outcomes;
+mod pause;
 mod priority;
 mod schedule;
 mod settings;
