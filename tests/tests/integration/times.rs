@@ -171,14 +171,8 @@ async fn a_clock_past_2038_writes_exact_times() {
         let clock = ManualClock::new(start);
         let client = client.with_clock(clock.clone());
         let lease = Duration::from_secs(30);
-        let runtime = Runtime::builder(client.clone())
-            .queues(["times_clock"])
-            .lease(lease)
-            .heartbeat(Duration::from_secs(5))
-            .start()
-            .await
-            .unwrap();
         HELD.store(0, Ordering::SeqCst);
+        // Enqueued before the runtime starts: its claim writes updated_at.
         let id = hold::enqueue(&client, true).await.unwrap();
         let (created, updated): (DateTime<Utc>, DateTime<Utc>) =
             sqlx::query_as("SELECT created_at, updated_at FROM queue_jobs WHERE id = ?")
@@ -187,6 +181,13 @@ async fn a_clock_past_2038_writes_exact_times() {
                 .await
                 .unwrap();
         assert_eq!((created, updated), (start, start));
+        let runtime = Runtime::builder(client.clone())
+            .queues(["times_clock"])
+            .lease(lease)
+            .heartbeat(Duration::from_secs(5))
+            .start()
+            .await
+            .unwrap();
         wait_until(Duration::from_secs(10), "the job started", || async {
             HELD.load(Ordering::SeqCst) == 1
         })
