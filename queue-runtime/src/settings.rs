@@ -42,6 +42,8 @@ pub(crate) struct Settings {
     pub(crate) lease: Duration,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) prefetch: Option<usize>,
+    /// Per-queue limits on jobs in flight, as given.
+    pub(crate) queue_limits: Vec<(String, usize)>,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             lease: Duration::from_secs(15),
             heartbeat: None,
             prefetch: None,
+            queue_limits: Vec::new(),
         }
     }
 }
@@ -66,6 +69,9 @@ pub(crate) struct Checked {
     pub(crate) lease: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) prefetch: usize,
+    /// Per served queue (same order as `queues`): its limit on jobs in
+    /// flight in this runtime, if it has one.
+    pub(crate) queue_limits: Vec<Option<usize>>,
     /// Odd but workable values, to log at start.
     pub(crate) warnings: Vec<String>,
 }
@@ -152,6 +158,33 @@ impl Settings {
             ));
         }
 
+        let mut queue_limits = vec![None; queues.len()];
+        let mut limited = BTreeSet::new();
+        for (q, n) in &self.queue_limits {
+            let Some(i) = queues.iter().position(|served| served == q) else {
+                errors.push(format!(
+                    "queue_concurrency names queue `{q}`, which this runtime does not serve \
+                     (it serves {queues:?})"
+                ));
+                continue;
+            };
+            if !limited.insert(q.as_str()) {
+                errors.push(format!("queue_concurrency is set twice for queue `{q}`"));
+            } else if *n == 0 {
+                errors.push(format!(
+                    "queue_concurrency of queue `{q}` must be at least 1 (got 0): pause a queue with \
+                     Client::pause_queue"
+                ));
+            } else if *n >= self.concurrency {
+                warnings.push(format!(
+                    "queue_concurrency of queue `{q}` ({n}) is not below the runtime's concurrency \
+                     ({}): it limits nothing",
+                    self.concurrency
+                ));
+            }
+            queue_limits[i] = Some(*n);
+        }
+
         if !errors.is_empty() {
             return Err(Error::InvalidArgument(errors.join("; ")));
         }
@@ -162,6 +195,7 @@ impl Settings {
             lease,
             heartbeat,
             prefetch,
+            queue_limits,
             warnings,
         })
     }

@@ -56,7 +56,10 @@ impl LogLimiter {
     }
 }
 
-pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
+/// Starts a claimed job of the served queue at index `queue`: at once in a
+/// free slot, or when one frees (a prefetched job).
+pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
+    shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let permit = match shared.semaphore.clone().try_acquire_owned() {
         Ok(p) => Some(p),
         Err(_) => {
@@ -73,6 +76,10 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
     // Register before the task can finish, so heartbeats cover it.
     let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
     tokio::spawn(async move {
+        let _share = QueueShare {
+            shared: shared2.clone(),
+            queue,
+        };
         let permit = match permit {
             Some(p) => p,
             None => {
@@ -128,6 +135,20 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
 struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
+}
+
+/// A job's place in its queue's count of jobs in flight (for the queue's
+/// limit): given back when the job's task ends, however it ends.
+struct QueueShare {
+    shared: Arc<Shared>,
+    queue: usize,
+}
+
+impl Drop for QueueShare {
+    fn drop(&mut self) {
+        self.shared.queue_in_flight[self.queue].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.shared.slot_freed.notify_one();
+    }
 }
 
 impl Drop for Slot {

@@ -18,6 +18,7 @@ use crate::registry::Registry;
 use crate::settings::Settings;
 use queue_core::JobId;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -58,6 +59,21 @@ impl RuntimeBuilder {
     /// 10,000: `start` rejects `0` (a runtime that runs nothing) and more.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.settings.concurrency = n;
+        self
+    }
+
+    /// At most `n` jobs of `queue` in flight in this runtime at once (the
+    /// runtime-wide [`concurrency`](Self::concurrency) still holds), so a
+    /// slow queue cannot take every slot from the others, as Oban's
+    /// `queues: [mail: 5]`. Call it once per queue. `start` rejects a queue
+    /// this runtime does not serve, `0` (use
+    /// [`Client::pause_queue`](crate::Client::pause_queue)) and a queue set
+    /// twice, and warns about a limit not below `concurrency`.
+    ///
+    /// The limit is kept at claim time: the runtime never claims more of the
+    /// queue's jobs than its free share, so no claimed job waits for it.
+    pub fn queue_concurrency(mut self, queue: impl Into<String>, n: usize) -> Self {
+        self.settings.queue_limits.push((queue.into(), n));
         self
     }
 
@@ -156,6 +172,10 @@ impl RuntimeBuilder {
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             in_flight: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            queue_in_flight: (0..settings.queue_limits.len())
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            queue_limits: settings.queue_limits,
             slot_freed: tokio::sync::Notify::new(),
             ack_tx,
             stop: stop_rx,
@@ -298,6 +318,11 @@ pub(crate) struct Shared {
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     /// Prefetched jobs waiting for a free slot.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Per served queue: its jobs claimed by this runtime and not yet
+    /// finished (running or waiting for a slot).
+    queue_in_flight: Vec<AtomicUsize>,
+    /// Per served queue: its limit on jobs in flight, if any.
+    queue_limits: Vec<Option<usize>>,
     /// Signalled when a job's slot is released or a prefetched job takes one.
     slot_freed: tokio::sync::Notify,
     ack_tx: mpsc::UnboundedSender<Ack>,

@@ -47,6 +47,13 @@ struct ClaimDone {
     stamp: ClaimStamp,
 }
 
+/// A claim in flight: how many jobs it may bring back, of which queue.
+struct Reserved {
+    claim: Id,
+    jobs: usize,
+    queue: usize,
+}
+
 /// A probe to run: a queue's index and the `(priority, low, high]` ranges
 /// behind its cursors.
 struct ProbeRequest {
@@ -84,8 +91,9 @@ struct Producer {
     probe_tx: mpsc::Sender<ProbeRequest>,
     found_rx: mpsc::Receiver<ProbeFinds>,
     claims: JoinSet<ClaimDone>,
-    /// Jobs each claim in flight may bring back: counted against the window.
-    reserved: Vec<(Id, usize)>,
+    /// Jobs each claim in flight may bring back, and its queue: counted
+    /// against the window and the queue's limit.
+    reserved: Vec<Reserved>,
     /// Claims that failed on a connection error: their COMMIT may have
     /// reached the server with the reply lost, leaving jobs leased to this
     /// runtime that nothing runs. Released once no claim is in flight.
@@ -245,26 +253,53 @@ impl Producer {
         }
     }
 
-    /// Queues not paused.
+    /// How many more jobs of queue `queue` this runtime may claim under its
+    /// limit (`usize::MAX` without one).
+    fn queue_room(&self, queue: usize) -> usize {
+        let Some(limit) = self.shared.queue_limits[queue] else {
+            return usize::MAX;
+        };
+        let in_flight =
+            self.shared.queue_in_flight[queue].load(std::sync::atomic::Ordering::SeqCst);
+        let reserved: usize = self
+            .reserved
+            .iter()
+            .filter(|r| r.queue == queue)
+            .map(|r| r.jobs)
+            .sum();
+        limit.saturating_sub(in_flight + reserved)
+    }
+
+    /// Whether the next claim may take from `queue`: not paused, and with
+    /// room under its limit.
+    fn claimable(&self, queue: usize) -> bool {
+        !self.paused[queue] && self.queue_room(queue) > 0
+    }
+
+    /// Queues the next claim may take from.
     fn active(&self) -> usize {
-        self.paused.iter().filter(|p| !**p).count()
+        (0..self.cursors.len())
+            .filter(|q| self.claimable(*q))
+            .count()
+    }
+
+    /// Whether a queue that is not paused is at its limit.
+    fn any_queue_full(&self) -> bool {
+        (0..self.cursors.len()).any(|q| !self.paused[q] && self.queue_room(q) == 0)
     }
 
     /// Whether a queue that is not paused has stragglers to claim.
     fn active_stragglers(&self) -> bool {
-        self.cursors
-            .iter()
-            .zip(&self.paused)
-            .any(|(c, paused)| !paused && c.has_stragglers())
+        (0..self.cursors.len()).any(|q| self.claimable(q) && self.cursors[q].has_stragglers())
     }
 
-    /// The next queue to claim from, skipping paused ones (`next` moves
-    /// to it); `None` if every queue is paused.
+    /// The next queue to claim from, skipping paused ones and those at
+    /// their limit (`next` moves to it); `None` if there is none.
     fn next_queue(&mut self) -> Option<usize> {
         let n = self.cursors.len();
         for _ in 0..n {
             let queue = self.next % n;
-            if !self.paused[queue] {
+            if self.claimable(queue) {
                 return Some(queue);
             }
             self.next = self.next.wrapping_add(1);
@@ -290,7 +325,7 @@ impl Producer {
         let shared = &self.shared;
         let slots = shared.semaphore.available_permits();
         let waiting = shared.waiting.load(std::sync::atomic::Ordering::SeqCst);
-        let reserving: usize = self.reserved.iter().map(|r| r.1).sum();
+        let reserving: usize = self.reserved.iter().map(|r| r.jobs).sum();
         let free = (slots + shared.prefetch).saturating_sub(waiting + reserving);
         let idle_slot = slots > 0 && waiting + reserving == 0;
         let lanes = if self.backlog {
@@ -343,6 +378,7 @@ impl Producer {
             return;
         };
         self.next = self.next.wrapping_add(1);
+        let free = free.min(self.queue_room(queue));
         let ticket = self.cursors[queue].ticket(free);
         let mut now = crate::time::clamp(self.shared.client.now());
         if let Some(last) = self.last_claim_at
@@ -371,7 +407,11 @@ impl Producer {
                 stamp,
             }
         });
-        self.reserved.push((task.id(), free));
+        self.reserved.push(Reserved {
+            claim: task.id(),
+            jobs: free,
+            queue,
+        });
     }
 
     /// Waits: for a local enqueue, a probe's find or the idle wait when
@@ -390,6 +430,8 @@ impl Producer {
             tokio::select! {
                 _ = self.ready_rx.changed() => self.idle = false,
                 _ = self.paused_rx.changed() => self.paused_read = None,
+                // A job of a queue at its limit ended: the queue has room.
+                _ = self.shared.slot_freed.notified(), if self.any_queue_full() => {}
                 _ = tokio::time::sleep(self.idle_wait) => {}
                 _ = stop.wait_for(|s| *s) => {}
                 Some(found) = self.found_rx.recv() => {
@@ -420,7 +462,7 @@ impl Producer {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        self.reserved.retain(|r| r.0 != id);
+        self.reserved.retain(|r| r.claim != id);
         let Ok((_, done)) = done else {
             // The claim's task panicked (it does not): its stragglers are
             // found again by the next probes.
@@ -448,7 +490,7 @@ impl Producer {
             .record_claim(done.sent.elapsed());
         tracing::trace!(queue = %shared.queues[done.queue], wanted, got = jobs.len(), "claimed");
         for job in jobs {
-            super::executor::spawn_job(shared, job);
+            super::executor::spawn_job(shared, job, done.queue);
         }
         self.took(Took { rows, wanted });
         true

@@ -11,6 +11,7 @@ mod migrations;
 mod outcomes;
 mod pause;
 mod priority;
+mod queue_limits;
 mod schedule;
 mod settings;
 mod shutdown;
