@@ -120,31 +120,36 @@ impl Client {
     /// interval no runtime starts another of its jobs; jobs already running
     /// run to their end; enqueue keeps accepting jobs (and cron ticks keep
     /// enqueuing them), which wait. Persisted: a runtime started later finds
-    /// the queue paused. Returns whether the queue was running.
+    /// the queue paused. Pausing a paused queue changes nothing.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a name
     /// that is not a valid queue name; a database error.
-    pub async fn pause_queue(&self, queue: &str) -> Result<bool> {
+    pub async fn pause_queue(&self, queue: &str) -> Result<()> {
         valid_queue(queue)?;
         let now = crate::time::now(self.now())?;
-        let paused = self.store().pause_queue(queue, now).await?;
+        let newly = self.store().pause_queue(queue, now).await?;
+        if newly {
+            tracing::info!(queue, "queue paused");
+        }
         self.inner.paused_gen.send_modify(|g| *g += 1);
-        Ok(paused)
+        Ok(())
     }
 
     /// Resumes a paused queue on every runtime on the database (within one
-    /// poll interval; at once in this process). Returns whether it was
-    /// paused.
+    /// poll interval; at once in this process). Resuming a queue that is
+    /// not paused changes nothing.
     ///
     /// # Errors
     /// As [`Client::pause_queue`].
-    pub async fn resume_queue(&self, queue: &str) -> Result<bool> {
+    pub async fn resume_queue(&self, queue: &str) -> Result<()> {
         valid_queue(queue)?;
-        let resumed = self.store().resume_queue(queue).await?;
+        if self.store().resume_queue(queue).await? {
+            tracing::info!(queue, "queue resumed");
+        }
         self.inner.paused_gen.send_modify(|g| *g += 1);
         self.wake_ready();
-        Ok(resumed)
+        Ok(())
     }
 
     /// The paused queues, by name.
