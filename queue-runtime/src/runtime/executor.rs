@@ -6,6 +6,7 @@ use super::*;
 use crate::context::TaskContext;
 use crate::error::Error;
 use crate::store::ClaimedJob;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use queue_core::{Deadline, TaskError, TaskErrorKind};
 use std::collections::BTreeMap;
@@ -97,18 +98,12 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
                 match p {
                     Some(p) => p,
                     None => {
-                        let ended = Ended::HandedBack {
-                            after: Duration::ZERO,
-                            reason: "handed back at shutdown before it started".into(),
-                        };
-                        let decision = outcome::decide(
-                            ended,
-                            job.attempt,
-                            job.max_attempts,
-                            &queue_core::Backoff::default(),
-                            &mut fastrand::Rng::new(),
+                        let ack = handed_back(
+                            &job,
+                            Duration::ZERO,
+                            "handed back at shutdown before it started".into(),
+                            shared2.client.now(),
                         );
-                        let ack = Ack::new(job.id, job.attempt, decision, shared2.client.now());
                         report(&shared2, &job, ack);
                         return;
                     }
@@ -226,21 +221,7 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         } else {
             tracing::debug!(task = %job.task, job.id = %id, "claimed a job of an unknown task; handing it back");
         }
-        return Ack::new(
-            id,
-            attempt,
-            outcome::decide(
-                Ended::HandedBack {
-                    after: UNKNOWN_TASK_DELAY,
-                    reason: error,
-                },
-                attempt,
-                job.max_attempts,
-                &queue_core::Backoff::default(),
-                &mut fastrand::Rng::new(),
-            ),
-            client.now(),
-        );
+        return handed_back(job, UNKNOWN_TASK_DELAY, error, client.now());
     };
     let budget = job
         .deadline_ms
@@ -334,6 +315,19 @@ pub(super) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     } else {
         "a non-string panic payload".to_owned()
     }
+}
+
+/// The write for a job handed back without having run to an end: the
+/// retry policy's answer for `Ended::HandedBack` (the attempt refunded).
+fn handed_back(job: &ClaimedJob, after: Duration, reason: String, now: DateTime<Utc>) -> Ack {
+    let decision = outcome::decide(
+        Ended::HandedBack { after, reason },
+        job.attempt,
+        job.max_attempts,
+        &queue_core::Backoff::default(),
+        &mut fastrand::Rng::new(),
+    );
+    Ack::new(job.id, job.attempt, decision, now)
 }
 
 #[cfg(test)]

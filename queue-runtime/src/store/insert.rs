@@ -100,6 +100,7 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        // Checked once, before the transaction begins, not on every try.
         self.check_sizes(jobs).await?;
         retry_deadlocks(|| self.try_insert_jobs(jobs, now, INSERT_CHUNK)).await
     }
@@ -111,7 +112,7 @@ impl Store {
         chunk: usize,
     ) -> Result<Vec<JobId>> {
         let mut tx = self.begin().await?;
-        let ids = self.insert_jobs_in(&mut tx, jobs, now, chunk).await?;
+        let ids = self.insert_checked_in(&mut tx, jobs, now, chunk).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -127,6 +128,17 @@ impl Store {
         chunk: usize,
     ) -> Result<Vec<JobId>> {
         self.check_sizes(jobs).await?;
+        self.insert_checked_in(tx, jobs, now, chunk).await
+    }
+
+    /// [`Store::insert_jobs_in`] for jobs whose sizes were checked.
+    async fn insert_checked_in(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        jobs: &[NewJob],
+        now: DateTime<Utc>,
+        chunk: usize,
+    ) -> Result<Vec<JobId>> {
         if !jobs.iter().any(|j| j.unique_key.is_some()) {
             return self.insert_plain(tx, jobs, now, chunk).await;
         }
