@@ -101,25 +101,35 @@ pub enum JobState {
     /// payload and last error until `retry_dead` moves it back to `Ready` or
     /// `purge_dead` deletes it.
     Dead,
+    /// Waiting for a slot of its task's concurrency limit
+    /// (`#[task(concurrency = N)]`), outside the claim index.
+    ///
+    /// A claim that takes a job whose limit is full moves it here instead
+    /// of `Running`. When a running job of the same limit ends, the oldest
+    /// blocked job (by priority, then enqueue order) moves back to `Ready`
+    /// holding the freed slot.
+    Blocked,
 }
 
 impl JobState {
     /// Every state, in the order of [`JobState::as_u8`].
-    pub const ALL: [JobState; 4] = [
+    pub const ALL: [JobState; 5] = [
         JobState::Ready,
         JobState::Scheduled,
         JobState::Running,
         JobState::Dead,
+        JobState::Blocked,
     ];
 
     /// The number stored in the database: `Ready` 0, `Scheduled` 1,
-    /// `Running` 2, `Dead` 3.
+    /// `Running` 2, `Dead` 3, `Blocked` 4.
     pub const fn as_u8(self) -> u8 {
         match self {
             JobState::Ready => 0,
             JobState::Scheduled => 1,
             JobState::Running => 2,
             JobState::Dead => 3,
+            JobState::Blocked => 4,
         }
     }
 
@@ -130,17 +140,20 @@ impl JobState {
             1 => Some(JobState::Scheduled),
             2 => Some(JobState::Running),
             3 => Some(JobState::Dead),
+            4 => Some(JobState::Blocked),
             _ => None,
         }
     }
 
-    /// The lowercase name: `"ready"`, `"scheduled"`, `"running"` or `"dead"`.
+    /// The lowercase name: `"ready"`, `"scheduled"`, `"running"`, `"dead"`
+    /// or `"blocked"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             JobState::Ready => "ready",
             JobState::Scheduled => "scheduled",
             JobState::Running => "running",
             JobState::Dead => "dead",
+            JobState::Blocked => "blocked",
         }
     }
 }
@@ -153,7 +166,9 @@ impl fmt::Display for JobState {
 
 /// The error of parsing a [`JobState`] from text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown job state `{input}`: expected `ready`, `scheduled`, `running` or `dead`")]
+#[error(
+    "unknown job state `{input}`: expected `ready`, `scheduled`, `running`, `dead` or `blocked`"
+)]
 pub struct JobStateError {
     input: String,
 }
@@ -224,7 +239,7 @@ mod tests {
         assert_eq!(JobState::from_u8(255), None);
         assert_eq!(
             "Dead".parse::<JobState>().unwrap_err().to_string(),
-            "unknown job state `Dead`: expected `ready`, `scheduled`, `running` or `dead`"
+            "unknown job state `Dead`: expected `ready`, `scheduled`, `running`, `dead` or `blocked`"
         );
     }
 }

@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod duration;
 pub mod error;
 pub mod job;
+pub mod limits;
 pub mod options;
 pub mod priority;
 pub mod schedule;
@@ -31,6 +32,7 @@ pub use deadline::{Deadline, DeadlineExceeded};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use error::{TaskError, TaskErrorKind, error_chain_text};
 pub use job::{JobId, JobIdError, JobState, JobStateError};
+pub use limits::{Rate, RateError};
 pub use options::{
     CatchUp, CatchUpError, QueueNameError, TaskNameError, TaskOptions, validate_queue_name,
     validate_task_name,

@@ -50,6 +50,13 @@ pub struct TaskOptions {
     /// earlier tick is still ready, scheduled or running (default `true`).
     /// With `false` such a tick enqueues nothing.
     pub overlap: bool,
+    /// At most this many jobs of the task run at once across every runtime
+    /// on the database (per key when the task has a `concurrency_key`), or
+    /// `None` for no limit.
+    pub concurrency: Option<u32>,
+    /// At most this many starts of the task per window across every
+    /// runtime (per key when the task has a `rate_key`), or `None`.
+    pub rate: Option<crate::Rate>,
 }
 
 impl TaskOptions {
@@ -73,6 +80,8 @@ impl TaskOptions {
             tz: None,
             catch_up: CatchUp::Latest,
             overlap: true,
+            concurrency: None,
+            rate: None,
         }
     }
 

@@ -22,6 +22,10 @@ mod kw {
     syn::custom_keyword!(catch_up);
     syn::custom_keyword!(overlap);
     syn::custom_keyword!(name);
+    syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(concurrency_key);
+    syn::custom_keyword!(rate);
+    syn::custom_keyword!(rate_key);
 }
 
 /// The checked arguments of one `#[task(...)]`. A missing argument is
@@ -39,6 +43,12 @@ pub(crate) struct TaskArgs {
     pub(crate) catch_up: Option<CatchUp>,
     pub(crate) overlap: Option<bool>,
     pub(crate) name: Option<String>,
+    pub(crate) concurrency: Option<u32>,
+    /// The closure that takes a payload to its concurrency key.
+    pub(crate) concurrency_key: Option<syn::ExprClosure>,
+    pub(crate) rate: Option<queue_core::Rate>,
+    /// The closure that takes a payload to its rate key.
+    pub(crate) rate_key: Option<syn::ExprClosure>,
     /// Every key given, with its span, valid value or not.
     seen: Vec<(Key, Span)>,
 }
@@ -56,11 +66,15 @@ enum Key {
     CatchUp,
     Overlap,
     Name,
+    Concurrency,
+    ConcurrencyKey,
+    Rate,
+    RateKey,
 }
 
 impl Key {
     /// Every key, in the order the "unknown argument" error lists them.
-    const ALL: [Key; 10] = [
+    const ALL: [Key; 14] = [
         Key::Priority,
         Key::Retries,
         Key::Deadline,
@@ -71,6 +85,10 @@ impl Key {
         Key::CatchUp,
         Key::Overlap,
         Key::Name,
+        Key::Concurrency,
+        Key::ConcurrencyKey,
+        Key::Rate,
+        Key::RateKey,
     ];
 
     fn as_str(self) -> &'static str {
@@ -85,6 +103,10 @@ impl Key {
             Key::CatchUp => "catch_up",
             Key::Overlap => "overlap",
             Key::Name => "name",
+            Key::Concurrency => "concurrency",
+            Key::ConcurrencyKey => "concurrency_key",
+            Key::Rate => "rate",
+            Key::RateKey => "rate_key",
         }
     }
 }
@@ -132,6 +154,7 @@ impl TaskArgs {
             errors.push(e);
         }
         args.check_schedule(&mut errors);
+        args.check_limits(&mut errors);
         (args, errors)
     }
 
@@ -175,6 +198,14 @@ impl TaskArgs {
             Some(key_of::<kw::overlap>(input, Key::Overlap)?)
         } else if lookahead.peek(kw::name) {
             Some(key_of::<kw::name>(input, Key::Name)?)
+        } else if lookahead.peek(kw::concurrency) {
+            Some(key_of::<kw::concurrency>(input, Key::Concurrency)?)
+        } else if lookahead.peek(kw::concurrency_key) {
+            Some(key_of::<kw::concurrency_key>(input, Key::ConcurrencyKey)?)
+        } else if lookahead.peek(kw::rate) {
+            Some(key_of::<kw::rate>(input, Key::Rate)?)
+        } else if lookahead.peek(kw::rate_key) {
+            Some(key_of::<kw::rate_key>(input, Key::RateKey)?)
         } else if input.peek(Ident::peek_any) {
             let unknown = Ident::parse_any(input)?;
             let expected: Vec<String> = Key::ALL
@@ -241,6 +272,39 @@ impl TaskArgs {
                 ));
             }
         }
+    }
+
+    /// A key partitions a limit: it needs that limit, and a payload to be
+    /// taken from (a periodic task has none).
+    fn check_limits(&self, errors: &mut Errors) {
+        for (key, limit) in [
+            (Key::ConcurrencyKey, Key::Concurrency),
+            (Key::RateKey, Key::Rate),
+        ] {
+            let Some(span) = self.given(key) else {
+                continue;
+            };
+            if self.given(limit).is_none() {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`{}` requires `{}`", key.as_str(), limit.as_str()),
+                ));
+            } else if self.is_periodic() {
+                errors.push(syn::Error::new(
+                    span,
+                    format!(
+                        "`{}` cannot be used with `cron`: a cron tick has no payload to take a key from",
+                        key.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Whether `concurrency_key` or `rate_key` was given.
+    pub(crate) fn keyed(&self) -> Option<Span> {
+        self.given(Key::ConcurrencyKey)
+            .or_else(|| self.given(Key::RateKey))
     }
 
     /// Checks and stores one value.
@@ -312,6 +376,49 @@ impl TaskArgs {
                 }) => self.overlap = Some(b.value),
                 _ => return Err(error(value, "`overlap` must be `true` or `false`")),
             },
+            Key::Concurrency => {
+                let msg = "`concurrency` must be an integer from 1: how many jobs of the task may run at once";
+                let v = non_negative_int(value).ok_or_else(|| error(value, msg))?;
+                let v = u32::try_from(v).ok().filter(|v| *v >= 1).ok_or_else(|| {
+                    error(
+                        value,
+                        format!("`concurrency` must be from 1 to {}", u32::MAX),
+                    )
+                })?;
+                self.concurrency = Some(v);
+            }
+            Key::Rate => {
+                let s = string(
+                    value,
+                    "`rate` must be a string such as \"100/1s\" or \"1000/1h\"",
+                )?;
+                let r = queue_core::Rate::from_str(&s.value()).map_err(|e| error(&s, e))?;
+                self.rate = Some(r);
+            }
+            Key::ConcurrencyKey | Key::RateKey => {
+                let closure = match value {
+                    Expr::Closure(c)
+                        if c.inputs.len() == 1 && c.capture.is_none() && c.asyncness.is_none() =>
+                    {
+                        c.clone()
+                    }
+                    _ => {
+                        return Err(error(
+                            value,
+                            format!(
+                                "`{}` must be a closure from a reference to the payload to its key, \
+                                 such as `|o: &Order| o.customer_id`",
+                                key.as_str()
+                            ),
+                        ));
+                    }
+                };
+                if key == Key::ConcurrencyKey {
+                    self.concurrency_key = Some(closure);
+                } else {
+                    self.rate_key = Some(closure);
+                }
+            }
             Key::Name => {
                 let s = string(value, "`name` must be a string such as \"mail.send\"")?;
                 queue_core::validate_task_name(&s.value()).map_err(|e| error(&s, e))?;
@@ -419,7 +526,7 @@ mod tests {
             )),
             [
                 "unknown argument `prio`: expected one of `priority`, `retries`, `deadline`, \
-                 `queue`, `backoff`, `cron`, `tz`, `catch_up`, `overlap`, `name`",
+                 `queue`, `backoff`, `cron`, `tz`, `catch_up`, `overlap`, `name`, `concurrency`, `concurrency_key`, `rate`, `rate_key`",
                 "priority `5` is out of range: expected 0 (highest) to 4 (lowest)",
                 "`retries` must be a non-negative integer",
                 "`retries` given more than once",
@@ -458,7 +565,8 @@ mod tests {
             messages(quote!(5)),
             [
                 "expected one of: `priority`, `retries`, `deadline`, `queue`, `backoff`, `cron`, \
-              `tz`, `catch_up`, `overlap`, `name`"
+              `tz`, `catch_up`, `overlap`, `name`, `concurrency`, `concurrency_key`, `rate`, \
+              `rate_key`"
             ]
         );
         // Mistakes before the syntax error are still reported.

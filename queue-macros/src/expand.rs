@@ -30,6 +30,15 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
             "a task with `cron` takes no payload: a cron tick carries none",
         ));
     }
+    if let Some(span) = args.keyed()
+        && model.payload.is_none()
+        && !args.is_periodic()
+    {
+        errors.push(syn::Error::new(
+            span,
+            "a limit key is taken from the payload, and this task takes none",
+        ));
+    }
 
     match errors.into_error() {
         None => {
@@ -85,7 +94,7 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
     };
     let typed_api = payload
         .as_ref()
-        .map(|(ty, span)| typed_api(ty, *span, ident.span()));
+        .map(|(ty, span)| typed_api(args, ty, *span, ident.span()));
     let handler = match (&payload, &model.output) {
         (Some((_, span)), Some(output)) if complete => Some(handler(model, *span, output)),
         _ => None,
@@ -112,7 +121,12 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
 }
 
 /// `Payload`, `with`, `enqueue`, `enqueue_many`.
-fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> TokenStream {
+fn typed_api(
+    args: &TaskArgs,
+    payload_ty: &TokenStream,
+    payload_span: Span,
+    fn_span: Span,
+) -> TokenStream {
     let with = Ident::new("with", fn_span);
     let enqueue = Ident::new("enqueue", fn_span);
     let enqueue_many = Ident::new("enqueue_many", fn_span);
@@ -123,16 +137,48 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
         const CODEC: &dyn ::queue_runtime::__private::Codec<Payload> =
             &::queue_runtime::__private::Json::<Payload>::NEW;
     };
+    let p = quote!(::queue_runtime::__private);
+    // The closures of `concurrency_key` and `rate_key`, called on the
+    // payload; their result is any `Display` (spanned at the closure, so a
+    // wrong type is reported there).
+    let key_of = |closure: &Option<syn::ExprClosure>| match closure {
+        Some(c) => quote_spanned! {c.span()=>
+            ::core::option::Option::Some(::std::string::ToString::to_string(&(#c)(payload)))
+        },
+        None => quote!(::core::option::Option::None),
+    };
+    let (keyer, keyer_value) = if args.concurrency_key.is_some() || args.rate_key.is_some() {
+        let concurrency = key_of(&args.concurrency_key);
+        let rate = key_of(&args.rate_key);
+        (
+            quote! {
+                fn __limit_keys(payload: &Payload) -> #p::LimitKeys {
+                    #p::LimitKeys { concurrency: #concurrency, rate: #rate }
+                }
+            },
+            quote!(::core::option::Option::Some(__limit_keys as #p::Keyer<Payload>)),
+        )
+    } else {
+        (quote!(), quote!(::core::option::Option::None))
+    };
     quote! {
         /// The type of the task's payload (`()` for a task without one).
         pub type Payload = #payload_ty;
 
         #codec
 
+        #keyer
+
+        const KEYER: ::core::option::Option<#p::Keyer<Payload>> = #keyer_value;
+
         /// A job of this task carrying `payload`, to adjust (priority,
         /// delay, run time, deadline, queue) and then enqueue.
         pub fn #with(payload: Payload) -> ::queue_runtime::EnqueueBuilder<Payload> {
-            ::queue_runtime::EnqueueBuilder::with_encoder(OPTIONS, payload, CODEC.encoder())
+            let builder = ::queue_runtime::EnqueueBuilder::with_encoder(OPTIONS, payload, CODEC.encoder());
+            match KEYER {
+                ::core::option::Option::Some(keyer) => builder.with_keyer(keyer),
+                ::core::option::Option::None => builder,
+            }
         }
 
         /// Enqueues a job of this task carrying `payload`, with the task's
@@ -159,7 +205,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
             payloads: I,
         ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
         {
-            ::queue_runtime::__private::enqueue_many(client, OPTIONS, payloads, CODEC.encoder()).await
+            ::queue_runtime::__private::enqueue_many(client, OPTIONS, payloads, CODEC.encoder(), KEYER).await
         }
 
         /// Like `enqueue_many`, inside the caller's transaction on `conn`
@@ -174,7 +220,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
             payloads: I,
         ) -> ::core::result::Result<::std::vec::Vec<::queue_runtime::JobId>, ::queue_runtime::Error>
         {
-            ::queue_runtime::__private::enqueue_many_in(client, conn, OPTIONS, payloads, CODEC.encoder())
+            ::queue_runtime::__private::enqueue_many_in(client, conn, OPTIONS, payloads, CODEC.encoder(), KEYER)
                 .await
         }
     }
@@ -282,6 +328,15 @@ fn options(args: &TaskArgs) -> TokenStream {
     let cron = option(args.cron.as_ref().map(|c| quote!(#c)));
     let tz = option(args.tz.as_ref().map(|t| quote!(#t)));
     let overlap = args.overlap.unwrap_or(true);
+    let concurrency = option(args.concurrency.map(|n| {
+        let n = Literal::u32_unsuffixed(n);
+        quote!(#n)
+    }));
+    let rate = option(args.rate.map(|r| {
+        let count = Literal::u32_unsuffixed(r.count);
+        let per = duration(r.per);
+        quote!(#p::Rate { count: #count, per: #per })
+    }));
     let catch_up = match args.catch_up.unwrap_or_default() {
         CatchUp::Latest => quote!(#p::CatchUp::Latest),
         CatchUp::Skip => quote!(#p::CatchUp::Skip),
@@ -298,6 +353,8 @@ fn options(args: &TaskArgs) -> TokenStream {
             tz: #tz,
             catch_up: #catch_up,
             overlap: #overlap,
+            concurrency: #concurrency,
+            rate: #rate,
         }
     }
 }

@@ -11,7 +11,7 @@ use queue_core::{JobId, JobState, Schedule};
 use crate::client::Client;
 use crate::error::{Error, Result};
 
-pub use crate::store::admin::{DeadJob, JobInfo};
+pub use crate::store::admin::{DeadJob, JobInfo, Waiting};
 
 /// Job counts of one queue (or of all queues).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,12 +24,18 @@ pub struct QueueCounts {
     pub running: u64,
     /// Out of attempts, permanently failed or undecodable.
     pub dead: u64,
+    /// Waiting for a slot of their task's concurrency limit
+    /// ([`JobState::Blocked`]).
+    pub blocked: u64,
+    /// Of `scheduled`: held back by their task's rate limit until the
+    /// window in which they hold a reserved start.
+    pub rate_limited: u64,
 }
 
 impl QueueCounts {
-    /// Every job counted.
+    /// Every job counted (`rate_limited` jobs are among `scheduled`).
     pub fn total(&self) -> u64 {
-        self.ready + self.scheduled + self.running + self.dead
+        self.ready + self.scheduled + self.running + self.dead + self.blocked
     }
 
     fn add(&mut self, state: JobState, n: u64) {
@@ -38,6 +44,7 @@ impl QueueCounts {
             JobState::Scheduled => self.scheduled += n,
             JobState::Running => self.running += n,
             JobState::Dead => self.dead += n,
+            JobState::Blocked => self.blocked += n,
             _ => {}
         }
     }
@@ -71,6 +78,47 @@ pub struct Stats {
     /// The paused queues ([`Client::pause_queue`]), whether or not they
     /// hold jobs.
     pub paused_queues: Vec<String>,
+    /// Cluster-wide limits in use or holding jobs back: each concurrency
+    /// key with running or blocked jobs, and each rate key with starts in
+    /// the last day (at most 1,000 of each kind).
+    pub limits: Vec<LimitStatus>,
+}
+
+/// One concurrency or rate limit as the database counts it now
+/// ([`Stats::limits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// The task's stored name.
+    pub task: String,
+    /// The key taken from the payload, for a partitioned limit.
+    pub key: Option<String>,
+    /// Which limit.
+    pub kind: LimitKind,
+    /// The limit: slots, or starts per window.
+    pub limit: u64,
+    /// Concurrency: jobs holding a slot (running, or handed a freed slot
+    /// and about to be claimed). Rate: starts counted or reserved in
+    /// `window`.
+    pub active: u64,
+    /// Concurrency: blocked jobs waiting for a slot. Rate: jobs of the
+    /// task deferred to a later window (counted per task: the same number
+    /// on every key of the task).
+    pub waiting: u64,
+}
+
+/// The kind of a [`LimitStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `#[task(concurrency = N)]`.
+    Concurrency,
+    /// `#[task(rate = "N/per")]`; `window` is the latest window with
+    /// starts (the current one, or a later one holding reservations).
+    Rate {
+        /// The window's length.
+        per: Duration,
+        /// The start of the latest window with starts.
+        window: DateTime<Utc>,
+    },
 }
 
 /// A recurring task as the database knows it.
@@ -101,8 +149,18 @@ impl Client {
     /// If the database cannot be read.
     pub async fn stats(&self) -> Result<Stats> {
         let mut stats = Stats::default();
+        let mut deferred: BTreeMap<String, u64> = BTreeMap::new();
         for count in self.store().count_jobs().await? {
             let (state, n) = (count.state, count.jobs);
+            if count.rate_deferred && state == JobState::Scheduled {
+                stats
+                    .queues
+                    .entry(count.queue.clone())
+                    .or_default()
+                    .rate_limited += n;
+                stats.total.rate_limited += n;
+                *deferred.entry(count.task.clone()).or_default() += n;
+            }
             if state != JobState::Dead && !crate::registry::is_declared(&count.task) {
                 *stats.unknown_tasks.entry(count.task).or_default() += n;
             }
@@ -113,6 +171,34 @@ impl Client {
         stats.start_lag = self.inner.metrics.start_lag();
         stats.history_list_length = self.history_list_length().await;
         stats.paused_queues = self.paused_queues().await?;
+        let now = crate::time::clamp(self.now());
+        let (sems, rates) = self.store().limit_rows(now).await?;
+        use crate::store::admin::{key_task, user_key};
+        for s in sems {
+            stats.limits.push(LimitStatus {
+                task: key_task(&s.key),
+                key: user_key(&s.key),
+                kind: LimitKind::Concurrency,
+                limit: s.limit,
+                active: s.active,
+                waiting: s.waiting,
+            });
+        }
+        for r in rates {
+            let task = key_task(&r.key);
+            let (ms, window) = r.window.unwrap_or((0, now));
+            stats.limits.push(LimitStatus {
+                waiting: deferred.get(&task).copied().unwrap_or(0),
+                task,
+                key: user_key(&r.key),
+                kind: LimitKind::Rate {
+                    per: Duration::from_millis(ms),
+                    window,
+                },
+                limit: r.limit,
+                active: r.active,
+            });
+        }
         Ok(stats)
     }
 
@@ -211,7 +297,8 @@ impl Client {
     /// # Errors
     /// If the database cannot be written.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
-        self.store().cancel(id).await
+        let now = crate::time::now(self.now())?;
+        self.store().cancel(id, now).await
     }
 
     /// Deletes dead jobs that died more than `older_than` ago. Returns how many.

@@ -51,7 +51,9 @@ mod settings;
 mod store;
 pub mod time;
 
-pub use admin::{DeadJob, JobInfo, QueueCounts, RecurringTask, Stats};
+pub use admin::{
+    DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats, Waiting,
+};
 pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use connect::ClientOptions;
@@ -95,7 +97,8 @@ pub mod __private {
     /// Checks at compile time that a payload type can cross tasks.
     pub const fn assert_payload<T: Send + 'static>() {}
 
-    pub use crate::enqueue::Encoder;
+    pub use crate::enqueue::{Encoder, Keyer, LimitKeys};
+    pub use queue_core::Rate;
 
     /// How the jobs of a task encode and decode their payload. `#[task]`
     /// takes the one of its payload type in one place,
@@ -140,9 +143,10 @@ pub mod __private {
         options: TaskOptions,
         payloads: I,
         encode: Encoder<T>,
+        keyer: Option<Keyer<T>>,
     ) -> crate::Result<Vec<crate::JobId>> {
         client
-            .enqueue_many_encoded(Some(conn), options, payloads, encode)
+            .enqueue_many_encoded(Some(conn), options, payloads, encode, keyer)
             .await
     }
 
@@ -155,9 +159,10 @@ pub mod __private {
         options: TaskOptions,
         payloads: I,
         encode: Encoder<T>,
+        keyer: Option<Keyer<T>>,
     ) -> crate::Result<Vec<crate::JobId>> {
         client
-            .enqueue_many_encoded(None, options, payloads, encode)
+            .enqueue_many_encoded(None, options, payloads, encode, keyer)
             .await
     }
 

@@ -77,6 +77,22 @@ impl Registry {
         self.tasks.values().copied()
     }
 
+    /// The flow-control limits of every task that has one.
+    pub(crate) fn limits(&self) -> crate::store::limits::LimitTable {
+        self.iter()
+            .filter(|r| r.options.concurrency.is_some() || r.options.rate.is_some())
+            .map(|r| {
+                (
+                    r.options.name.to_owned(),
+                    crate::store::limits::TaskLimits {
+                        concurrency: r.options.concurrency,
+                        rate: r.options.rate,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Every queue that a task names, sorted.
     pub(crate) fn queues(&self) -> Vec<String> {
         let mut q: Vec<String> = self.iter().map(|r| r.options.queue.to_owned()).collect();

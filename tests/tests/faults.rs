@@ -947,3 +947,249 @@ async fn server_restart_longer_than_the_lease_never_runs_a_job_twice_at_once() {
     );
     db.drop_db().await;
 }
+
+// ---- Flow control across processes -------------------------------------
+
+async fn setup_limits() -> (TestDb, Client) {
+    let (db, client) = setup().await;
+    for ddl in tasks::LIMITS_DDL {
+        sqlx::query(ddl)
+            .execute(&db.pool)
+            .await
+            .expect("create tables");
+    }
+    (db, client)
+}
+
+fn limits_worker(db: &TestDb) -> Worker {
+    Worker::spawn(
+        db,
+        WorkerOpts {
+            queue: "limits",
+            ..WorkerOpts::default()
+        },
+    )
+}
+
+async fn gauges(db: &TestDb) -> BTreeMap<String, (i32, i32)> {
+    sqlx::query("SELECT k, now, peak FROM gauges")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read gauges")
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+/// Every slot taken is given back: no semaphore counts a job, no job waits.
+async fn assert_no_slot_held(db: &TestDb) {
+    let running = count(
+        db,
+        "SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores",
+    )
+    .await;
+    assert_eq!(running, 0, "every slot was released");
+    let blocked = count(db, "SELECT COUNT(*) FROM queue_blocked").await;
+    assert_eq!(blocked, 0, "no job is left blocked");
+}
+
+/// Four runtimes in four processes: a task limited to 3 never runs more
+/// than 3 at once, and a task limited to 1 per key never runs two of a key
+/// at once, while 40 slots are free across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_keep_concurrency_limits_per_task_and_per_key() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let mut workers: Vec<Worker> = (0..4).map(|_| limits_worker(&db)).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    tasks::capped::enqueue_many(&client, (0..60).map(|_| 60u64))
+        .await
+        .unwrap();
+    tasks::keyed::enqueue_many(&client, (0..80u64).map(|i| ((i % 10) as u32, 30u64)))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(120),
+        "every limited job to finish",
+        || async { unfinished(&client).await == 0 },
+    )
+    .await;
+    let g = gauges(&db).await;
+    assert_eq!(
+        g["capped"],
+        (0, 3),
+        "at most 3 at once, and the limit was reached: {g:?}"
+    );
+    for k in 0..10 {
+        assert_eq!(
+            g[&format!("key{k}")],
+            (0, 1),
+            "one at a time per key: {g:?}"
+        );
+    }
+    assert_no_slot_held(&db).await;
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}
+
+/// Four runtimes: a task limited to 20 starts per second never starts
+/// more than 20 in any one-second window (counted at the claim's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_keep_a_rate_limit() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let mut workers: Vec<Worker> = (0..4).map(|_| limits_worker(&db)).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    let started = Instant::now();
+    tasks::rated::enqueue_many(&client, 0..100u64)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "every rated job to finish",
+        || async { unfinished(&client).await == 0 },
+    )
+    .await;
+    let took = started.elapsed();
+    let rows: Vec<(DateTime<Utc>,)> =
+        sqlx::query_as("SELECT claimed_at FROM starts WHERE task = 'rated'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 100, "every job started once");
+    let mut per_window: BTreeMap<i64, usize> = BTreeMap::new();
+    for (t,) in &rows {
+        *per_window
+            .entry(t.timestamp_millis().div_euclid(1000))
+            .or_default() += 1;
+    }
+    let most = per_window.values().copied().max().unwrap();
+    assert!(most <= 20, "at most 20 starts per window: {per_window:?}");
+    assert!(
+        per_window.len() >= 5,
+        "100 starts at 20 per second take at least 5 windows: {per_window:?}"
+    );
+    // Five fixed windows: the first may be entered late, so just over 3 s.
+    assert!(
+        took >= Duration::from_secs(3),
+        "100 starts at 20/s took {took:?}"
+    );
+    eprintln!("rate 20/1s: 100 jobs in {took:?}, starts per window {per_window:?}");
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}
+
+/// Jobs of a task without a limit, enqueued behind 10,000 jobs of a task
+/// limited to 3, start long before that backlog drains: limited jobs leave
+/// the claim index as blocked, so they hold up no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_jobs_are_not_held_behind_a_limited_backlog() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let mut workers: Vec<Worker> = (0..4).map(|_| limits_worker(&db)).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    // 10,000 × 50 ms, 3 at a time: about 170 s to drain.
+    tasks::capped::enqueue_many(&client, (0..10_000).map(|_| 50u64))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    tasks::free::enqueue_many(&client, 0..50u64).await.unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the 50 unlimited jobs to run",
+        || async { count(&db, "SELECT COUNT(*) FROM starts WHERE task = 'free'").await == 50 },
+    )
+    .await;
+    let took = started.elapsed();
+    let stats = client.stats().await.unwrap();
+    let left = stats.total.total();
+    assert!(
+        stats.total.blocked > 0,
+        "the backlog waits blocked: {:?}",
+        stats.total
+    );
+    let capped = stats
+        .limits
+        .iter()
+        .find(|l| l.task == "faults.capped")
+        .expect("stats show the capped task's limit");
+    assert_eq!(
+        (capped.kind, capped.limit, capped.key.as_deref()),
+        (queue_runtime::LimitKind::Concurrency, 3, None)
+    );
+    assert!(capped.active <= 3 && capped.waiting > 0, "{capped:?}");
+    assert!(
+        left > 8_000,
+        "the limited backlog was still there ({left} jobs) when the unlimited jobs had all run"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the unlimited jobs ran within {took:?}"
+    );
+    eprintln!("50 unlimited jobs behind 10,000 limited ones ran in {took:?}; {left} jobs left");
+    let g = gauges(&db).await;
+    assert!(g["capped"].1 <= 3, "the limit held meanwhile: {g:?}");
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}
+
+/// A runtime SIGKILLed while it holds every slot of a limit: the slots
+/// come back with its leases, and another runtime runs every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runtime_gives_its_slots_back_with_its_leases() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let opts = || WorkerOpts {
+        queue: "limits",
+        lease: Some(Duration::from_millis(1_500)),
+        heartbeat: Some(Duration::from_millis(300)),
+        ..WorkerOpts::default()
+    };
+    let mut first = Worker::spawn(&db, opts());
+    first.wait_ready().await;
+    tasks::capped::enqueue_many(&client, (0..9).map(|_| 3_000u64))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the first worker to hold all 3 slots",
+        || async { gauges(&db).await.get("capped").is_some_and(|g| g.0 == 3) },
+    )
+    .await;
+    let held = count(
+        &db,
+        "SELECT CAST(SUM(running) AS SIGNED) FROM queue_semaphores",
+    )
+    .await;
+    assert_eq!(held, 3);
+    assert!(!first.sigkill().await.success());
+    let killed_at = Instant::now();
+    let mut second = Worker::spawn(&db, opts());
+    second.wait_ready().await;
+    // The 3 killed jobs run again after their lease, and the 6 others.
+    wait_until(Duration::from_secs(60), "every job to finish", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    eprintln!("all 9 done {:?} after the kill", killed_at.elapsed());
+    assert_no_slot_held(&db).await;
+    assert!(
+        second.log_count("took back jobs whose lease expired") >= 1,
+        "the second worker rescued the killed one's jobs:\n{}",
+        second.log()
+    );
+    assert!(second.terminate().await.success());
+    db.drop_db().await;
+}

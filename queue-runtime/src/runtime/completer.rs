@@ -54,12 +54,31 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     let client = &shared.client;
     let store = client.store();
     let mut done = Vec::new();
+    let mut slotted = Vec::new();
     let mut others = Vec::new();
     for a in batch {
         match a {
-            Ack::Complete { id, attempt } => done.push((id, attempt)),
+            Ack::Complete { id, attempt } => match shared.slot_of(id, attempt) {
+                Some(key) => slotted.push((id, attempt, key)),
+                None => done.push((id, attempt)),
+            },
             Ack::Stop => {}
             other => others.push(other),
+        }
+    }
+    if !slotted.is_empty() {
+        let (n, _) = shared
+            .outage
+            .until_ok("recording successes", || {
+                store.complete_slotted(&slotted, client.now())
+            })
+            .await;
+        if n > 0 {
+            // Freed slots may have unblocked jobs: claim them now.
+            client.inner.ready_gen.send_modify(|g| *g += 1);
+        }
+        for (id, attempt, _) in &slotted {
+            shared.finished(*id, *attempt);
         }
     }
     if !done.is_empty() {
@@ -89,6 +108,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     }
     for a in others {
         let id = a.id();
+        let slot = id.and_then(|(id, attempt)| shared.slot_of(id, attempt));
         let (recorded, _) = shared
             .outage
             .until_ok("recording an outcome", || async {
@@ -102,11 +122,21 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                         refund,
                     } => {
                         store
-                            .retry_later(*id, *attempt, *run_at, error, now, *refund)
+                            .retry_later(
+                                *id,
+                                *attempt,
+                                *run_at,
+                                error,
+                                now,
+                                *refund,
+                                slot.as_deref(),
+                            )
                             .await
                     }
                     Ack::Dead { id, attempt, error } => {
-                        store.mark_dead(*id, *attempt, error, now).await
+                        store
+                            .mark_dead(*id, *attempt, error, now, slot.as_deref())
+                            .await
                     }
                     _ => Ok(true),
                 }
@@ -115,7 +145,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         if !recorded {
             tracing::warn!(job.id = ?id, "outcome not recorded: the job's lease had expired and another runtime took it");
         }
-        if matches!(a, Ack::Retry { .. }) {
+        if matches!(a, Ack::Retry { .. }) || slot.is_some() {
             client.inner.scheduled_gen.send_modify(|g| *g += 1);
             client.inner.ready_gen.send_modify(|g| *g += 1);
         }

@@ -113,7 +113,7 @@ impl Cursors {
             stragglers, limit, ..
         } = ticket;
         match result {
-            Ok(Claimed { jobs, keys }) => {
+            Ok(Claimed { jobs, keys, .. }) => {
                 // Stragglers the claim passed over were locked by another
                 // claimer or are gone; the next probe finds any that remain.
                 let from_range: Vec<(u8, u64)> = keys

@@ -74,6 +74,7 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
     let shared2 = shared.clone();
     let id = job.id;
     let attempt = job.attempt;
+    let slot = job.slot.clone();
     // Register before the task can finish, so heartbeats cover it.
     let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
     tokio::spawn(async move {
@@ -121,6 +122,7 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
         InFlight {
             attempt,
             reported: false,
+            slot,
         },
     );
 }

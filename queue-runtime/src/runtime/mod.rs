@@ -166,6 +166,7 @@ impl RuntimeBuilder {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client: self.client.clone(),
+            limits: registry.limits(),
             registry,
             owner,
             queues,
@@ -312,6 +313,8 @@ impl Drop for Runtime {
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) registry: Registry,
+    /// The limits of the registry's tasks, for the claim.
+    pub(crate) limits: crate::store::limits::LimitTable,
     pub(crate) owner: String,
     pub(crate) queues: Vec<String>,
     semaphore: Arc<Semaphore>,
@@ -349,6 +352,14 @@ impl Shared {
     /// only the entry of that attempt: after an outage longer than the lease
     /// this runtime may have claimed the job again, and the new attempt must
     /// keep its heartbeats.
+    /// The concurrency slot the job runs under, if any.
+    fn slot_of(&self, id: JobId, attempt: u32) -> Option<Vec<u8>> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&id)
+            .filter(|f| f.attempt == attempt)
+            .and_then(|f| f.slot.clone())
+    }
+
     fn finished(&self, id: JobId, attempt: u32) {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id).is_some_and(|f| f.attempt == attempt) {
@@ -377,4 +388,6 @@ struct InFlight {
     /// heartbeat that no longer matches the job may just have raced with
     /// its success, so the job is not counted as lost.
     reported: bool,
+    /// The concurrency key whose slot the job holds.
+    slot: Option<Vec<u8>>,
 }

@@ -397,7 +397,13 @@ impl Producer {
             let result = shared
                 .client
                 .store()
-                .claim_ticket(&ticket, &shared.owner, stamp.lease_until, stamp.at)
+                .claim_ticket(
+                    &ticket,
+                    &shared.owner,
+                    stamp.lease_until,
+                    stamp.at,
+                    &shared.limits,
+                )
                 .await;
             ClaimDone {
                 queue,

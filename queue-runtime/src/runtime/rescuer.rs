@@ -10,11 +10,16 @@ use std::time::{Duration, Instant};
 
 /// How often a runtime looks for ready jobs missing from the claim index.
 pub(super) const HEAL_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often a runtime with limited tasks looks for blocked jobs whose
+/// semaphore has room nobody handed them (a raised limit).
+const UNBLOCK_INTERVAL: Duration = Duration::from_secs(30);
+
 pub(super) async fn rescuer(shared: Arc<Shared>) {
     let interval = (shared.lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut last_ok: Option<DateTime<Utc>> = None;
     let mut last_full = Instant::now();
     let mut last_heal: Option<Instant> = None;
+    let mut last_unblock: Option<Instant> = None;
     loop {
         let now = shared.client.now();
         // Look at leases that expired since the last pass (with a margin);
@@ -60,6 +65,17 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
                     jobs = n,
                     "put ready jobs missing from the claim index back in it"
                 );
+                shared.client.inner.ready_gen.send_modify(|g| *g += 1);
+            }
+        }
+        if !shared.limits.is_empty() && last_unblock.is_none_or(|t| t.elapsed() >= UNBLOCK_INTERVAL)
+        {
+            last_unblock = Some(Instant::now());
+            let sent = Instant::now();
+            let unblocked = store.unblock_where_room(now).await;
+            shared.outage.track("unblocking jobs", sent, &unblocked);
+            if let Ok(n @ 1..) = unblocked {
+                tracing::info!(jobs = n, "handed free slots to blocked jobs");
                 shared.client.inner.ready_gen.send_modify(|g| *g += 1);
             }
         }

@@ -58,6 +58,57 @@ pub struct JobInfo {
     pub last_error: Option<String>,
     /// The payload (JSON).
     pub payload: String,
+    /// What limit the job waits for, if it is held back by one: blocked
+    /// for a concurrency slot, or scheduled for the rate window in which
+    /// it holds a reserved start.
+    pub waiting: Option<Waiting>,
+}
+
+/// The limit a job waits for ([`JobInfo::waiting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// Blocked: its task's concurrency limit (for its key, if the task has
+    /// `concurrency_key`) is full. It moves to ready, holding a slot, when
+    /// a job of the same limit ends.
+    Concurrency {
+        /// The concurrency key taken from the payload, if any.
+        key: Option<String>,
+    },
+    /// Scheduled by its task's rate limit: it starts in the window that
+    /// begins at `window`, where it holds a reserved start.
+    Rate {
+        /// The rate key taken from the payload, if any.
+        key: Option<String>,
+        /// The start of its window.
+        window: DateTime<Utc>,
+    },
+}
+
+/// The user's part of a stored limit key (task, U+001F, key).
+pub(crate) fn user_key(stored: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stored);
+    text.split_once('\u{1f}').map(|(_, k)| k.to_owned())
+}
+
+/// The task part of a stored limit key.
+pub(crate) fn key_task(stored: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stored);
+    text.split_once('\u{1f}')
+        .map_or(text.as_ref(), |(t, _)| t)
+        .to_owned()
+}
+
+/// A concurrency semaphore or rate window, as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct LimitRow {
+    pub key: Vec<u8>,
+    /// Concurrency: slots held. Rate: starts counted in `window`.
+    pub active: u64,
+    pub limit: u64,
+    /// Concurrency: blocked jobs. Rate: unused (counted by the caller).
+    pub waiting: u64,
+    /// Rate only: the window's length and its start.
+    pub window: Option<(u64, DateTime<Utc>)>,
 }
 
 /// How many jobs of one task are in one state in one queue.
@@ -67,14 +118,66 @@ pub(crate) struct TaskCount {
     pub state: JobState,
     pub task: String,
     pub jobs: u64,
+    /// Scheduled by a rate limit (holding a reserved start).
+    pub rate_deferred: bool,
 }
 
 impl Store {
     /// The jobs counted by queue, state and task: one statement that scans
     /// every job (a row per combination that has jobs).
+    /// Semaphores that are in use or have blocked jobs, and rate windows
+    /// of the last day; at most 1,000 of each.
+    pub(crate) async fn limit_rows(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<LimitRow>, Vec<LimitRow>)> {
+        let sems = self
+            .q("SELECT s.concurrency_key, s.running, s.lim, \
+                (SELECT COUNT(*) FROM queue_blocked b WHERE b.concurrency_key = s.concurrency_key) AS waiting \
+                FROM queue_semaphores s HAVING s.running > 0 OR waiting > 0 \
+                ORDER BY s.concurrency_key LIMIT 1000")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(LimitRow {
+                    key: r.try_get(0)?,
+                    active: u64::from(r.try_get::<u32, _>(1)?),
+                    limit: u64::from(r.try_get::<u32, _>(2)?),
+                    waiting: u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+                    window: None,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let day_ago = crate::clock::sub(now, std::time::Duration::from_secs(86_400));
+        let rates = self
+            .q(
+                "SELECT rate_key, starts, lim, window_ms, window_start FROM queue_rates \
+                WHERE window_start >= ? ORDER BY rate_key LIMIT 1000",
+            )
+            .bind(At(day_ago))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(LimitRow {
+                    key: r.try_get(0)?,
+                    active: u64::from(r.try_get::<u32, _>(1)?),
+                    limit: u64::from(r.try_get::<u32, _>(2)?),
+                    waiting: 0,
+                    window: Some((r.try_get(3)?, crate::time::stored(r, 4)?)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((sems, rates))
+    }
+
     pub(crate) async fn count_jobs(&self) -> Result<Vec<TaskCount>> {
         let rows = self
-            .q("SELECT queue, state, task, COUNT(*) FROM queue_jobs GROUP BY queue, state, task")
+            .q(
+                "SELECT queue, state, task, COUNT(*), rate_window IS NOT NULL FROM queue_jobs \
+                GROUP BY queue, state, task, rate_window IS NOT NULL",
+            )
             .fetch_all(&self.pool)
             .await?;
         let mut counts = Vec::with_capacity(rows.len());
@@ -88,6 +191,7 @@ impl Store {
                 state,
                 task: row.get(2),
                 jobs: u64::try_from(n).unwrap_or(0),
+                rate_deferred: row.try_get::<i64, _>(4).unwrap_or(0) != 0,
             });
         }
         Ok(counts)
@@ -159,17 +263,43 @@ impl Store {
         Ok(true)
     }
 
-    /// Deletes a job if it is ready or scheduled; returns whether it did.
-    pub(crate) async fn cancel(&self, id: JobId) -> Result<bool> {
-        let n = self
-            .q("DELETE FROM queue_jobs WHERE id = ? AND state IN (?, ?)")
-            .bind(id.0)
-            .bind(JobState::Ready.as_u8())
-            .bind(JobState::Scheduled.as_u8())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+    /// Deletes a job if it is ready, scheduled or blocked; returns whether
+    /// it did. A slot the job held goes to the next blocked job of its key.
+    pub(crate) async fn cancel(&self, id: JobId, now: DateTime<Utc>) -> Result<bool> {
+        super::retry_deadlocks(|| async {
+            let mut tx = self.begin().await?;
+            let row = self
+                .q("SELECT state, IF(slot = 1, concurrency_key, NULL), concurrency_key, priority \
+                    FROM queue_jobs WHERE id = ? AND state IN (?, ?, ?) FOR UPDATE")
+                .bind(id.0)
+                .bind(JobState::Ready.as_u8())
+                .bind(JobState::Scheduled.as_u8())
+                .bind(JobState::Blocked.as_u8())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(false);
+            };
+            self.q("DELETE FROM queue_jobs WHERE id = ?")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            if row.try_get::<u8, _>(0)? == JobState::Blocked.as_u8() {
+                self.q("DELETE FROM queue_blocked WHERE concurrency_key = ? AND priority = ? AND job_id = ?")
+                    .bind(row.try_get::<Option<Vec<u8>>, _>(2)?)
+                    .bind(row.try_get::<u8, _>(3)?)
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(key) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+                self.release_slots(&mut tx, &[(key, 1)].into(), now).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Pauses `queue` (validated): returns whether it was running.
@@ -233,18 +363,36 @@ impl Store {
         let row = self
             .q(
                 "SELECT id, task, queue, priority, state, attempts, max_attempts, run_at, \
-                last_error, payload FROM queue_jobs WHERE id = ?",
+                last_error, payload, concurrency_key, rate_key, rate_window FROM queue_jobs WHERE id = ?",
             )
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?;
         let Some(r) = row else { return Ok(None) };
+        let state = JobState::from_u8(r.try_get(4)?).unwrap_or(JobState::Dead);
+        let waiting = if state == JobState::Blocked {
+            let key: Option<Vec<u8>> = r.try_get(10)?;
+            Some(Waiting::Concurrency {
+                key: key.as_deref().and_then(user_key),
+            })
+        } else if state == JobState::Scheduled
+            && let Some(window) = r.try_get::<Option<chrono::NaiveDateTime>, _>(12)?
+        {
+            let key: Option<Vec<u8>> = r.try_get(11)?;
+            Some(Waiting::Rate {
+                key: key.as_deref().and_then(user_key),
+                window: window.and_utc(),
+            })
+        } else {
+            None
+        };
         Ok(Some(JobInfo {
+            waiting,
             id: JobId(r.try_get(0)?),
             task: r.try_get(1)?,
             queue: r.try_get(2)?,
             priority: r.try_get(3)?,
-            state: JobState::from_u8(r.try_get(4)?).unwrap_or(JobState::Dead),
+            state,
             attempts: r.try_get(5)?,
             max_attempts: r.try_get(6)?,
             run_at: crate::time::stored(&r, 7)?,

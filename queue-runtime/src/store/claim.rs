@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState, Priority};
 use sqlx::{AssertSqlSafe, Row};
 
+use super::limits::{LimitTable, LimitedPlan};
 use super::{
     ReadyOrder, Store, bind_ids, inline_list, placeholders, repeated, sql_time, value_rows,
 };
@@ -42,6 +43,8 @@ pub(crate) struct ClaimedJob {
     pub deadline_ms: Option<u64>,
     /// When the job was due: enqueue-to-start latency is measured from it.
     pub run_at: DateTime<Utc>,
+    /// The concurrency key whose slot the job holds while it runs.
+    pub slot: Option<Vec<u8>>,
 }
 
 /// What a claim brought back.
@@ -157,11 +160,12 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
+        limits: &LimitTable,
     ) -> Result<Claimed> {
         if ticket.limit == 0 {
             return Ok(Claimed::default());
         }
-        super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now)).await
+        super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now, limits)).await
     }
 
     /// One claim transaction in two round trips, as multi-statement text
@@ -181,10 +185,11 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
+        limits: &LimitTable,
     ) -> Result<Claimed> {
         let mut conn = self.pool.acquire().await?;
         let result = self
-            .claim_on(&mut conn, ticket, owner, lease_until, now)
+            .claim_on(&mut conn, ticket, owner, lease_until, now, limits)
             .await;
         if result.is_err() {
             let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
@@ -202,6 +207,7 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
+        limits: &LimitTable,
     ) -> Result<Claimed> {
         let queue = ticket.queue.as_str();
         let pick = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
@@ -220,10 +226,28 @@ impl Store {
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        let ids: Vec<u64> = rows
+        let mut ids: Vec<u64> = Vec::with_capacity(rows.len());
+        let mut limited: Vec<u64> = Vec::new();
+        for r in &rows {
+            let id: u64 = r.try_get(2)?;
+            if r.try_get::<u8, _>(3)? != 0 {
+                limited.push(id);
+            } else {
+                ids.push(id);
+            }
+        }
+        // Jobs with a limit to check: decided (and locked) in a round trip
+        // of their own; batches without them take none.
+        let plan = if limited.is_empty() {
+            LimitedPlan::default()
+        } else {
+            self.plan_limited(&mut *conn, &limited, limits, now).await?
+        };
+        ids.extend(&plan.run);
+        let order: Vec<u64> = rows
             .iter()
-            .map(|r| r.try_get(2))
-            .collect::<Result<_, _>>()?;
+            .filter_map(|r| r.try_get::<u64, _>(2).ok())
+            .collect();
 
         // Delete by primary key, priority by priority.
         let levels: Vec<String> = (0..LEVELS as u8)
@@ -240,25 +264,34 @@ impl Store {
             "DELETE FROM queue_ready WHERE queue = '{queue}' AND ({})",
             levels.join(" OR ")
         );
-        let list = inline_list(&ids);
         let (running, ready) = (JobState::Running.as_u8(), JobState::Ready.as_u8());
-        let update = format!(
-            "UPDATE queue_jobs SET state = {running}, attempts = attempts + 1, \
-             lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{now}' \
-             WHERE id IN ({list}) AND state = {ready}",
-            lease = sql_time(lease_until),
-            now = sql_time(now),
-        );
-        let select = format!(
-            "SELECT id, task, queue, priority, payload, attempts, max_attempts, deadline_ms, run_at \
-             FROM queue_jobs WHERE id IN ({list}) AND state = {running} AND lease_owner = '{owner}'"
-        );
-        let second = format!(
-            "{}; {}; {}; COMMIT",
-            self.limited(&delete),
-            self.limited(&update),
-            self.limited(&select)
-        );
+        let mut second: Vec<String> = vec![self.limited(&delete)];
+        second.extend(plan.statements.iter().map(|s| self.limited(s)));
+        if !ids.is_empty() {
+            let list = inline_list(&ids);
+            // `updated_at` is this claim's own `now` (claims of one runtime
+            // get distinct ones), which `release_lost_claim` and the
+            // SELECT below recognise the claim by.
+            let update = format!(
+                "UPDATE queue_jobs SET state = {running}, attempts = attempts + 1, \
+                 lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{now}', \
+                 slot = concurrency_key IS NOT NULL, rate_window = NULL \
+                 WHERE id IN ({list}) AND state = {ready}",
+                lease = sql_time(lease_until),
+                now = sql_time(now),
+            );
+            let select = format!(
+                "SELECT id, task, queue, priority, payload, attempts, max_attempts, deadline_ms, run_at, \
+                 IF(slot = 1, concurrency_key, NULL) \
+                 FROM queue_jobs WHERE id IN ({list}) AND state = {running} AND lease_owner = '{owner}' \
+                 AND updated_at = '{now}'",
+                now = sql_time(now),
+            );
+            second.push(self.limited(&update));
+            second.push(self.limited(&select));
+        }
+        second.push("COMMIT".to_owned());
+        let second = second.join("; ");
         let rows = sqlx::raw_sql(AssertSqlSafe(second))
             .fetch_all(&mut *conn)
             .await?;
@@ -277,7 +310,7 @@ impl Store {
             })
             .collect();
         // Keep claim order (priority, seq).
-        jobs.sort_by_key(|j| ids.iter().position(|&i| i == j.id.0));
+        jobs.sort_by_key(|j| order.iter().position(|&i| i == j.id.0));
         Ok(Claimed { jobs, keys })
     }
 
@@ -296,9 +329,10 @@ impl Store {
     ) -> Result<u64> {
         super::retry_deadlocks(|| async {
             let mut tx = self.begin().await?;
-            let ids: Vec<u64> = self
+            let rows = self
                 .q(
-                    "SELECT id FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+                    "SELECT id, IF(slot = 1, concurrency_key, NULL) FROM queue_jobs \
+                     FORCE INDEX (queue_jobs_lease) \
                      WHERE lease_expires_at = ? AND lease_owner = ? AND state = ? AND updated_at = ? \
                      FOR UPDATE",
                 )
@@ -307,10 +341,17 @@ impl Store {
                 .bind(JobState::Running.as_u8())
                 .bind(At(claimed_at))
                 .fetch_all(&mut *tx)
-                .await?
+                .await?;
+            let ids: Vec<u64> = rows
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?;
+            let mut freed: std::collections::BTreeMap<Vec<u8>, u32> = Default::default();
+            for r in &rows {
+                if let Some(key) = r.try_get::<Option<Vec<u8>>, _>(1)? {
+                    *freed.entry(key).or_insert(0) += 1;
+                }
+            }
             if ids.is_empty() {
                 tx.rollback().await?;
                 return Ok(0);
@@ -318,7 +359,7 @@ impl Store {
             let list = placeholders(ids.len());
             let sql = format!(
                 "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                 attempts = attempts - 1, run_at = ?, updated_at = ?, \
+                 attempts = attempts - 1, run_at = ?, updated_at = ?, slot = 0, \
                  last_error = 'handed back: the claim that leased it lost its reply' \
                  WHERE id IN ({list})"
             );
@@ -330,6 +371,7 @@ impl Store {
             bind_ids(q, &ids).execute(&mut *tx).await?;
             self.index_ready_by_id(&mut tx, &ids, ReadyOrder::Id)
                 .await?;
+            self.release_slots(&mut tx, &freed, now).await?;
             tx.commit().await?;
             Ok(ids.len() as u64)
         })
@@ -346,7 +388,7 @@ pub(crate) fn claim_sql(
     limit: usize,
 ) -> String {
     format!(
-        "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} \
+        "SELECT priority, seq, job_id, limited FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} \
          ORDER BY priority, seq LIMIT {limit} FOR UPDATE SKIP LOCKED",
         claim_ranges(queue, last, stragglers)
     )
@@ -408,6 +450,7 @@ fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<ClaimedJob>
         max_attempts: r.try_get(6)?,
         deadline_ms: r.try_get(7)?,
         run_at: crate::time::stored(r, 8)?,
+        slot: r.try_get(9)?,
     })
 }
 
@@ -420,7 +463,7 @@ mod tests {
         let sql = claim_sql("mail", &[0, 5, 0, 0, 9], &[(4, 3), (4, 8)], 10);
         assert_eq!(
             sql,
-            "SELECT priority, seq, job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = 'mail' AND (\
+            "SELECT priority, seq, job_id, limited FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = 'mail' AND (\
              (priority = 0 AND seq > 0) OR (priority = 1 AND seq > 5) OR (priority = 2 AND seq > 0) OR \
              (priority = 3 AND seq > 0) OR (priority = 4 AND seq > 9) OR (priority = 4 AND seq IN (3, 8))\
              ) ORDER BY priority, seq LIMIT 10 FOR UPDATE SKIP LOCKED"

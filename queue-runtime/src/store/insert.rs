@@ -57,7 +57,9 @@ fn row_bytes(job: &NewJob) -> u64 {
     (job.payload.len()
         + job.task.len()
         + job.queue.len()
-        + job.unique_key.as_ref().map_or(0, String::len)) as u64
+        + job.unique_key.as_ref().map_or(0, String::len)
+        + job.concurrency_key.as_ref().map_or(0, String::len)
+        + job.rate_key.as_ref().map_or(0, String::len)) as u64
         + ROW_OVERHEAD
 }
 
@@ -230,8 +232,9 @@ impl Store {
     ) -> Result<Vec<u64>> {
         let mut sql = format!(
             "INSERT INTO queue_jobs (task, unique_key, queue, priority, state, payload, attempts, \
-             max_attempts, deadline_ms, run_at, scheduled_at, created_at, updated_at) VALUES {}",
-            value_rows("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)", part.len())
+             max_attempts, deadline_ms, run_at, scheduled_at, created_at, updated_at, \
+             concurrency_key, rate_key) VALUES {}",
+            value_rows("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)", part.len())
         );
         if self.flavor == Flavor::MariaDb {
             sql.push_str(" RETURNING id");
@@ -256,7 +259,9 @@ impl Store {
                 .bind(At(job.run_at))
                 .bind(if due { None } else { Some(At(job.run_at)) })
                 .bind(At(now))
-                .bind(At(now));
+                .bind(At(now))
+                .bind(job.concurrency_key.as_deref())
+                .bind(job.rate_key.as_deref());
         }
         let ids = match self.flavor {
             // The server says which ids it gave, in the order of the rows.
@@ -314,12 +319,16 @@ impl Store {
             let (rows, after) = due.split_at(size);
             due = after;
             let sql = format!(
-                "INSERT INTO queue_ready (queue, priority, job_id) VALUES {}",
-                value_rows("(?, ?, ?)", rows.len())
+                "INSERT INTO queue_ready (queue, priority, job_id, limited) VALUES {}",
+                value_rows("(?, ?, ?, ?)", rows.len())
             );
             let mut q = self.q(&sql);
             for (job, id) in rows {
-                q = q.bind(&job.queue).bind(job.priority).bind(*id);
+                q = q
+                    .bind(&job.queue)
+                    .bind(job.priority)
+                    .bind(*id)
+                    .bind(u8::from(job.limited()));
             }
             q.execute(&mut *tx).await?;
         }
@@ -366,6 +375,8 @@ mod tests {
             deadline_ms: None,
             run_at: DateTime::<Utc>::UNIX_EPOCH,
             unique_key: None,
+            concurrency_key: None,
+            rate_key: None,
         }
     }
 

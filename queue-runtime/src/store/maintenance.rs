@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
 use sqlx::Row;
 
-use super::{ReadyOrder, Store, bind_ids, placeholders, retry_deadlocks};
+use super::{LIMITED, ReadyOrder, Store, bind_ids, placeholders, retry_deadlocks};
 use crate::error::Result;
 use crate::time::At;
 
@@ -73,13 +73,13 @@ impl Store {
     ) -> Result<(u64, u64, bool)> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT id, attempts, max_attempts FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
+            "SELECT id, attempts, max_attempts, IF(slot = 1, concurrency_key, NULL) \
+             FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
              WHERE lease_expires_at > ? AND lease_expires_at <= ? \
              ORDER BY lease_expires_at LIMIT {RESCUE_BATCH} FOR UPDATE SKIP LOCKED"
         );
-        let leases: Vec<ExpiredLease> = self
-            .lock_window(&mut tx, &sql, since, now)
-            .await?
+        let rows = self.lock_window(&mut tx, &sql, since, now).await?;
+        let leases: Vec<ExpiredLease> = rows
             .iter()
             .map(|r| {
                 Ok(ExpiredLease {
@@ -89,6 +89,13 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
+        // The slots the lost workers held come back with the lease.
+        let mut freed: std::collections::BTreeMap<Vec<u8>, u32> = Default::default();
+        for r in &rows {
+            if let Some(key) = r.try_get::<Option<Vec<u8>>, _>(3)? {
+                *freed.entry(key).or_insert(0) += 1;
+            }
+        }
         let more = leases.len() == RESCUE_BATCH;
         // Jobs with the same decision are written by one statement.
         let mut groups: std::collections::BTreeMap<Rescue, Vec<u64>> = Default::default();
@@ -104,7 +111,7 @@ impl Store {
                     let due = *run_at <= now;
                     let sql = format!(
                         "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})"
                     );
                     self.q(&sql)
                         .bind(
@@ -125,7 +132,7 @@ impl Store {
                     // A dead job releases its unique key.
                     let sql = format!(
                         "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ? WHERE id IN ({list})"
+                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})"
                     );
                     self.q(&sql)
                         .bind(JobState::Dead.as_u8())
@@ -140,6 +147,7 @@ impl Store {
                     .await?;
             }
         }
+        self.release_slots(&mut tx, &freed, now).await?;
         tx.commit().await?;
         Ok((retried, dead, more))
     }
@@ -155,10 +163,12 @@ impl Store {
         let settled = crate::clock::sub(now, HEAL_AFTER);
         retry_deadlocks(|| async {
             Ok(self
-                .q("INSERT INTO queue_ready (queue, priority, job_id) \
-                     SELECT j.queue, j.priority, j.id FROM queue_jobs j \
+                .q(&format!(
+                    "INSERT INTO queue_ready (queue, priority, job_id, limited) \
+                     SELECT j.queue, j.priority, j.id, {LIMITED} FROM queue_jobs j \
                      WHERE j.state = ? AND j.updated_at < ? \
-                     AND j.id NOT IN (SELECT r.job_id FROM queue_ready r) ORDER BY j.id")
+                     AND j.id NOT IN (SELECT r.job_id FROM queue_ready r) ORDER BY j.id"
+                ))
                 .bind(JobState::Ready.as_u8())
                 .bind(At(settled))
                 .execute(&self.pool)

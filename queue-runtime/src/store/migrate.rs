@@ -121,6 +121,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0004_paused_queues.sql"),
         applied: &[Applied::Idempotent],
     },
+    Migration {
+        version: 5,
+        name: "limits",
+        sql: include_str!("../../migrations/0005_limits.sql"),
+        applied: &[
+            Applied::Column {
+                table: "queue_jobs",
+                column: "rate_window",
+            },
+            Applied::Column {
+                table: "queue_ready",
+                column: "limited",
+            },
+            Applied::Idempotent,
+            Applied::Idempotent,
+            Applied::Idempotent,
+        ],
+    },
 ];
 
 /// The newest schema version this build ships.

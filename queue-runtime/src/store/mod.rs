@@ -5,6 +5,7 @@
 //! - `insert`: new jobs, and their entry into the claim index;
 //! - `claim`: the claim path over the claim index;
 //! - `outcome`: what an attempt's end writes (complete, retry, dead), leases;
+//! - `limits`: concurrency semaphores, blocked jobs and rate windows;
 //! - `maintenance`: rescue of expired leases, dispatch of due jobs, healing;
 //! - `admin`: the client's inspection and repair statements;
 //! - `cron`: the `queue_cron` rows of recurring tasks;
@@ -14,6 +15,7 @@ pub(crate) mod admin;
 mod claim;
 mod cron;
 mod insert;
+pub(crate) mod limits;
 mod maintenance;
 pub(crate) mod migrate;
 mod outcome;
@@ -52,6 +54,18 @@ pub(crate) struct NewJob {
     pub run_at: DateTime<Utc>,
     /// Not enqueued again while a job of the task with this key is pending.
     pub unique_key: Option<String>,
+    /// The stored concurrency key (task, U+001F, key; or the task alone)
+    /// of a task with a concurrency limit.
+    pub concurrency_key: Option<String>,
+    /// The stored rate key of a task with a rate limit.
+    pub rate_key: Option<String>,
+}
+
+impl NewJob {
+    /// Whether its claim-index row must be checked against a limit.
+    pub(crate) fn limited(&self) -> bool {
+        self.concurrency_key.is_some() || self.rate_key.is_some()
+    }
 }
 
 /// The SQL side of a `Client`: a pool and the server's flavour.
@@ -196,7 +210,7 @@ impl Store {
         order: ReadyOrder,
     ) -> Result<()> {
         let sql = format!(
-            "INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id \
+            "INSERT INTO queue_ready (queue, priority, job_id, limited) SELECT queue, priority, id, {LIMITED} \
              FROM queue_jobs WHERE id IN ({}) ORDER BY {}",
             placeholders(ids.len()),
             order.sql()
@@ -205,6 +219,12 @@ impl Store {
         Ok(())
     }
 }
+
+/// Whether a job's claim-index row must be checked against a limit at
+/// claim, as a SQL expression over `queue_jobs`: it has a rate key, or a
+/// concurrency key and no slot yet.
+pub(crate) const LIMITED: &str =
+    "(rate_key IS NOT NULL OR (concurrency_key IS NOT NULL AND slot = 0))";
 
 /// Tries of [`retry_deadlocks`], the first included.
 const DEADLOCK_TRIES: u32 = 8;

@@ -31,6 +31,55 @@ impl Store {
         Ok(total)
     }
 
+    /// Deletes succeeded jobs that hold a concurrency slot (each only while
+    /// still at its attempt) and releases their slots, in one transaction.
+    pub(crate) async fn complete_slotted(
+        &self,
+        done: &[(JobId, u32, Vec<u8>)],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut total = 0;
+        for part in done.chunks(FENCE_CHUNK) {
+            let fenced: Vec<(JobId, u32)> = part.iter().map(|d| (d.0, d.1)).collect();
+            total += retry_deadlocks(|| async {
+                let mut tx = self.begin().await?;
+                let sql = format!(
+                    "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
+                    fence(&fenced)
+                );
+                let held: Vec<u64> = sqlx::raw_sql(self.sql(&sql))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                if held.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(0);
+                }
+                let sql = format!(
+                    "DELETE FROM queue_jobs WHERE id IN ({})",
+                    inline_list(&held)
+                );
+                let n = sqlx::raw_sql(self.sql(&sql))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let mut freed = std::collections::BTreeMap::new();
+                for (id, _, key) in part {
+                    if held.contains(&id.0) {
+                        *freed.entry(key.clone()).or_insert(0u32) += 1;
+                    }
+                }
+                self.release_slots(&mut tx, &freed, now).await?;
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await?;
+        }
+        Ok(total)
+    }
+
     /// How many of these jobs exist.
     pub(crate) async fn count_existing(&self, ids: &[JobId]) -> Result<u64> {
         let mut total = 0;
@@ -56,6 +105,7 @@ impl Store {
         error: &str,
         now: DateTime<Utc>,
         refund_attempt: bool,
+        slot: Option<&[u8]>,
     ) -> Result<bool> {
         let due = run_at <= now;
         retry_deadlocks(|| async {
@@ -63,7 +113,7 @@ impl Store {
             let res = self
                 .q(
                     "UPDATE queue_jobs SET state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
-                     lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? \
+                     lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ?, slot = 0 \
                      WHERE id = ? AND attempts = ? AND state = ?",
                 )
                 .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
@@ -85,6 +135,10 @@ impl Store {
                 self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
                     .await?;
             }
+            if let Some(key) = slot {
+                self.release_slots(&mut tx, &[(key.to_vec(), 1)].into(), now)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(true)
         })
@@ -98,14 +152,14 @@ impl Store {
         attempt: u32,
         error: &str,
         now: DateTime<Utc>,
+        slot: Option<&[u8]>,
     ) -> Result<bool> {
-        // A dead job releases its unique key.
+        // A dead job releases its unique key, and its slot.
         let sql = "UPDATE queue_jobs SET state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                   unique_key = NULL, last_error = ?, updated_at = ? \
+                   unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 \
                    WHERE id = ? AND attempts = ? AND state = ?";
-        let n = retry_deadlocks(|| async {
-            Ok(self
-                .q(sql)
+        let update = || {
+            self.q(sql)
                 .bind(JobState::Dead.as_u8())
                 .bind(At(now))
                 .bind(error)
@@ -113,9 +167,19 @@ impl Store {
                 .bind(id.0)
                 .bind(attempt)
                 .bind(JobState::Running.as_u8())
-                .execute(&self.pool)
-                .await?
-                .rows_affected())
+        };
+        let n = retry_deadlocks(|| async {
+            let Some(key) = slot else {
+                return Ok(update().execute(&self.pool).await?.rows_affected());
+            };
+            let mut tx = self.begin().await?;
+            let n = update().execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                self.release_slots(&mut tx, &[(key.to_vec(), 1)].into(), now)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(n)
         })
         .await?;
         Ok(n > 0)

@@ -206,3 +206,92 @@ pub async fn remember(ctx: TaskContext, w: Work) -> Result<(), TaskError> {
         Some(std::time::Instant::now());
     Ok(())
 }
+
+/// The tables the flow-control tasks record in: a gauge per limit (jobs
+/// running now, and the most at once), and each start with the time its
+/// claim counted it at.
+pub const LIMITS_DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS gauges (
+        k    VARCHAR(64) NOT NULL PRIMARY KEY,
+        now  INT         NOT NULL,
+        peak INT         NOT NULL
+    ) ENGINE = InnoDB",
+    "CREATE TABLE IF NOT EXISTS starts (
+        job_id     BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+        task       VARCHAR(64)     NOT NULL,
+        claimed_at DATETIME(6)     NOT NULL,
+        started_at DATETIME(6)     NOT NULL
+    ) ENGINE = InnoDB",
+];
+
+/// At most 3 run at once across every runtime.
+#[task(name = "faults.capped", queue = "limits", concurrency = 3)]
+pub async fn capped(ctx: TaskContext, sleep_ms: u64) -> Result<(), TaskError> {
+    gauge(&ctx, "capped".to_owned(), sleep_ms).await
+}
+
+/// At most one per key (the first number) at once.
+#[task(
+    name = "faults.keyed",
+    queue = "limits",
+    concurrency = 1,
+    concurrency_key = |p: &(u32, u64)| p.0
+)]
+pub async fn keyed(ctx: TaskContext, p: (u32, u64)) -> Result<(), TaskError> {
+    gauge(&ctx, format!("key{}", p.0), p.1).await
+}
+
+/// At most 20 starts per second across every runtime.
+#[task(name = "faults.rated", queue = "limits", rate = "20/1s")]
+pub async fn rated(ctx: TaskContext, n: u64) -> Result<(), TaskError> {
+    let _ = n;
+    record_start(&ctx, "rated").await
+}
+
+/// No limit: enqueued behind a limited backlog.
+#[task(name = "faults.free", queue = "limits")]
+pub async fn free(ctx: TaskContext, n: u64) -> Result<(), TaskError> {
+    let _ = n;
+    record_start(&ctx, "free").await
+}
+
+/// Counts the job in gauge `k` while it sleeps `sleep_ms`.
+async fn gauge(ctx: &TaskContext, k: String, sleep_ms: u64) -> Result<(), TaskError> {
+    let pool = ctx.client().pool().clone();
+    persist(|| {
+        sqlx::query(
+            "INSERT INTO gauges (k, now, peak) VALUES (?, 1, 1) \
+             ON DUPLICATE KEY UPDATE peak = GREATEST(peak, now + 1), now = now + 1",
+        )
+        .bind(&k)
+        .execute(&pool)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    persist(|| {
+        sqlx::query("UPDATE gauges SET now = now - 1 WHERE k = ?")
+            .bind(&k)
+            .execute(&pool)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Records the start of this job with the time its claim stamped it with
+/// (the job row's `updated_at` while it runs: the instant the rate limit
+/// counted the start at).
+async fn record_start(ctx: &TaskContext, task: &str) -> Result<(), TaskError> {
+    let pool = ctx.client().pool().clone();
+    let id = ctx.job_id().0;
+    persist(|| {
+        sqlx::query(
+            "INSERT IGNORE INTO starts (job_id, task, claimed_at, started_at) \
+             SELECT id, ?, updated_at, NOW(6) FROM queue_jobs WHERE id = ?",
+        )
+        .bind(task)
+        .bind(id)
+        .execute(&pool)
+    })
+    .await?;
+    Ok(())
+}
