@@ -40,7 +40,7 @@ impl Rate {
         }
         if per < Duration::from_millis(1)
             || per > Self::MAX_WINDOW
-            || per.subsec_nanos() % 1_000_000 != 0
+            || !per.subsec_nanos().is_multiple_of(1_000_000)
         {
             return Err(RateError::new(
                 format!("{count}/{}", format_duration(per)),

@@ -228,6 +228,11 @@ mod tests {
         tz: Some("Europe/Berlin"),
         catch_up: CatchUp::Skip,
         overlap: true,
+        concurrency: Some(2),
+        rate: Some(crate::Rate {
+            count: 10,
+            per: Duration::from_secs(1),
+        }),
     };
 
     #[test]

@@ -67,9 +67,9 @@ enum Key {
     Overlap,
     Name,
     Concurrency,
-    ConcurrencyKey,
+    PartitionConcurrency,
     Rate,
-    RateKey,
+    PartitionRate,
 }
 
 impl Key {
@@ -86,9 +86,9 @@ impl Key {
         Key::Overlap,
         Key::Name,
         Key::Concurrency,
-        Key::ConcurrencyKey,
+        Key::PartitionConcurrency,
         Key::Rate,
-        Key::RateKey,
+        Key::PartitionRate,
     ];
 
     fn as_str(self) -> &'static str {
@@ -104,9 +104,9 @@ impl Key {
             Key::Overlap => "overlap",
             Key::Name => "name",
             Key::Concurrency => "concurrency",
-            Key::ConcurrencyKey => "concurrency_key",
+            Key::PartitionConcurrency => "concurrency_key",
             Key::Rate => "rate",
-            Key::RateKey => "rate_key",
+            Key::PartitionRate => "rate_key",
         }
     }
 }
@@ -201,11 +201,14 @@ impl TaskArgs {
         } else if lookahead.peek(kw::concurrency) {
             Some(key_of::<kw::concurrency>(input, Key::Concurrency)?)
         } else if lookahead.peek(kw::concurrency_key) {
-            Some(key_of::<kw::concurrency_key>(input, Key::ConcurrencyKey)?)
+            Some(key_of::<kw::concurrency_key>(
+                input,
+                Key::PartitionConcurrency,
+            )?)
         } else if lookahead.peek(kw::rate) {
             Some(key_of::<kw::rate>(input, Key::Rate)?)
         } else if lookahead.peek(kw::rate_key) {
-            Some(key_of::<kw::rate_key>(input, Key::RateKey)?)
+            Some(key_of::<kw::rate_key>(input, Key::PartitionRate)?)
         } else if input.peek(Ident::peek_any) {
             let unknown = Ident::parse_any(input)?;
             let expected: Vec<String> = Key::ALL
@@ -278,8 +281,8 @@ impl TaskArgs {
     /// taken from (a periodic task has none).
     fn check_limits(&self, errors: &mut Errors) {
         for (key, limit) in [
-            (Key::ConcurrencyKey, Key::Concurrency),
-            (Key::RateKey, Key::Rate),
+            (Key::PartitionConcurrency, Key::Concurrency),
+            (Key::PartitionRate, Key::Rate),
         ] {
             let Some(span) = self.given(key) else {
                 continue;
@@ -303,8 +306,8 @@ impl TaskArgs {
 
     /// Whether `concurrency_key` or `rate_key` was given.
     pub(crate) fn keyed(&self) -> Option<Span> {
-        self.given(Key::ConcurrencyKey)
-            .or_else(|| self.given(Key::RateKey))
+        self.given(Key::PartitionConcurrency)
+            .or_else(|| self.given(Key::PartitionRate))
     }
 
     /// Checks and stores one value.
@@ -395,7 +398,7 @@ impl TaskArgs {
                 let r = queue_core::Rate::from_str(&s.value()).map_err(|e| error(&s, e))?;
                 self.rate = Some(r);
             }
-            Key::ConcurrencyKey | Key::RateKey => {
+            Key::PartitionConcurrency | Key::PartitionRate => {
                 let closure = match value {
                     Expr::Closure(c)
                         if c.inputs.len() == 1 && c.capture.is_none() && c.asyncness.is_none() =>
@@ -413,7 +416,7 @@ impl TaskArgs {
                         ));
                     }
                 };
-                if key == Key::ConcurrencyKey {
+                if key == Key::PartitionConcurrency {
                     self.concurrency_key = Some(closure);
                 } else {
                     self.rate_key = Some(closure);

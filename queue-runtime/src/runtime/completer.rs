@@ -123,8 +123,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                     } => {
                         store
                             .retry_later(
-                                *id,
-                                *attempt,
+                                (*id, *attempt),
                                 *run_at,
                                 error,
                                 now,

@@ -96,11 +96,11 @@ impl Store {
     }
 
     /// Moves a failed attempt's job to scheduled (or straight to ready when
-    /// `run_at` is not after `now`), with its error.
+    /// `run_at` is not after `now`), with its error. `(id, attempt)` fences
+    /// the write.
     pub(crate) async fn retry_later(
         &self,
-        id: JobId,
-        attempt: u32,
+        (id, attempt): (JobId, u32),
         run_at: DateTime<Utc>,
         error: &str,
         now: DateTime<Utc>,
