@@ -235,7 +235,8 @@ mod tests {
         assert_eq!(JobState::Scheduled.as_u8(), 1);
         assert_eq!(JobState::Running.as_u8(), 2);
         assert_eq!(JobState::Dead.as_u8(), 3);
-        assert_eq!(JobState::from_u8(4), None);
+        assert_eq!(JobState::Blocked.as_u8(), 4);
+        assert_eq!(JobState::from_u8(5), None);
         assert_eq!(JobState::from_u8(255), None);
         assert_eq!(
             "Dead".parse::<JobState>().unwrap_err().to_string(),

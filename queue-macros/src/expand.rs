@@ -94,7 +94,7 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
     };
     let typed_api = payload
         .as_ref()
-        .map(|(ty, span)| typed_api(args, ty, *span, ident.span()));
+        .map(|(ty, span)| typed_api(args, model.payload.is_some(), ty, *span, ident.span()));
     let handler = match (&payload, &model.output) {
         (Some((_, span)), Some(output)) if complete => Some(handler(model, *span, output)),
         _ => None,
@@ -123,6 +123,7 @@ fn module(args: &TaskArgs, model: &TaskModel, complete: bool) -> TokenStream {
 /// `Payload`, `with`, `enqueue`, `enqueue_many`.
 fn typed_api(
     args: &TaskArgs,
+    has_payload: bool,
     payload_ty: &TokenStream,
     payload_span: Span,
     fn_span: Span,
@@ -147,7 +148,9 @@ fn typed_api(
         },
         None => quote!(::core::option::Option::None),
     };
-    let (keyer, keyer_value) = if args.concurrency_key.is_some() || args.rate_key.is_some() {
+    // A task without a payload has no key (reported at the key's argument).
+    let keyed = has_payload && (args.concurrency_key.is_some() || args.rate_key.is_some());
+    let (keyer, keyer_value) = if keyed {
         let concurrency = key_of(&args.concurrency_key);
         let rate = key_of(&args.rate_key);
         (

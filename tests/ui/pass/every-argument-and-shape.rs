@@ -166,3 +166,34 @@ fn main() {
     assert_eq!(registration.line, SEND_EMAIL_LINE);
     assert!(registration.file.ends_with("every-argument-and-shape.rs"));
 }
+
+/// Flow-control limits, partitioned by keys taken from the payload (any
+/// `Display` value).
+#[task(
+    concurrency = 2,
+    concurrency_key = |e: &Email| e.to.clone(),
+    rate = "100/1s",
+    rate_key = |e: &Email| e.to.len()
+)]
+async fn limited(email: Email) -> Result<(), TaskError> {
+    let _ = email.subject;
+    Ok(())
+}
+
+/// A limit without a key; the key may also be given at enqueue.
+#[task(concurrency = 5, rate = "1000/1h")]
+async fn limited_plain(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn limits() {
+    assert_eq!(limited::OPTIONS.concurrency, Some(2));
+    assert_eq!(
+        limited::OPTIONS.rate.map(|r| r.to_string()).as_deref(),
+        Some("100/1s")
+    );
+    assert_eq!(limited_plain::OPTIONS.rate.map(|r| r.per), Some(Duration::from_secs(3600)));
+    let _ = limited_plain::with(1).concurrency_key("tenant-7").rate_key("tenant-7");
+}
