@@ -77,6 +77,7 @@ const SCENARIOS: &[&str] = &[
     "memory",
     "delay",
     "churn",
+    "limits",
 ];
 
 fn usage() -> ! {
@@ -211,6 +212,7 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
             "memory" => scenarios::memory(&mut report, &opts, &mut ctx).await,
             "delay" => scenarios::delay(&mut report, &opts, &mut ctx).await,
             "churn" => churn::churn(&mut report, &opts, &mut ctx).await,
+            "limits" => scenarios::limits(&mut report, &opts, &mut ctx).await,
             _ => unreachable!(),
         };
         if let Err(e) = r {

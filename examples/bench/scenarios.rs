@@ -313,7 +313,7 @@ async fn wait_empty(client: &Client, timeout: Duration) -> Res<()> {
     let until = Instant::now() + timeout;
     loop {
         let t = client.stats().await?.total;
-        if t.ready + t.running + t.scheduled == 0 {
+        if t.ready + t.running + t.scheduled + t.blocked == 0 {
             return Ok(());
         }
         if Instant::now() > until {
@@ -936,5 +936,137 @@ pub(crate) async fn delay(report: &mut Report, _opts: &Opts, _ctx: &mut Ctx) -> 
         &rows,
     );
     drop_db("bench_delay").await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// `limits`: N no-op jobs drained by one runtime at concurrency 50 with no
+/// limit, with a task limit of 50, and with 1,000 keys limited to 1 each,
+/// side by side; then the enqueue-to-start latency of unlimited jobs
+/// enqueued behind 10,000 jobs of a task limited to 2.
+pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> Res<()> {
+    let n = opts.jobs;
+    let mut rows = Vec::new();
+    let mut base = f64::NAN;
+    for variant in ["no limit", "task limit 50", "1,000 keys, limit 1 each"] {
+        let (_url, client) = fresh("bench_limits").await?;
+        let mut left = n;
+        let mut i = 0u32;
+        while left > 0 {
+            let k = left.min(5_000);
+            match variant {
+                "no limit" => {
+                    tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
+                }
+                "task limit 50" => {
+                    tasks::noop_limited::enqueue_many(&client, std::iter::repeat_n((), k as usize))
+                        .await?;
+                }
+                _ => {
+                    tasks::noop_keyed::enqueue_many(&client, (i..i + k as u32).map(|j| j % 1_000))
+                        .await?;
+                }
+            }
+            i += k as u32;
+            left -= k;
+        }
+        tasks::reset();
+        let rt = Runtime::builder(client.clone())
+            .concurrency(50)
+            .queues(["bench"])
+            .cron(false)
+            .start()
+            .await?;
+        wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
+        wait_empty(&client, Duration::from_secs(60)).await?;
+        let end = now_us();
+        let claim = client.stats().await?.claim_latency;
+        rt.shutdown(Duration::from_secs(10)).await?;
+        let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
+        let rate = n as f64 / secs;
+        if variant == "no limit" {
+            base = rate;
+        }
+        let (c50, c99) = claim.map_or((f64::NAN, f64::NAN), |(a, b)| (ms(a), ms(b)));
+        rows.push(vec![
+            variant.to_owned(),
+            num(n as f64),
+            num(secs),
+            num(rate),
+            format!("{:.2}x", rate / base),
+            num(c50),
+            num(c99),
+        ]);
+        let s = json!({"jobs": n, "concurrency": 50, "variant": variant});
+        report.emit("limits", variant, "throughput", rate, "jobs/s", s.clone());
+        report.emit("limits", variant, "ratio_to_unlimited", rate / base, "x", s);
+        client.pool().close().await;
+        drop_db("bench_limits").await;
+    }
+    table(
+        "### limits: no-op jobs at concurrency 50, from the first start to an empty queue",
+        &[
+            "variant",
+            "jobs",
+            "s",
+            "jobs/s",
+            "vs no limit",
+            "claim p50 ms",
+            "claim p99 ms",
+        ],
+        &rows,
+    );
+
+    // Unlimited jobs behind a limited backlog.
+    let (_url, client) = fresh("bench_limits").await?;
+    let backlog = 10_000u64;
+    tasks::slow_limited::enqueue_many(&client, std::iter::repeat_n((), backlog as usize)).await?;
+    tasks::reset();
+    let rt = Runtime::builder(client.clone())
+        .concurrency(10)
+        .queues(["bench", "bench_lat"])
+        .cron(false)
+        .start()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = 200u64;
+    for _ in 0..sent {
+        tasks::timed_bench::enqueue(&client, now_us()).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lat = wait_latencies(sent).await?;
+    let left = client.stats().await?.total.total();
+    rt.shutdown(Duration::from_secs(1)).await.ok();
+    let (p50, p99) = (pct(&lat, 50.0), pct(&lat, 99.0));
+    let s = json!({"backlog": backlog, "limit": 2, "unlimited_jobs": sent, "concurrency": 10});
+    report.emit(
+        "limits",
+        "behind a limited backlog",
+        "start_p50",
+        p50,
+        "ms",
+        s.clone(),
+    );
+    report.emit(
+        "limits",
+        "behind a limited backlog",
+        "start_p99",
+        p99,
+        "ms",
+        s,
+    );
+    table(
+        "### limits: unlimited jobs (one per 5 ms) enqueued behind 10,000 jobs of a task limited to 2 (20 ms each), same queue",
+        &[
+            "unlimited jobs",
+            "start p50 ms",
+            "start p99 ms",
+            "jobs left in the backlog after",
+        ],
+        &[vec![int(sent), num(p50), num(p99), int(left)]],
+    );
+    client.pool().close().await;
+    drop_db("bench_limits").await;
     Ok(())
 }

@@ -56,6 +56,32 @@ pub(crate) async fn noop() -> Result<(), TaskError> {
     Ok(())
 }
 
+/// A no-op limited to 50 at once across every runtime.
+#[task(queue = "bench", name = "bench.noop_limited", concurrency = 50)]
+pub(crate) async fn noop_limited() -> Result<(), TaskError> {
+    noop().await
+}
+
+/// A no-op limited to 1 at once per key.
+#[task(queue = "bench", name = "bench.noop_keyed", concurrency = 1, concurrency_key = |k: &u32| *k)]
+pub(crate) async fn noop_keyed(key: u32) -> Result<(), TaskError> {
+    let _ = key;
+    noop().await
+}
+
+/// 20 ms of work, limited to 2 at once: a backlog that drains slowly.
+#[task(queue = "bench", name = "bench.slow_limited", concurrency = 2)]
+pub(crate) async fn slow_limited() -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+/// Like `timed`, on the queue of the limited backlog.
+#[task(queue = "bench", name = "bench.timed_bench")]
+pub(crate) async fn timed_bench(sent_us: u64) -> Result<(), TaskError> {
+    timed(sent_us).await
+}
+
 /// Records the time from its enqueue (the payload: µs since epoch, taken
 /// just before the enqueue call) to its start.
 #[task(queue = "bench_lat", name = "bench.timed")]

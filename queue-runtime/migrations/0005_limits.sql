@@ -21,13 +21,15 @@
 -- latest reserved) window per key. docs/flow-control.md tells the whole
 -- protocol.
 --
--- Each ALTER is one atomic DDL statement; migrate.rs skips it when its
--- last column exists.
-ALTER TABLE queue_jobs
-    ADD COLUMN concurrency_key VARBINARY(1788) NULL,
-    ADD COLUMN rate_key VARBINARY(1788) NULL,
-    ADD COLUMN slot TINYINT UNSIGNED NOT NULL DEFAULT 0,
-    ADD COLUMN rate_window DATETIME(6) NULL;
+-- One change per statement (migrate.rs skips each whose column exists);
+-- adding a column at the end is instant on MariaDB 10.11 and MySQL 8.
+ALTER TABLE queue_jobs ADD COLUMN concurrency_key VARBINARY(1788) NULL;
+
+ALTER TABLE queue_jobs ADD COLUMN rate_key VARBINARY(1788) NULL;
+
+ALTER TABLE queue_jobs ADD COLUMN slot TINYINT UNSIGNED NOT NULL DEFAULT 0;
+
+ALTER TABLE queue_jobs ADD COLUMN rate_window DATETIME(6) NULL;
 
 ALTER TABLE queue_ready ADD COLUMN limited TINYINT UNSIGNED NOT NULL DEFAULT 0;
 

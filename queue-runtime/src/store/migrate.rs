@@ -128,6 +128,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         applied: &[
             Applied::Column {
                 table: "queue_jobs",
+                column: "concurrency_key",
+            },
+            Applied::Column {
+                table: "queue_jobs",
+                column: "rate_key",
+            },
+            Applied::Column {
+                table: "queue_jobs",
+                column: "slot",
+            },
+            Applied::Column {
+                table: "queue_jobs",
                 column: "rate_window",
             },
             Applied::Column {
@@ -351,7 +363,7 @@ mod tests {
         for (version, m) in (1..).zip(MIGRATIONS) {
             assert_eq!(m.version, version, "{}", m.name);
         }
-        assert_eq!(KNOWN, 4);
+        assert_eq!(KNOWN, 5);
     }
 
     /// Every statement has a probe, and each probe tests what its statement
@@ -427,10 +439,10 @@ mod tests {
 
     #[test]
     fn the_verdict_follows_the_recorded_versions() {
-        assert!(verdict(&[1, 2, 3, 4]).is_ok());
-        assert!(verdict(&[4, 3, 1, 2]).is_ok());
+        assert!(verdict(&[1, 2, 3, 4, 5]).is_ok());
+        assert!(verdict(&[4, 3, 5, 1, 2]).is_ok());
         let too_old = |v: &[i64]| match verdict(v) {
-            Err(Error::SchemaTooOld { found, known: 4 }) => found,
+            Err(Error::SchemaTooOld { found, known: 5 }) => found,
             other => panic!("{v:?}: {other:?}"),
         };
         assert_eq!(too_old(&[]), 0);
@@ -439,9 +451,10 @@ mod tests {
         assert_eq!(too_old(&[1, 2, 3]), 3);
         assert_eq!(too_old(&[1, 3]), 1);
         assert_eq!(too_old(&[2, 3]), 0);
+        assert_eq!(too_old(&[1, 2, 3, 4]), 4);
         assert!(matches!(
-            verdict(&[1, 2, 3, 4, 5]),
-            Err(Error::SchemaTooNew { found: 5, known: 4 })
+            verdict(&[1, 2, 3, 4, 5, 6]),
+            Err(Error::SchemaTooNew { found: 6, known: 5 })
         ));
         assert!(matches!(
             verdict(&[999]),

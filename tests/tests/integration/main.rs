@@ -7,6 +7,7 @@ mod claim;
 mod connections;
 mod deadlines;
 mod keys;
+mod limits;
 mod migrations;
 mod outcomes;
 mod pause;

@@ -31,7 +31,7 @@ async fn assert_schema_is_current(client: &Client) {
             .fetch_all(client.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     let paused_table: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.TABLES \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_paused'",
@@ -40,6 +40,23 @@ async fn assert_schema_is_current(client: &Client) {
     .await
     .unwrap();
     assert_eq!(paused_table, 1, "queue_paused exists");
+    let limit_tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME IN ('queue_blocked', 'queue_semaphores', 'queue_rates')",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(limit_tables, 3, "the flow-control tables exist");
+    let limit_columns: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND ((TABLE_NAME = 'queue_jobs' AND COLUMN_NAME IN ('concurrency_key', 'rate_key', 'slot', 'rate_window')) \
+         OR (TABLE_NAME = 'queue_ready' AND COLUMN_NAME = 'limited'))",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(limit_columns, 5, "the flow-control columns exist");
     let column_type: String = sqlx::query_scalar(
         "SELECT COLUMN_TYPE FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_jobs' AND COLUMN_NAME = 'unique_key'",
@@ -73,7 +90,7 @@ async fn assert_schema_is_current(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_migration_runs_again_when_its_bookkeeping_row_is_lost() {
     let (db, client) = setup().await;
-    for version in [1_i64, 2, 3, 4] {
+    for version in [1_i64, 2, 3, 4, 5] {
         // The process died after the migration's DDL, before its row.
         sqlx::query("DELETE FROM queue_schema_migrations WHERE version = ?")
             .bind(version)
@@ -227,7 +244,7 @@ async fn a_schema_newer_than_the_code_is_refused_by_start_and_enqueue() {
             e,
             Error::SchemaTooNew {
                 found: 999,
-                known: 4
+                known: 5
             }
         )
     };
@@ -257,7 +274,7 @@ async fn an_unmigrated_or_older_schema_asks_for_migrate() {
     let db = TestDb::new().await;
     let client = Client::connect(&db.url).await.unwrap();
     let asks_for_migrate = |e: &Error| {
-        matches!(e, Error::SchemaTooOld { known: 4, .. })
+        matches!(e, Error::SchemaTooOld { known: 5, .. })
             && e.to_string().contains("run Client::migrate()")
     };
 

@@ -1,0 +1,195 @@
+//! Flow control in one process: what a job waiting for a limit looks like
+//! from `job()` and `stats()`, cancelling such a job, and keys at enqueue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use queue_runtime::{Error, JobState, LimitKind, Runtime, TaskError, Waiting, task};
+use queue_tests::wait_until;
+
+use crate::setup;
+
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Holds its slot until released.
+#[task(
+    queue = "limits_inproc",
+    name = "tests.limits.held",
+    concurrency = 1,
+    concurrency_key = |t: &String| t.clone()
+)]
+async fn held(tenant: String) -> Result<(), TaskError> {
+    let _ = tenant;
+    while !RELEASE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[task(queue = "limits_rate", name = "tests.limits.rated", rate = "2/1h")]
+async fn rated(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+#[task(queue = "limits_rate", name = "tests.limits.plain")]
+async fn plain(n: u32) -> Result<(), TaskError> {
+    let _ = n;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_jobs_are_visible_cancellable_and_get_the_slot_in_order() {
+    let (db, client) = setup().await;
+    let first = held::enqueue(&client, "acme".into()).await.unwrap();
+    let second = held::enqueue(&client, "acme".into()).await.unwrap();
+    let third = held::enqueue(&client, "acme".into()).await.unwrap();
+    let other = held::enqueue(&client, "globex".into()).await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["limits_inproc"])
+        .concurrency(10)
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "two blocked jobs", || async {
+        client.stats().await.unwrap().total.blocked == 2
+    })
+    .await;
+    let state = |id| {
+        let client = client.clone();
+        async move { client.job(id).await.unwrap().map(|j| (j.state, j.waiting)) }
+    };
+    assert_eq!(state(first).await.unwrap().0, JobState::Running);
+    assert_eq!(
+        state(other).await.unwrap().0,
+        JobState::Running,
+        "another key is not held up"
+    );
+    assert_eq!(
+        state(second).await.unwrap(),
+        (
+            JobState::Blocked,
+            Some(Waiting::Concurrency {
+                key: Some("acme".into())
+            })
+        )
+    );
+    let stats = client.stats().await.unwrap();
+    let acme = stats
+        .limits
+        .iter()
+        .find(|l| l.key.as_deref() == Some("acme"))
+        .expect("the acme limit is listed");
+    assert_eq!(
+        (
+            acme.task.as_str(),
+            acme.kind,
+            acme.limit,
+            acme.active,
+            acme.waiting
+        ),
+        ("tests.limits.held", LimitKind::Concurrency, 1, 1, 2)
+    );
+    // A blocked job can be cancelled; the next one in line gets the slot.
+    assert!(client.cancel(second).await.unwrap());
+    assert!(client.job(second).await.unwrap().is_none());
+    RELEASE.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(20), "every job to finish", || async {
+        client.stats().await.unwrap().total.total() == 0
+    })
+    .await;
+    assert!(client.job(third).await.unwrap().is_none(), "the third ran");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "every slot came back");
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_job_waits_scheduled_for_its_window_and_others_flow() {
+    let (db, client) = setup().await;
+    let ids = rated::enqueue_many(&client, 0..5u32).await.unwrap();
+    let free = plain::enqueue_many(&client, 0..5u32).await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["limits_rate"])
+        .start()
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the unlimited jobs and 2 rated ones to run",
+        || async {
+            let t = client.stats().await.unwrap().total;
+            t.total() == 3 && t.rate_limited == 3
+        },
+    )
+    .await;
+    for id in free {
+        assert!(client.job(id).await.unwrap().is_none());
+    }
+    let mut waiting = 0;
+    for id in ids {
+        if let Some(job) = client.job(id).await.unwrap() {
+            assert_eq!(job.state, JobState::Scheduled);
+            match job.waiting {
+                Some(Waiting::Rate { key: None, window }) => {
+                    assert!(window > chrono::Utc::now(), "a later window: {window}");
+                    assert_eq!(window, job.run_at);
+                }
+                other => panic!("waits for its rate window: {other:?}"),
+            }
+            waiting += 1;
+        }
+    }
+    assert_eq!(waiting, 3, "2 of 5 started in this hour's window");
+    let stats = client.stats().await.unwrap();
+    let rate = stats
+        .limits
+        .iter()
+        .find(|l| l.task == "tests.limits.rated")
+        .expect("the rate is listed");
+    assert!(matches!(rate.kind, LimitKind::Rate { per, .. } if per == Duration::from_secs(3600)));
+    assert_eq!((rate.limit, rate.waiting), (2, 3));
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_at_enqueue_are_checked() {
+    let (db, client) = setup().await;
+    let e = plain::with(1)
+        .concurrency_key("k")
+        .enqueue(&client)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("no concurrency limit")),
+        "{e}"
+    );
+    let e = rated::with(1)
+        .rate_key("")
+        .enqueue(&client)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("1 to 191")),
+        "{e}"
+    );
+    let e = held::with("t".into())
+        .concurrency_key("x".repeat(192))
+        .enqueue(&client)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(_)), "{e}");
+    assert_eq!(
+        client.stats().await.unwrap().total.total(),
+        0,
+        "nothing stored"
+    );
+    db.drop_db().await;
+}
