@@ -269,6 +269,7 @@ impl<T> EnqueueBuilder<T> {
             unique_key: self
                 .unique_key
                 .map(|k| crate::store::stored_unique_key(self.options.name, &k)),
+            concurrency_limit: concurrency_key.as_ref().and(self.options.concurrency),
             concurrency_key,
             rate_key,
         })

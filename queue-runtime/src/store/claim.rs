@@ -275,7 +275,7 @@ impl Store {
             let update = format!(
                 "UPDATE queue_jobs SET state = {running}, attempts = attempts + 1, \
                  lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{now}', \
-                 slot = concurrency_key IS NOT NULL, rate_window = NULL \
+                 rate_window = NULL \
                  WHERE id IN ({list}) AND state = {ready}",
                 lease = sql_time(lease_until),
                 now = sql_time(now),

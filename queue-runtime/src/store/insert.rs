@@ -309,11 +309,32 @@ impl Store {
         now: DateTime<Utc>,
         chunk: usize,
     ) -> Result<()> {
-        let due: Vec<(&NewJob, u64)> = part
+        let mut due: Vec<(&NewJob, u64)> = part
             .iter()
             .zip(ids.iter().copied())
             .filter(|(j, _)| j.run_at <= now)
             .collect();
+        // Jobs with a concurrency limit enter the index only with a slot;
+        // the others are blocked (see `limits`).
+        let wanting: Vec<super::limits::Wanting> = due
+            .iter()
+            .filter_map(|(j, id)| {
+                Some(super::limits::Wanting {
+                    id: *id,
+                    key: j.concurrency_key.as_ref()?.as_bytes().to_vec(),
+                    priority: j.priority,
+                    limit: j.concurrency_limit,
+                })
+            })
+            .collect();
+        if !wanting.is_empty() {
+            let granted: std::collections::HashSet<u64> = self
+                .acquire_slots(tx, &wanting)
+                .await?
+                .into_iter()
+                .collect();
+            due.retain(|(j, id)| j.concurrency_key.is_none() || granted.contains(id));
+        }
         let mut due = due.as_slice();
         for size in statement_sizes(due.len(), chunk) {
             let (rows, after) = due.split_at(size);
@@ -376,6 +397,7 @@ mod tests {
             run_at: DateTime::<Utc>::UNIX_EPOCH,
             unique_key: None,
             concurrency_key: None,
+            concurrency_limit: None,
             rate_key: None,
         }
     }

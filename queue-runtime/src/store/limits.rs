@@ -1,17 +1,22 @@
 //! Cluster-wide flow control: concurrency semaphores, blocked jobs and
 //! rate windows, all inside the claim's and the outcomes' own transactions.
 //!
-//! - A claim takes rows from the claim index as always. For the rows marked
-//!   `limited` it reads the jobs' keys, locks their `queue_semaphores` and
-//!   `queue_rates` rows, and decides per job ([`decide`]): run (taking a
-//!   slot and counting a start), block (state `blocked`, a `queue_blocked`
-//!   row), or defer to the rate window that has room (state `scheduled`
-//!   with a reserved start). So a limited job never stays in the claim
-//!   index to be walked past, and never blocks the rows behind it.
+//! - Concurrency is settled *before* a job enters the claim index: every
+//!   way into it ([`Store::index_ready_by_id`], and the enqueue's insert)
+//!   takes a slot of the job's key for it ([`Store::acquire_slots`]), or,
+//!   when the key's limit is full, blocks the job (state `blocked`, a
+//!   `queue_blocked` row) outside the index. So the claim path is the
+//!   unlimited one, no limited job is ever walked past or claimed twice,
+//!   and none blocks the rows behind it.
 //! - Every end of a slot-holding job (success, retry, death, rescue,
 //!   cancel) calls [`Store::release_slots`] in its own transaction: the
-//!   slot goes to the first blocked job of its key (back to ready, holding
-//!   it), or back to the semaphore.
+//!   slot goes to the first blocked job of its key (to ready, holding it),
+//!   or back to the semaphore.
+//! - Rates are counted at claim: for rows marked `limited` the claim reads
+//!   the jobs' rate keys, locks their `queue_rates` rows and decides per
+//!   job ([`decide`]): run (counting a start) or defer to the first window
+//!   with room (state `scheduled` with a reserved start; a slot it held
+//!   goes to the next blocked job).
 //!
 //! Keys are bytes (the stored form: task, U+001F, key). They are inlined
 //! into statements as hex literals (`X'…'`), which cannot break out of the
@@ -36,24 +41,34 @@ pub(crate) struct TaskLimits {
 /// The limits of every task this runtime knows, by name.
 pub(crate) type LimitTable = BTreeMap<String, TaskLimits>;
 
-/// A claimed job with a limit to check (read in the claim transaction).
+/// A claimed job with a rate limit to check (read in the claim transaction).
 #[derive(Debug, Clone)]
 pub(crate) struct LimitedJob {
     pub id: u64,
     pub task: String,
-    pub concurrency_key: Option<Vec<u8>>,
     pub rate_key: Option<Vec<u8>>,
-    /// Holds a slot already (handed over by a release).
-    pub slot: bool,
+    /// The concurrency key whose slot it holds, if any.
+    pub slot: Option<Vec<u8>>,
     /// The rate window it holds a reserved start in.
     pub rate_window: Option<DateTime<Utc>>,
 }
 
-/// A semaphore as the claim found it.
+/// A job that needs a concurrency slot to become ready.
+#[derive(Debug, Clone)]
+pub(crate) struct Wanting {
+    pub id: u64,
+    pub key: Vec<u8>,
+    pub priority: u8,
+    /// The task's limit as the caller knows it (the enqueuer does), else
+    /// the one stored with the semaphore.
+    pub limit: Option<u32>,
+}
+
+/// A semaphore as stored: slots held, and the limit (0 when no process
+/// that knows the task's limit has written it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Semaphore {
     pub running: u32,
-    /// 0 when no runtime that knows the task has claimed under it yet.
     pub lim: u32,
 }
 
@@ -65,20 +80,18 @@ pub(crate) struct Window {
     pub starts: u32,
 }
 
-/// What the claim does with a limited job.
+/// What the claim does with a rate-limited job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
     /// Runs now.
     Run,
-    /// Its concurrency limit is full: waits in `queue_blocked`.
-    Block,
     /// Its rate window is spent: waits, scheduled, for the start it reserved
     /// in the window beginning at this time.
     Defer(DateTime<Utc>),
 }
 
-/// The start of the fixed window of `per` that holds `now` (windows are
-/// aligned to the Unix epoch).
+/// The start of the fixed window of `window_ms` that holds `now` (windows
+/// are aligned to the Unix epoch).
 pub(crate) fn window_start(now: DateTime<Utc>, window_ms: u64) -> DateTime<Utc> {
     let ms = now.timestamp_millis();
     let w = i64::try_from(window_ms.max(1)).unwrap_or(i64::MAX);
@@ -93,75 +106,78 @@ fn add_ms(t: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
     .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Decides, in claim order, what happens to each limited job, updating the
-/// semaphores and windows it finds (in memory; the claim writes them back).
+/// Decides, in claim order, whether each rate-limited job starts now,
+/// updating the windows it finds (in memory; the claim writes them back).
 ///
-/// - Rate first: a job with a start reserved in the current window runs
-///   without counting again; otherwise the current window must have room
-///   and no earlier-deferred jobs waiting (then the start is counted), else
-///   the job reserves a start in the first window with room (FIFO) and is
-///   deferred to it. A reservation for a window already past counts as none.
-/// - Then concurrency: a job holding a slot runs; otherwise its key's
-///   semaphore must have room (the limit is this runtime's, or the one
-///   stored by the last claimer that knew the task; with neither, the slot
-///   is counted but never refused). A job blocked here has its start not
-///   counted, so a limit never spends another's budget.
+/// A job with a start reserved in the current window runs without counting
+/// again; otherwise the current window must have room and no earlier
+/// deferred jobs waiting (then the start is counted), else the job
+/// reserves a start in the first window with room (FIFO) and is deferred
+/// to it. A reservation for a window already past counts as none. A job of
+/// a task this runtime does not know the rate of runs.
 pub(crate) fn decide(
     jobs: &[LimitedJob],
     limits: &LimitTable,
-    semaphores: &mut BTreeMap<Vec<u8>, Semaphore>,
     windows: &mut BTreeMap<Vec<u8>, Window>,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
     jobs.iter()
         .map(|job| {
             let limit = limits.get(&job.task).copied().unwrap_or_default();
-            // Rate: None = runs as far as the rate goes (and whether a start
-            // must be counted), Some(t) = deferred to window t.
-            let mut count_start = None;
-            if let (Some(key), Some(rate)) = (&job.rate_key, limit.rate) {
-                let ms = rate.window_ms();
-                let current = window_start(now, ms);
-                let w = windows.entry(key.clone()).or_insert(Window {
+            let (Some(key), Some(rate)) = (&job.rate_key, limit.rate) else {
+                return Decision::Run;
+            };
+            let ms = rate.window_ms();
+            let current = window_start(now, ms);
+            let w = windows.entry(key.clone()).or_insert(Window {
+                start: current,
+                starts: 0,
+            });
+            if w.start < current {
+                *w = Window {
                     start: current,
                     starts: 0,
-                });
-                if w.start < current {
-                    *w = Window {
-                        start: current,
-                        starts: 0,
-                    };
-                }
-                if job.rate_window == Some(current) {
-                    // Its reserved start is this window's.
-                } else if w.start == current && w.starts < rate.count {
-                    count_start = Some(key.clone());
-                } else {
-                    // Reserve in the latest window with room, or the next.
-                    if w.starts >= rate.count {
-                        w.start = add_ms(w.start, ms);
-                        w.starts = 0;
-                    }
-                    w.starts += 1;
-                    return Decision::Defer(w.start);
-                }
+                };
             }
-            if let Some(key) = job.concurrency_key.as_ref().filter(|_| !job.slot) {
-                let s = semaphores
-                    .entry(key.clone())
-                    .or_insert(Semaphore { running: 0, lim: 0 });
-                let lim = limit.concurrency.unwrap_or(s.lim);
-                if lim > 0 && s.running >= lim {
-                    return Decision::Block;
-                }
-                s.running += 1;
-            }
-            if let Some(key) = count_start
-                && let Some(w) = windows.get_mut(&key)
-            {
+            if job.rate_window == Some(current) {
+                // Its reserved start is this window's.
+                Decision::Run
+            } else if w.start == current && w.starts < rate.count {
                 w.starts += 1;
+                Decision::Run
+            } else {
+                // Reserve in the latest window with room, or the next.
+                if w.starts >= rate.count {
+                    w.start = add_ms(w.start, ms);
+                    w.starts = 0;
+                }
+                w.starts += 1;
+                Decision::Defer(w.start)
             }
-            Decision::Run
+        })
+        .collect()
+}
+
+/// Which of `wanting` (in order) get a slot, given the semaphores: a job
+/// gets one while its key has room; a key with no known limit (0) grants
+/// every slot asked (counted, never refused). Updates `semaphores`.
+pub(crate) fn grant(
+    wanting: &[Wanting],
+    semaphores: &mut BTreeMap<Vec<u8>, Semaphore>,
+) -> Vec<bool> {
+    wanting
+        .iter()
+        .map(|w| {
+            let s = semaphores.entry(w.key.clone()).or_insert(Semaphore {
+                running: 0,
+                lim: w.limit.unwrap_or(0),
+            });
+            if s.lim > 0 && s.running >= s.lim {
+                false
+            } else {
+                s.running += 1;
+                true
+            }
         })
         .collect()
 }
@@ -196,9 +212,11 @@ pub(crate) struct LimitedPlan {
 }
 
 impl Store {
-    /// Reads the limited jobs among `ids` (locking them, so that nothing
-    /// else moves them before the claim commits), locks their semaphores
-    /// and windows, decides, and returns what the claim writes.
+    /// Reads the rate-limited jobs among `ids` (locking them, so that
+    /// nothing else moves them before the claim commits), locks their rate
+    /// windows, decides, and returns what the claim writes. Deferred jobs
+    /// give the concurrency slots they held to the next blocked jobs, here,
+    /// in the claim's transaction.
     pub(crate) async fn plan_limited(
         &self,
         conn: &mut sqlx::MySqlConnection,
@@ -208,7 +226,7 @@ impl Store {
     ) -> Result<LimitedPlan> {
         let ready = JobState::Ready.as_u8();
         let sql = format!(
-            "SELECT id, task, concurrency_key, rate_key, slot, rate_window FROM queue_jobs \
+            "SELECT id, task, rate_key, IF(slot = 1, concurrency_key, NULL), rate_window FROM queue_jobs \
              WHERE id IN ({}) AND state = {ready} ORDER BY FIELD(id, {}) FOR UPDATE",
             inline_list(ids),
             inline_list(ids)
@@ -222,11 +240,10 @@ impl Store {
                 Ok(LimitedJob {
                     id: r.try_get(0)?,
                     task: r.try_get(1)?,
-                    concurrency_key: r.try_get(2)?,
-                    rate_key: r.try_get(3)?,
-                    slot: r.try_get::<u8, _>(4)? == 1,
+                    rate_key: r.try_get(2)?,
+                    slot: r.try_get(3)?,
                     rate_window: r
-                        .try_get::<Option<chrono::NaiveDateTime>, _>(5)?
+                        .try_get::<Option<chrono::NaiveDateTime>, _>(4)?
                         .map(|t| t.and_utc()),
                 })
             })
@@ -235,37 +252,16 @@ impl Store {
             return Ok(LimitedPlan::default());
         }
 
-        // Lock (creating where missing) the semaphores and windows, in key
-        // order, and read them.
-        let mut sem_keys: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        // Lock (creating where missing) the windows, in key order, and read them.
         let mut rate_keys: BTreeMap<Vec<u8>, Rate> = BTreeMap::new();
         for job in &jobs {
             let limit = limits.get(&job.task).copied().unwrap_or_default();
-            if let Some(k) = job.concurrency_key.as_ref().filter(|_| !job.slot) {
-                sem_keys.insert(k.clone(), limit.concurrency.unwrap_or(0));
-            }
             if let (Some(k), Some(rate)) = (&job.rate_key, limit.rate) {
                 rate_keys.insert(k.clone(), rate);
             }
         }
         let at = sql_time(now);
-        let mut lock = Vec::new();
-        if !sem_keys.is_empty() {
-            let values: Vec<String> = sem_keys
-                .iter()
-                .map(|(k, lim)| format!("({}, 0, {lim}, '{at}')", hex(k)))
-                .collect();
-            lock.push(format!(
-                "INSERT INTO queue_semaphores (concurrency_key, running, lim, updated_at) VALUES {} \
-                 ON DUPLICATE KEY UPDATE lim = IF(VALUES(lim) > 0, VALUES(lim), lim)",
-                values.join(", ")
-            ));
-            lock.push(format!(
-                "SELECT 0, concurrency_key, running, lim, NULL FROM queue_semaphores \
-                 WHERE concurrency_key IN ({})",
-                hex_list(sem_keys.keys())
-            ));
-        }
+        let mut windows = BTreeMap::new();
         if !rate_keys.is_empty() {
             let values: Vec<String> = rate_keys
                 .iter()
@@ -279,19 +275,17 @@ impl Store {
                     )
                 })
                 .collect();
-            lock.push(format!(
-                "INSERT INTO queue_rates (rate_key, window_start, starts, lim, window_ms, updated_at) \
-                 VALUES {} ON DUPLICATE KEY UPDATE lim = VALUES(lim), window_ms = VALUES(window_ms)",
-                values.join(", ")
-            ));
-            lock.push(format!(
-                "SELECT 1, rate_key, starts, lim, window_start FROM queue_rates WHERE rate_key IN ({})",
-                hex_list(rate_keys.keys())
-            ));
-        }
-        let mut semaphores = BTreeMap::new();
-        let mut windows = BTreeMap::new();
-        if !lock.is_empty() {
+            let lock = [
+                format!(
+                    "INSERT INTO queue_rates (rate_key, window_start, starts, lim, window_ms, updated_at) \
+                     VALUES {} ON DUPLICATE KEY UPDATE lim = VALUES(lim), window_ms = VALUES(window_ms)",
+                    values.join(", ")
+                ),
+                format!(
+                    "SELECT rate_key, starts, window_start FROM queue_rates WHERE rate_key IN ({})",
+                    hex_list(rate_keys.keys())
+                ),
+            ];
             let text = lock
                 .iter()
                 .map(|s| self.limited(s))
@@ -301,52 +295,32 @@ impl Store {
                 .fetch_all(&mut *conn)
                 .await?
             {
-                let kind: i64 = r.try_get(0)?;
-                let key: Vec<u8> = r.try_get(1)?;
-                if kind == 0 {
-                    semaphores.insert(
-                        key,
-                        Semaphore {
-                            running: r.try_get(2)?,
-                            lim: r.try_get(3)?,
-                        },
-                    );
-                } else {
-                    let start: chrono::NaiveDateTime = r.try_get(4)?;
-                    windows.insert(
-                        key,
-                        Window {
-                            start: start.and_utc(),
-                            starts: r.try_get(2)?,
-                        },
-                    );
-                }
+                let start: chrono::NaiveDateTime = r.try_get(2)?;
+                windows.insert(
+                    r.try_get::<Vec<u8>, _>(0)?,
+                    Window {
+                        start: start.and_utc(),
+                        starts: r.try_get(1)?,
+                    },
+                );
             }
         }
-        let before_sem = semaphores.clone();
-        let before_win = windows.clone();
-        let decisions = decide(&jobs, limits, &mut semaphores, &mut windows, now);
+        let before = windows.clone();
+        let decisions = decide(&jobs, limits, &mut windows, now);
 
         let mut plan = LimitedPlan::default();
-        let mut blocked = Vec::new();
         let mut deferred: Vec<(u64, DateTime<Utc>)> = Vec::new();
+        let mut freed: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
         for (job, d) in jobs.iter().zip(&decisions) {
             match d {
                 Decision::Run => plan.run.push(job.id),
-                Decision::Block => blocked.push(job.id),
-                Decision::Defer(t) => deferred.push((job.id, *t)),
+                Decision::Defer(t) => {
+                    deferred.push((job.id, *t));
+                    if let Some(key) = &job.slot {
+                        *freed.entry(key.clone()).or_insert(0) += 1;
+                    }
+                }
             }
-        }
-        if !blocked.is_empty() {
-            let list = inline_list(&blocked);
-            plan.statements.push(format!(
-                "UPDATE queue_jobs SET state = {}, updated_at = '{at}' WHERE id IN ({list})",
-                JobState::Blocked.as_u8()
-            ));
-            plan.statements.push(format!(
-                "INSERT INTO queue_blocked (concurrency_key, priority, job_id) \
-                 SELECT concurrency_key, priority, id FROM queue_jobs WHERE id IN ({list})"
-            ));
         }
         if !deferred.is_empty() {
             let cases: String = deferred
@@ -354,38 +328,28 @@ impl Store {
                 .map(|(id, t)| format!(" WHEN {id} THEN '{}'", sql_time(*t)))
                 .collect();
             let list = inline_list(deferred.iter().map(|d| d.0));
-            plan.statements.push(format!(
-                "UPDATE queue_jobs SET state = {}, run_at = CASE id{cases} END, \
+            // Written now, before the slots they held are handed over.
+            let sql = format!(
+                "UPDATE queue_jobs SET state = {}, slot = 0, run_at = CASE id{cases} END, \
                  scheduled_at = CASE id{cases} END, rate_window = CASE id{cases} END, \
                  updated_at = '{at}' WHERE id IN ({list})",
                 JobState::Scheduled.as_u8()
-            ));
+            );
+            sqlx::raw_sql(AssertSqlSafe(self.limited(&sql)))
+                .execute(&mut *conn)
+                .await?;
+            self.release_slots(conn, &freed, now).await?;
         }
-        let changed_sem: Vec<(&Vec<u8>, &Semaphore)> = semaphores
+        let changed: Vec<(&Vec<u8>, &Window)> = windows
             .iter()
-            .filter(|(k, s)| before_sem.get(*k) != Some(*s))
+            .filter(|(k, w)| before.get(*k) != Some(*w))
             .collect();
-        if !changed_sem.is_empty() {
-            let cases: String = changed_sem
-                .iter()
-                .map(|(k, s)| format!(" WHEN {} THEN {}", hex(k), s.running))
-                .collect();
-            plan.statements.push(format!(
-                "UPDATE queue_semaphores SET running = CASE concurrency_key{cases} END, \
-                 updated_at = '{at}' WHERE concurrency_key IN ({})",
-                hex_list(changed_sem.iter().map(|c| c.0))
-            ));
-        }
-        let changed_win: Vec<(&Vec<u8>, &Window)> = windows
-            .iter()
-            .filter(|(k, w)| before_win.get(*k) != Some(*w))
-            .collect();
-        if !changed_win.is_empty() {
-            let starts: String = changed_win
+        if !changed.is_empty() {
+            let starts: String = changed
                 .iter()
                 .map(|(k, w)| format!(" WHEN {} THEN {}", hex(k), w.starts))
                 .collect();
-            let times: String = changed_win
+            let times: String = changed
                 .iter()
                 .map(|(k, w)| format!(" WHEN {} THEN '{}'", hex(k), sql_time(w.start)))
                 .collect();
@@ -393,10 +357,113 @@ impl Store {
                 "UPDATE queue_rates SET starts = CASE rate_key{starts} END, \
                  window_start = CASE rate_key{times} END, updated_at = '{at}' \
                  WHERE rate_key IN ({})",
-                hex_list(changed_win.iter().map(|c| c.0))
+                hex_list(changed.iter().map(|c| c.0))
             ));
         }
         Ok(plan)
+    }
+
+    /// Takes a concurrency slot for each of `wanting` (in order) whose key
+    /// has room, and blocks the others (state `blocked`, a `queue_blocked`
+    /// row), inside the caller's transaction. Returns the ids granted a
+    /// slot: the caller puts them in the claim index.
+    pub(crate) async fn acquire_slots(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        wanting: &[Wanting],
+    ) -> Result<Vec<u64>> {
+        if wanting.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: BTreeMap<&[u8], u32> = BTreeMap::new();
+        for w in wanting {
+            let e = keys.entry(&w.key).or_insert(0);
+            *e = (*e).max(w.limit.unwrap_or(0));
+        }
+        let values: Vec<String> = keys
+            .iter()
+            .map(|(k, lim)| format!("({}, 0, {lim}, UTC_TIMESTAMP(6))", hex(k)))
+            .collect();
+        let list = keys.keys().map(|k| hex(k)).collect::<Vec<_>>().join(", ");
+        let lock = [
+            format!(
+                "INSERT INTO queue_semaphores (concurrency_key, running, lim, updated_at) VALUES {} \
+                 ON DUPLICATE KEY UPDATE lim = IF(VALUES(lim) > 0, VALUES(lim), lim)",
+                values.join(", ")
+            ),
+            format!(
+                "SELECT concurrency_key, running, lim FROM queue_semaphores WHERE concurrency_key IN ({list})"
+            ),
+        ];
+        let text = lock
+            .iter()
+            .map(|s| self.limited(s))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut semaphores = BTreeMap::new();
+        for r in sqlx::raw_sql(AssertSqlSafe(text))
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            semaphores.insert(
+                r.try_get::<Vec<u8>, _>(0)?,
+                Semaphore {
+                    running: r.try_get(1)?,
+                    lim: r.try_get(2)?,
+                },
+            );
+        }
+        let before = semaphores.clone();
+        let granted = grant(wanting, &mut semaphores);
+        let (yes, no): (Vec<_>, Vec<_>) = wanting.iter().zip(&granted).partition(|(_, g)| **g);
+        let mut writes = Vec::new();
+        let changed: Vec<(&Vec<u8>, &Semaphore)> = semaphores
+            .iter()
+            .filter(|(k, s)| before.get(*k) != Some(*s))
+            .collect();
+        if !changed.is_empty() {
+            let cases: String = changed
+                .iter()
+                .map(|(k, s)| format!(" WHEN {} THEN {}", hex(k), s.running))
+                .collect();
+            writes.push(format!(
+                "UPDATE queue_semaphores SET running = CASE concurrency_key{cases} END, \
+                 updated_at = UTC_TIMESTAMP(6) WHERE concurrency_key IN ({})",
+                hex_list(changed.iter().map(|c| c.0))
+            ));
+        }
+        if !yes.is_empty() {
+            writes.push(format!(
+                "UPDATE queue_jobs SET slot = 1 WHERE id IN ({})",
+                inline_list(yes.iter().map(|(w, _)| w.id))
+            ));
+        }
+        if !no.is_empty() {
+            writes.push(format!(
+                "UPDATE queue_jobs SET state = {} WHERE id IN ({})",
+                JobState::Blocked.as_u8(),
+                inline_list(no.iter().map(|(w, _)| w.id))
+            ));
+            let rows: Vec<String> = no
+                .iter()
+                .map(|(w, _)| format!("({}, {}, {})", hex(&w.key), w.priority, w.id))
+                .collect();
+            writes.push(format!(
+                "INSERT INTO queue_blocked (concurrency_key, priority, job_id) VALUES {}",
+                rows.join(", ")
+            ));
+        }
+        if !writes.is_empty() {
+            let text = writes
+                .iter()
+                .map(|s| self.limited(s))
+                .collect::<Vec<_>>()
+                .join("; ");
+            sqlx::raw_sql(AssertSqlSafe(text))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(yes.iter().map(|(w, _)| w.id).collect())
     }
 
     /// Frees `freed[key]` slots of each key (0 is allowed: then only hands
@@ -541,79 +608,67 @@ mod tests {
         Utc.timestamp_millis_opt(1_800_000_000_000 + ms).unwrap()
     }
 
-    fn job(id: u64, c: Option<&str>, r: Option<&str>) -> LimitedJob {
+    fn job(id: u64, r: Option<&str>) -> LimitedJob {
         LimitedJob {
             id,
             task: "t".into(),
-            concurrency_key: c.map(|k| k.as_bytes().to_vec()),
             rate_key: r.map(|k| k.as_bytes().to_vec()),
-            slot: false,
+            slot: None,
             rate_window: None,
         }
     }
 
-    fn table(concurrency: Option<u32>, rate: Option<Rate>) -> LimitTable {
-        [("t".to_owned(), TaskLimits { concurrency, rate })].into()
+    fn table(rate: Option<Rate>) -> LimitTable {
+        [(
+            "t".to_owned(),
+            TaskLimits {
+                concurrency: None,
+                rate,
+            },
+        )]
+        .into()
+    }
+
+    fn want(id: u64, key: &str, limit: Option<u32>) -> Wanting {
+        Wanting {
+            id,
+            key: key.as_bytes().to_vec(),
+            priority: 2,
+            limit,
+        }
     }
 
     #[test]
-    fn concurrency_runs_up_to_the_limit_then_blocks_per_key() {
-        let jobs = [
-            job(1, Some("a"), None),
-            job(2, Some("a"), None),
-            job(3, Some("b"), None),
-            job(4, Some("a"), None),
-        ];
+    fn slots_are_granted_up_to_the_limit_per_key() {
         let mut sems = BTreeMap::from([(b"a".to_vec(), Semaphore { running: 1, lim: 2 })]);
-        let d = decide(
-            &jobs,
-            &table(Some(2), None),
+        let g = grant(
+            &[
+                want(1, "a", Some(2)),
+                want(2, "a", Some(2)),
+                want(3, "b", Some(1)),
+                want(4, "b", Some(1)),
+            ],
             &mut sems,
-            &mut BTreeMap::new(),
-            t(0),
         );
-        assert_eq!(
-            d,
-            [
-                Decision::Run,
-                Decision::Block,
-                Decision::Run,
-                Decision::Block
-            ]
-        );
+        assert_eq!(g, [true, false, true, false]);
         assert_eq!(sems[&b"a".to_vec()].running, 2);
         assert_eq!(sems[&b"b".to_vec()].running, 1);
     }
 
     #[test]
-    fn a_job_holding_a_slot_runs_without_taking_another() {
-        let mut j = job(1, Some("a"), None);
-        j.slot = true;
-        let mut sems = BTreeMap::from([(b"a".to_vec(), Semaphore { running: 1, lim: 1 })]);
-        let d = decide(
-            &[j],
-            &table(Some(1), None),
-            &mut sems,
-            &mut BTreeMap::new(),
-            t(0),
-        );
-        assert_eq!(d, [Decision::Run]);
-        assert_eq!(sems[&b"a".to_vec()].running, 1);
+    fn an_unknown_limit_counts_but_never_refuses() {
+        let mut sems = BTreeMap::new();
+        let g = grant(&[want(1, "a", None), want(2, "a", None)], &mut sems);
+        assert_eq!(g, [true, true]);
+        assert_eq!(sems[&b"a".to_vec()], Semaphore { running: 2, lim: 0 });
     }
 
     #[test]
     fn rates_count_starts_and_defer_the_rest_window_by_window() {
         let rate = Rate::new(2, Duration::from_secs(1)).unwrap();
-        let jobs: Vec<_> = (1..=7).map(|i| job(i, None, Some("r"))).collect();
+        let jobs: Vec<_> = (1..=7).map(|i| job(i, Some("r"))).collect();
         let mut wins = BTreeMap::new();
-        let now = t(1_500);
-        let d = decide(
-            &jobs,
-            &table(None, Some(rate)),
-            &mut BTreeMap::new(),
-            &mut wins,
-            now,
-        );
+        let d = decide(&jobs, &table(Some(rate)), &mut wins, t(1_500));
         assert_eq!(
             d,
             [
@@ -635,12 +690,11 @@ mod tests {
         );
         // A deferred job in its window runs without counting; a newcomer
         // queues behind the reservations.
-        let mut back = job(3, None, Some("r"));
+        let mut back = job(3, Some("r"));
         back.rate_window = Some(t(2_000));
         let d = decide(
-            &[back, job(8, None, Some("r"))],
-            &table(None, Some(rate)),
-            &mut BTreeMap::new(),
+            &[back, job(8, Some("r"))],
+            &table(Some(rate)),
             &mut wins,
             t(2_100),
         );
@@ -650,7 +704,7 @@ mod tests {
     #[test]
     fn a_stale_reservation_counts_again_and_a_new_window_resets() {
         let rate = Rate::new(1, Duration::from_secs(1)).unwrap();
-        let mut late = job(1, None, Some("r"));
+        let mut late = job(1, Some("r"));
         late.rate_window = Some(t(0));
         let mut wins = BTreeMap::from([(
             b"r".to_vec(),
@@ -660,9 +714,8 @@ mod tests {
             },
         )]);
         let d = decide(
-            &[late, job(2, None, Some("r"))],
-            &table(None, Some(rate)),
-            &mut BTreeMap::new(),
+            &[late, job(2, Some("r"))],
+            &table(Some(rate)),
             &mut wins,
             t(5_200),
         );
@@ -670,35 +723,16 @@ mod tests {
     }
 
     #[test]
-    fn a_blocked_job_does_not_spend_a_start() {
-        let rate = Rate::new(1, Duration::from_secs(1)).unwrap();
-        let mut sems = BTreeMap::from([(b"c".to_vec(), Semaphore { running: 1, lim: 1 })]);
-        let mut wins = BTreeMap::new();
-        let d = decide(
-            &[job(1, Some("c"), Some("r"))],
-            &table(Some(1), Some(rate)),
-            &mut sems,
-            &mut wins,
-            t(0),
-        );
-        assert_eq!(d, [Decision::Block]);
-        assert_eq!(wins[&b"r".to_vec()].starts, 0);
-    }
-
-    #[test]
-    fn unknown_limits_count_but_never_refuse() {
-        let mut j = job(1, Some("a"), None);
+    fn a_task_without_a_known_rate_runs() {
+        let mut j = job(1, Some("r"));
         j.task = "other".into();
-        let mut sems = BTreeMap::new();
-        let d = decide(
-            &[j],
-            &table(Some(1), None),
-            &mut sems,
-            &mut BTreeMap::new(),
-            t(0),
+        let mut wins = BTreeMap::new();
+        let rate = Rate::new(1, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            decide(&[j], &table(Some(rate)), &mut wins, t(0)),
+            [Decision::Run]
         );
-        assert_eq!(d, [Decision::Run]);
-        assert_eq!(sems[&b"a".to_vec()].running, 1);
+        assert!(wins.is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use queue_core::JobId;
 use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, MySql, MySqlPool};
+use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
 
 pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, LEVELS, claim_sql};
 pub(crate) use insert::{INSERT_CHUNK, payload_limit};
@@ -57,14 +57,17 @@ pub(crate) struct NewJob {
     /// The stored concurrency key (task, U+001F, key; or the task alone)
     /// of a task with a concurrency limit.
     pub concurrency_key: Option<String>,
+    /// The task's concurrency limit (with `concurrency_key`).
+    pub concurrency_limit: Option<u32>,
     /// The stored rate key of a task with a rate limit.
     pub rate_key: Option<String>,
 }
 
 impl NewJob {
-    /// Whether its claim-index row must be checked against a limit.
+    /// Whether its claim-index row must be checked against a limit at
+    /// claim (a rate limit; concurrency is settled before a job is ready).
     pub(crate) fn limited(&self) -> bool {
-        self.concurrency_key.is_some() || self.rate_key.is_some()
+        self.rate_key.is_some()
     }
 }
 
@@ -201,30 +204,72 @@ impl Store {
             .await?)
     }
 
-    /// Adds jobs, by id, to the claim index, in `order`: the one statement
-    /// that makes existing jobs claimable.
+    /// Adds jobs, by id, to the claim index, in `order`: the way existing
+    /// jobs become claimable. A job with a concurrency key and no slot takes
+    /// one first ([`Store::acquire_slots`]); one whose limit is full is
+    /// blocked instead (and stays out of the claim index). Returns how many
+    /// jobs entered the index.
     pub(crate) async fn index_ready_by_id(
         &self,
         tx: &mut sqlx::MySqlConnection,
         ids: &[u64],
         order: ReadyOrder,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let sql = format!(
             "INSERT INTO queue_ready (queue, priority, job_id, limited) SELECT queue, priority, id, {LIMITED} \
-             FROM queue_jobs WHERE id IN ({}) ORDER BY {}",
+             FROM queue_jobs WHERE id IN ({}) AND (concurrency_key IS NULL OR slot = 1) ORDER BY {}",
             placeholders(ids.len()),
             order.sql()
         );
-        bind_ids(self.q(&sql), ids).execute(&mut *tx).await?;
-        Ok(())
+        let n = bind_ids(self.q(&sql), ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n as usize >= ids.len() {
+            return Ok(n);
+        }
+        // Some need a slot (or are not there).
+        let sql = format!(
+            "SELECT id, concurrency_key, priority FROM queue_jobs WHERE id IN ({}) \
+             AND concurrency_key IS NOT NULL AND slot = 0 ORDER BY priority, {}",
+            placeholders(ids.len()),
+            order.sql()
+        );
+        let rows = bind_ids(self.q(&sql), ids).fetch_all(&mut *tx).await?;
+        let wanting: Vec<limits::Wanting> = rows
+            .iter()
+            .map(|r| {
+                Ok(limits::Wanting {
+                    id: r.try_get(0)?,
+                    key: r.try_get(1)?,
+                    priority: r.try_get(2)?,
+                    limit: None,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let granted = self.acquire_slots(tx, &wanting).await?;
+        if granted.is_empty() {
+            return Ok(n);
+        }
+        let sql = format!(
+            "INSERT INTO queue_ready (queue, priority, job_id, limited) SELECT queue, priority, id, {LIMITED} \
+             FROM queue_jobs WHERE id IN ({}) ORDER BY {}",
+            placeholders(granted.len()),
+            order.sql()
+        );
+        let m = bind_ids(self.q(&sql), &granted)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        Ok(n + m)
     }
 }
 
 /// Whether a job's claim-index row must be checked against a limit at
-/// claim, as a SQL expression over `queue_jobs`: it has a rate key, or a
-/// concurrency key and no slot yet.
-pub(crate) const LIMITED: &str =
-    "(rate_key IS NOT NULL OR (concurrency_key IS NOT NULL AND slot = 0))";
+/// claim, as a SQL expression over `queue_jobs`: it has a rate key.
+/// (A job with a concurrency key enters the claim index only holding a
+/// slot: see [`Store::index_ready_by_id`].)
+pub(crate) const LIMITED: &str = "(rate_key IS NOT NULL)";
 
 /// Tries of [`retry_deadlocks`], the first included.
 const DEADLOCK_TRIES: u32 = 8;
