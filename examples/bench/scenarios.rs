@@ -948,64 +948,74 @@ pub(crate) async fn delay(report: &mut Report, _opts: &Opts, _ctx: &mut Ctx) -> 
 pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> Res<()> {
     let n = opts.jobs;
     let mut rows = Vec::new();
-    let mut base = f64::NAN;
-    for variant in ["no limit", "task limit 50", "1,000 keys, limit 1 each"] {
-        let (_url, client) = fresh("bench_limits").await?;
-        let mut left = n;
-        let mut i = 0u32;
-        while left > 0 {
-            let k = left.min(5_000);
-            match variant {
-                "no limit" => {
-                    tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
-                }
-                "task limit 50" => {
-                    tasks::noop_limited::enqueue_many(&client, std::iter::repeat_n((), k as usize))
+    for conc in [10usize, 50] {
+        let mut base = f64::NAN;
+        for variant in ["no limit", "task limit 50", "1,000 keys, limit 1 each"] {
+            let (_url, client) = fresh("bench_limits").await?;
+            let mut left = n;
+            let mut i = 0u32;
+            while left > 0 {
+                let k = left.min(5_000);
+                match variant {
+                    "no limit" => {
+                        tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize))
+                            .await?;
+                    }
+                    "task limit 50" => {
+                        tasks::noop_limited::enqueue_many(
+                            &client,
+                            std::iter::repeat_n((), k as usize),
+                        )
                         .await?;
-                }
-                _ => {
-                    tasks::noop_keyed::enqueue_many(&client, (i..i + k as u32).map(|j| j % 1_000))
+                    }
+                    _ => {
+                        tasks::noop_keyed::enqueue_many(
+                            &client,
+                            (i..i + k as u32).map(|j| j % 1_000),
+                        )
                         .await?;
+                    }
                 }
+                i += k as u32;
+                left -= k;
             }
-            i += k as u32;
-            left -= k;
+            tasks::reset();
+            let rt = Runtime::builder(client.clone())
+                .concurrency(conc)
+                .queues(["bench"])
+                .cron(false)
+                .start()
+                .await?;
+            wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
+            wait_empty(&client, Duration::from_secs(60)).await?;
+            let end = now_us();
+            let claim = client.stats().await?.claim_latency;
+            rt.shutdown(Duration::from_secs(10)).await?;
+            let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
+            let rate = n as f64 / secs;
+            if variant == "no limit" {
+                base = rate;
+            }
+            let (c50, c99) = claim.map_or((f64::NAN, f64::NAN), |(a, b)| (ms(a), ms(b)));
+            rows.push(vec![
+                format!("concurrency {conc}, {variant}"),
+                num(n as f64),
+                num(secs),
+                num(rate),
+                format!("{:.2}x", rate / base),
+                num(c50),
+                num(c99),
+            ]);
+            let name = format!("concurrency {conc}, {variant}");
+            let s = json!({"jobs": n, "concurrency": conc, "variant": variant});
+            report.emit("limits", &name, "throughput", rate, "jobs/s", s.clone());
+            report.emit("limits", &name, "ratio_to_unlimited", rate / base, "x", s);
+            client.pool().close().await;
+            drop_db("bench_limits").await;
         }
-        tasks::reset();
-        let rt = Runtime::builder(client.clone())
-            .concurrency(50)
-            .queues(["bench"])
-            .cron(false)
-            .start()
-            .await?;
-        wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
-        wait_empty(&client, Duration::from_secs(60)).await?;
-        let end = now_us();
-        let claim = client.stats().await?.claim_latency;
-        rt.shutdown(Duration::from_secs(10)).await?;
-        let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
-        let rate = n as f64 / secs;
-        if variant == "no limit" {
-            base = rate;
-        }
-        let (c50, c99) = claim.map_or((f64::NAN, f64::NAN), |(a, b)| (ms(a), ms(b)));
-        rows.push(vec![
-            variant.to_owned(),
-            num(n as f64),
-            num(secs),
-            num(rate),
-            format!("{:.2}x", rate / base),
-            num(c50),
-            num(c99),
-        ]);
-        let s = json!({"jobs": n, "concurrency": 50, "variant": variant});
-        report.emit("limits", variant, "throughput", rate, "jobs/s", s.clone());
-        report.emit("limits", variant, "ratio_to_unlimited", rate / base, "x", s);
-        client.pool().close().await;
-        drop_db("bench_limits").await;
     }
     table(
-        "### limits: no-op jobs at concurrency 50, from the first start to an empty queue",
+        "### limits: no-op jobs, one runtime, from the first start to an empty queue",
         &[
             "variant",
             "jobs",

@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 
 /// How long the acker waits for more outcomes to write with the first one.
 pub(super) const ACK_LINGER: Duration = Duration::from_millis(2);
+/// The same when the first outcome is of a job holding a concurrency slot:
+/// the slot is idle until its outcome is written.
+const ACK_LINGER_SLOTTED: Duration = Duration::from_micros(300);
 /// Outcomes taken from the queue per write at most (the store cuts the
 /// DELETE into statements of `FENCE_CHUNK` jobs).
 const ACK_BATCH: usize = 1000;
@@ -19,8 +22,16 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else { break };
+        let slotted = match &first {
+            Ack::Complete { id, attempt } => shared.slot_of(*id, *attempt).is_some(),
+            _ => false,
+        };
         let mut batch = vec![first];
-        let linger = tokio::time::sleep(ACK_LINGER);
+        let linger = tokio::time::sleep(if slotted {
+            ACK_LINGER_SLOTTED
+        } else {
+            ACK_LINGER
+        });
         tokio::pin!(linger);
         while batch.len() < ACK_BATCH {
             match rx.try_recv() {
@@ -67,18 +78,40 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         }
     }
     if !slotted.is_empty() {
-        let (n, _) = shared
+        let t0 = std::time::Instant::now();
+        let batch_len = slotted.len();
+        let (n, handed) = shared
             .outage
             .until_ok("recording successes", || {
-                store.complete_slotted(&slotted, client.now())
+                let now = client.now();
+                let handoff = shared.handoff(now, slotted.len());
+                let slotted = &slotted;
+                async move { store.complete_slotted(slotted, now, handoff.as_ref()).await }
             })
-            .await;
+            .await
+            .0;
+        if std::env::var_os("QUEUE_DEBUG_TIMING").is_some() {
+            eprintln!(
+                "slotted batch {batch_len} n {n} handed {} in {:?}",
+                handed.len(),
+                t0.elapsed()
+            );
+        }
         if n > 0 {
-            // Freed slots may have unblocked jobs: claim them now.
+            // Freed slots may have unblocked jobs for other runtimes too.
             client.inner.ready_gen.send_modify(|g| *g += 1);
         }
         for (id, attempt, _) in &slotted {
             shared.finished(*id, *attempt);
+        }
+        // Jobs handed the freed slots start here at once.
+        for job in handed {
+            match shared.queues.iter().position(|q| *q == job.queue) {
+                Some(i) => super::executor::spawn_job(shared, job, i),
+                None => {
+                    tracing::error!(job.id = %job.id, "a job handed a slot is of a queue this runtime does not serve; left to its lease")
+                }
+            }
         }
     }
     if !done.is_empty() {

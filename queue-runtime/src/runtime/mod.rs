@@ -159,6 +159,7 @@ impl RuntimeBuilder {
             tracing::warn!("{warning}");
         }
         let queues = settings.queues;
+        let n_queues = queues.len();
         self.client.check_schema(self.client.pool()).await?;
         self.client.store().ensure_sentinels(&queues).await?;
         let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
@@ -177,6 +178,9 @@ impl RuntimeBuilder {
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
             queue_limits: settings.queue_limits,
+            paused: (0..n_queues)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
             slot_freed: tokio::sync::Notify::new(),
             ack_tx,
             stop: stop_rx,
@@ -185,6 +189,7 @@ impl RuntimeBuilder {
             lease: settings.lease,
             heartbeat: settings.heartbeat,
             prefetch: settings.prefetch,
+            concurrency: settings.concurrency,
             outage: Outage::default(),
         });
         tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
@@ -326,6 +331,8 @@ pub(crate) struct Shared {
     queue_in_flight: Vec<AtomicUsize>,
     /// Per served queue: its limit on jobs in flight, if any.
     queue_limits: Vec<Option<usize>>,
+    /// Per served queue: paused cluster-wide, as the producer last read.
+    paused: Vec<std::sync::atomic::AtomicBool>,
     /// Signalled when a job's slot is released or a prefetched job takes one.
     slot_freed: tokio::sync::Notify,
     ack_tx: mpsc::UnboundedSender<Ack>,
@@ -336,6 +343,8 @@ pub(crate) struct Shared {
     lease: Duration,
     heartbeat: Duration,
     prefetch: usize,
+    /// Jobs run at once at most.
+    concurrency: usize,
     pub(crate) outage: Outage,
 }
 
@@ -352,6 +361,40 @@ impl Shared {
     /// only the entry of that attempt: after an outage longer than the lease
     /// this runtime may have claimed the job again, and the new attempt must
     /// keep its heartbeats.
+    /// What this runtime can take straight from a released slot: the
+    /// queues it serves that are not paused and have no limit of their own;
+    /// `None` while it stops.
+    fn handoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        ending: usize,
+    ) -> Option<crate::store::limits::HandOff> {
+        if self.stopping() || self.limits.is_empty() {
+            return None;
+        }
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.queue_limits[*i].is_none()
+                    && !self.paused[*i].load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .map(|(_, q)| q.clone())
+            .collect();
+        // Room as the producer counts it: slots plus prefetch, less the jobs
+        // in flight but for the `ending` ones being acknowledged.
+        let in_flight = self.in_flight.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let room =
+            (self.concurrency + self.prefetch).saturating_sub(in_flight.saturating_sub(ending));
+        Some(crate::store::limits::HandOff {
+            room,
+            owner: self.owner.clone(),
+            lease_until: crate::time::clamp(crate::clock::add(now, self.lease)),
+            queues,
+        })
+    }
+
     /// The concurrency slot the job runs under, if any.
     fn slot_of(&self, id: JobId, attempt: u32) -> Option<Vec<u8>> {
         let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());

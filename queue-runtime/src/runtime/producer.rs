@@ -249,6 +249,7 @@ impl Producer {
                     }
                 }
                 self.paused[i] = now_paused;
+                self.shared.paused[i].store(now_paused, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }

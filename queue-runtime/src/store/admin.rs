@@ -286,6 +286,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if row.try_get::<u8, _>(0)? == JobState::Blocked.as_u8() {
+                // Under the key's semaphore lock, as every change to
+                // `queue_blocked` (see `store::limits`).
+                self.q("SELECT running FROM queue_semaphores WHERE concurrency_key = ? FOR UPDATE")
+                    .bind(row.try_get::<Option<Vec<u8>>, _>(2)?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 self.q("DELETE FROM queue_blocked WHERE concurrency_key = ? AND priority = ? AND job_id = ?")
                     .bind(row.try_get::<Option<Vec<u8>>, _>(2)?)
                     .bind(row.try_get::<u8, _>(3)?)

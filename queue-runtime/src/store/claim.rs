@@ -440,7 +440,7 @@ impl Store {
 /// A claimed job from its row (`SELECT id, task, queue, priority, payload,
 /// attempts, max_attempts, deadline_ms, run_at`). A zero `run_at`, which
 /// only SQL from outside the runtime can store, reads as the earliest time.
-fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<ClaimedJob> {
+pub(crate) fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<ClaimedJob> {
     Ok(ClaimedJob {
         id: JobId(r.try_get(0)?),
         task: r.try_get(1)?,

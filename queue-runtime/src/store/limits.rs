@@ -28,7 +28,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use queue_core::{JobState, Rate};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{ReadyOrder, Store, inline_list, sql_time};
+use super::claim::ClaimedJob;
+use super::{Store, inline_list, sql_time};
 use crate::error::Result;
 
 /// A task's limits as this runtime's registry declares them.
@@ -199,6 +200,21 @@ fn hex_list<'a>(keys: impl IntoIterator<Item = &'a Vec<u8>>) -> String {
         .map(|k| hex(k))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A runtime that can take unblocked jobs straight from a release
+/// ([`Store::release_slots_to`]).
+#[derive(Debug, Clone)]
+pub(crate) struct HandOff {
+    /// Its owner id (`rt-<hex>`).
+    pub owner: String,
+    /// The lease it gives the jobs.
+    pub lease_until: DateTime<Utc>,
+    /// The queues it serves that may take jobs now (not paused, no queue
+    /// limit of their own).
+    pub queues: Vec<String>,
+    /// How many jobs it can take (its free slots and prefetch).
+    pub room: usize,
 }
 
 /// What the limited part of a claim decided, to be written by the claim's
@@ -468,106 +484,214 @@ impl Store {
 
     /// Frees `freed[key]` slots of each key (0 is allowed: then only hands
     /// over room the semaphore already has) and gives each free slot to the
-    /// first blocked job of its key, which goes back to ready holding it.
-    /// Runs inside the caller's transaction; returns how many jobs it
-    /// unblocked.
+    /// first blocked job of its key, which goes to ready holding it and
+    /// into the claim index. Runs inside the caller's transaction, in two
+    /// round trips: the semaphores and the first blocked jobs of each key
+    /// are locked and read together (as many as were freed, the room a
+    /// full semaphore gets), then everything is written. Returns how many
+    /// jobs it unblocked.
     pub(crate) async fn release_slots(
         &self,
         conn: &mut sqlx::MySqlConnection,
         freed: &BTreeMap<Vec<u8>, u32>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
+        let (n, _) = self.release_slots_to(conn, freed, now, None).await?;
+        Ok(n)
+    }
+
+    /// [`Store::release_slots`], handing the unblocked jobs that `handoff`
+    /// can run (its queues, no rate limit) straight to it: they become
+    /// running under its lease in this transaction, as a claim would make
+    /// them, and are returned, so a freed slot starts its next job without
+    /// a trip through the claim index.
+    pub(crate) async fn release_slots_to(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        freed: &BTreeMap<Vec<u8>, u32>,
+        now: DateTime<Utc>,
+        handoff: Option<&HandOff>,
+    ) -> Result<(u64, Vec<ClaimedJob>)> {
         if freed.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
-        let sql = format!(
-            "SELECT concurrency_key, running, lim FROM queue_semaphores \
+        let mut reads = vec![self.limited(&format!(
+            "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
              WHERE concurrency_key IN ({}) ORDER BY concurrency_key FOR UPDATE",
             hex_list(freed.keys())
-        );
-        let rows = sqlx::raw_sql(AssertSqlSafe(self.limited(&sql)))
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut running: BTreeMap<Vec<u8>, (u32, u32)> = BTreeMap::new();
-        for r in &rows {
-            let key: Vec<u8> = r.try_get(0)?;
-            let n: u32 = r.try_get(1)?;
-            let lim: u32 = r.try_get(2)?;
-            let f = freed.get(&key).copied().unwrap_or(0);
-            running.insert(key, (n.saturating_sub(f), lim));
-        }
-        // The first blocked jobs of each key with room.
-        let picks: Vec<String> = running
+        ))];
+        // The first blocked jobs of every key, in one statement. Not a
+        // locking read: every change to `queue_blocked` (a block, a release,
+        // a cancel) happens under its key's semaphore lock, taken by the
+        // statement before, so this read sees the latest state.
+        // Keys that freed one slot (the common case with many keys) take
+        // their first blocked job through one correlated subquery; keys that
+        // freed more, one branch each.
+        let ones: Vec<&Vec<u8>> = freed
             .iter()
-            .filter(|(_, (n, lim))| lim > n)
-            .map(|(k, (n, lim))| {
-                self.limited(&format!(
-                    "SELECT concurrency_key, priority, job_id FROM queue_blocked \
-                     WHERE concurrency_key = {} ORDER BY priority, job_id LIMIT {} FOR UPDATE",
-                    hex(k),
-                    lim - n
-                ))
+            .filter(|(_, f)| **f == 1)
+            .map(|(k, _)| k)
+            .collect();
+        let mut picks: Vec<String> = freed
+            .iter()
+            .filter(|(_, f)| **f != 1)
+            .map(|(k, f)| {
+                // A sweep (nothing freed) looks at up to 100 per key.
+                let n = if *f == 0 { 100 } else { *f };
+                format!(
+                    "(SELECT 1, b.concurrency_key, b.priority, b.job_id, j.queue, j.rate_key IS NULL \
+                     FROM queue_blocked b JOIN queue_jobs j ON j.id = b.job_id \
+                     WHERE b.concurrency_key = {} ORDER BY b.priority, b.job_id LIMIT {n})",
+                    hex(k)
+                )
             })
             .collect();
+        if !ones.is_empty() {
+            picks.push(format!(
+                "(SELECT 1, t.k, j.priority, j.id, j.queue, j.rate_key IS NULL FROM \
+                 (SELECT s.concurrency_key AS k, (SELECT b.job_id FROM queue_blocked b \
+                 WHERE b.concurrency_key = s.concurrency_key ORDER BY b.priority, b.job_id LIMIT 1) AS first \
+                 FROM queue_semaphores s WHERE s.concurrency_key IN ({})) t \
+                 JOIN queue_jobs j ON j.id = t.first)",
+                hex_list(ones)
+            ));
+        }
+        reads.push(self.limited(&picks.join(" UNION ALL ")));
+        let mut running: BTreeMap<Vec<u8>, (u32, u32)> = BTreeMap::new();
+        let mut waiting: BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>> = BTreeMap::new();
+        let t0 = std::time::Instant::now();
+        let read_rows = sqlx::raw_sql(AssertSqlSafe(reads.join("; ")))
+            .fetch_all(&mut *conn)
+            .await?;
+        let t_read = t0.elapsed();
+        for r in read_rows {
+            let key: Vec<u8> = r.try_get(1)?;
+            if r.try_get::<i64, _>(0)? == 0 {
+                let n: u32 = r.try_get(2)?;
+                let lim: u32 = r.try_get(3)?;
+                let f = freed.get(&key).copied().unwrap_or(0);
+                running.insert(key, (n.saturating_sub(f), lim));
+            } else {
+                let p: u8 = r.try_get(2)?;
+                let id: u64 = r.try_get(3)?;
+                let queue: String = r.try_get(4)?;
+                let no_rate = r.try_get::<i64, _>(5)? != 0;
+                let direct = no_rate && handoff.is_some_and(|h| h.queues.contains(&queue));
+                waiting.entry(key).or_default().push((p, id, direct));
+            }
+        }
         let mut moved: Vec<(Vec<u8>, u8, u64)> = Vec::new();
-        if !picks.is_empty() {
-            for r in sqlx::raw_sql(AssertSqlSafe(picks.join("; ")))
-                .fetch_all(&mut *conn)
-                .await?
-            {
-                moved.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        let mut direct: Vec<u64> = Vec::new();
+        for (k, (n, lim)) in &mut running {
+            let room = lim.saturating_sub(*n) as usize;
+            for &(p, id, d) in waiting.get(k).map_or(&[][..], |w| &w[..]).iter().take(room) {
+                moved.push((k.clone(), p, id));
+                if d && direct.len() < handoff.map_or(0, |h| h.room) {
+                    direct.push(id);
+                }
+                *n += 1;
             }
         }
         let at = sql_time(now);
         let mut writes = Vec::new();
         if !moved.is_empty() {
-            let tuples: Vec<String> = moved
+            // By primary-key prefix (key, priority), then ids.
+            let mut groups: BTreeMap<(&Vec<u8>, u8), Vec<u64>> = BTreeMap::new();
+            for (k, p, id) in &moved {
+                groups.entry((k, *p)).or_default().push(*id);
+            }
+            let conds: Vec<String> = groups
                 .iter()
-                .map(|(k, p, id)| format!("({}, {p}, {id})", hex(k)))
+                .map(|((k, p), ids)| {
+                    format!(
+                        "(concurrency_key = {} AND priority = {p} AND job_id IN ({}))",
+                        hex(k),
+                        inline_list(ids)
+                    )
+                })
                 .collect();
             writes.push(format!(
-                "DELETE FROM queue_blocked WHERE (concurrency_key, priority, job_id) IN ({})",
-                tuples.join(", ")
+                "DELETE FROM queue_blocked WHERE {}",
+                conds.join(" OR ")
             ));
-            let list = inline_list(moved.iter().map(|m| m.2));
-            writes.push(format!(
-                "UPDATE queue_jobs SET state = {}, slot = 1, run_at = '{at}', updated_at = '{at}' \
-                 WHERE id IN ({list}) AND state = {}",
-                JobState::Ready.as_u8(),
-                JobState::Blocked.as_u8()
-            ));
-            for (k, ..) in &moved {
-                if let Some(e) = running.get_mut(k) {
-                    e.0 += 1;
-                }
+            let list = inline_list(moved.iter().map(|m| m.2).filter(|id| !direct.contains(id)));
+            if !list.is_empty() {
+                writes.push(format!(
+                    "UPDATE queue_jobs SET state = {}, slot = 1, run_at = '{at}', updated_at = '{at}' \
+                     WHERE id IN ({list}) AND state = {}",
+                    JobState::Ready.as_u8(),
+                    JobState::Blocked.as_u8()
+                ));
+                writes.push(format!(
+                    "INSERT INTO queue_ready (queue, priority, job_id, limited) \
+                     SELECT queue, priority, id, {} FROM queue_jobs WHERE id IN ({list}) ORDER BY id",
+                    super::LIMITED
+                ));
             }
         }
-        let cases: String = running
-            .iter()
-            .map(|(k, (n, _))| format!(" WHEN {} THEN {n}", hex(k)))
-            .collect();
         if !running.is_empty() {
+            let cases: String = running
+                .iter()
+                .map(|(k, (n, _))| format!(" WHEN {} THEN {n}", hex(k)))
+                .collect();
             writes.push(format!(
                 "UPDATE queue_semaphores SET running = CASE concurrency_key{cases} END, \
                  updated_at = '{at}' WHERE concurrency_key IN ({})",
                 hex_list(running.keys())
             ));
         }
+        if let (Some(h), false) = (handoff, direct.is_empty()) {
+            let list = inline_list(&direct);
+            let owner = &h.owner;
+            debug_assert!(
+                owner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            );
+            writes.push(format!(
+                "UPDATE queue_jobs SET state = {running}, slot = 1, attempts = attempts + 1, \
+                 lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{at}', \
+                 rate_window = NULL WHERE id IN ({list}) AND state = {blocked}",
+                running = JobState::Running.as_u8(),
+                blocked = JobState::Blocked.as_u8(),
+                lease = sql_time(h.lease_until),
+            ));
+            writes.push(format!(
+                "SELECT id, task, queue, priority, payload, attempts, max_attempts, deadline_ms, run_at, \
+                 IF(slot = 1, concurrency_key, NULL) FROM queue_jobs WHERE id IN ({list}) \
+                 AND state = {running} AND lease_owner = '{owner}' AND updated_at = '{at}' ORDER BY priority, id",
+                running = JobState::Running.as_u8(),
+            ));
+        }
+        let mut handed = Vec::new();
+        let t1 = std::time::Instant::now();
         if !writes.is_empty() {
             let text = writes
                 .iter()
                 .map(|s| self.limited(s))
                 .collect::<Vec<_>>()
                 .join("; ");
-            sqlx::raw_sql(AssertSqlSafe(text))
-                .execute(&mut *conn)
-                .await?;
+            for r in sqlx::raw_sql(AssertSqlSafe(text))
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                match super::claim::decode_claimed(&r) {
+                    Ok(job) => handed.push(job),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease");
+                    }
+                }
+            }
         }
-        if !moved.is_empty() {
-            let ids: Vec<u64> = moved.iter().map(|m| m.2).collect();
-            self.index_ready_by_id(conn, &ids, ReadyOrder::Id).await?;
+        if std::env::var_os("QUEUE_DEBUG_TIMING").is_some() {
+            eprintln!(
+                "release keys {} read {:?} write {:?}",
+                freed.len(),
+                t_read,
+                t1.elapsed()
+            );
         }
-        Ok(moved.len() as u64)
+        Ok((moved.len() as u64, handed))
     }
 
     /// Hands free slots to blocked jobs wherever a semaphore has room and

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
 use sqlx::{AssertSqlSafe, Row};
 
+use super::claim::ClaimedJob;
+use super::limits::HandOff;
 use super::{ReadyOrder, Store, fence, inline_list, retry_deadlocks, sql_time};
 use crate::error::Result;
 use crate::time::At;
@@ -32,52 +34,89 @@ impl Store {
     }
 
     /// Deletes succeeded jobs that hold a concurrency slot (each only while
-    /// still at its attempt) and releases their slots, in one transaction.
+    /// still at its attempt) and releases their slots, in one transaction
+    /// of three round trips in the common case (every job still at its
+    /// attempt): the DELETE, then [`Store::release_slots`]'s two.
     pub(crate) async fn complete_slotted(
         &self,
         done: &[(JobId, u32, Vec<u8>)],
         now: DateTime<Utc>,
-    ) -> Result<u64> {
+        handoff: Option<&HandOff>,
+    ) -> Result<(u64, Vec<ClaimedJob>)> {
         let mut total = 0;
+        let mut handed = Vec::new();
         for part in done.chunks(FENCE_CHUNK) {
             let fenced: Vec<(JobId, u32)> = part.iter().map(|d| (d.0, d.1)).collect();
             total += retry_deadlocks(|| async {
-                let mut tx = self.begin().await?;
-                let sql = format!(
-                    "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
-                    fence(&fenced)
-                );
-                let held: Vec<u64> = sqlx::raw_sql(self.sql(&sql))
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, _>>()?;
-                if held.is_empty() {
-                    tx.rollback().await?;
-                    return Ok(0);
-                }
-                let sql = format!(
-                    "DELETE FROM queue_jobs WHERE id IN ({})",
-                    inline_list(&held)
-                );
-                let n = sqlx::raw_sql(self.sql(&sql))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let mut freed = std::collections::BTreeMap::new();
-                for (id, _, key) in part {
-                    if held.contains(&id.0) {
-                        *freed.entry(key.clone()).or_insert(0u32) += 1;
+                let mut conn = self.pool.acquire().await?;
+                let result = async {
+                    let sql = format!(
+                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
+                        self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced)))
+                    );
+                    let n = sqlx::raw_sql(AssertSqlSafe(sql))
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected();
+                    let held: std::collections::HashSet<u64> = if (n as usize) < part.len() {
+                        // Some were taken by another runtime (a lost lease):
+                        // start again, locking the jobs still at their
+                        // attempt first, so that exactly their slots are freed.
+                        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+                        let sql = format!(
+                            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
+                            self.limited(&format!(
+                                "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
+                                fence(&fenced)
+                            ))
+                        );
+                        let ids = sqlx::raw_sql(AssertSqlSafe(sql))
+                            .fetch_all(&mut *conn)
+                            .await?
+                            .iter()
+                            .map(|r| r.try_get::<u64, _>(0))
+                            .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                        if !ids.is_empty() {
+                            let sql = format!(
+                                "DELETE FROM queue_jobs WHERE id IN ({})",
+                                inline_list(ids.iter())
+                            );
+                            sqlx::raw_sql(self.sql(&sql)).execute(&mut *conn).await?;
+                        }
+                        ids
+                    } else {
+                        part.iter().map(|d| d.0.0).collect()
+                    };
+                    let n = held.len() as u64;
+                    let mut freed = std::collections::BTreeMap::new();
+                    for (id, _, key) in part {
+                        if held.contains(&id.0) {
+                            *freed.entry(key.clone()).or_insert(0u32) += 1;
+                        }
                     }
+                    let jobs = if n > 0 {
+                        self.release_slots_to(&mut conn, &freed, now, handoff)
+                            .await?
+                            .1
+                    } else {
+                        Vec::new()
+                    };
+                    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                    Ok::<_, crate::error::Error>((n, jobs))
                 }
-                self.release_slots(&mut tx, &freed, now).await?;
-                tx.commit().await?;
-                Ok(n)
+                .await;
+                if result.is_err() && sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+                result
             })
-            .await?;
+            .await
+            .map(|(n, jobs)| {
+                handed.extend(jobs);
+                n
+            })?;
         }
-        Ok(total)
+        Ok((total, handed))
     }
 
     /// How many of these jobs exist.
