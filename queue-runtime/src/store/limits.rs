@@ -217,6 +217,15 @@ pub(crate) struct HandOff {
     pub room: usize,
 }
 
+/// What a release writes ([`Store::release_plan`]).
+#[derive(Debug, Default)]
+pub(crate) struct ReleasePlan {
+    /// Jobs unblocked.
+    pub moved: u64,
+    /// The statements.
+    pub writes: Vec<String>,
+}
+
 /// What the limited part of a claim decided, to be written by the claim's
 /// last round trip.
 #[derive(Debug, Default)]
@@ -515,6 +524,17 @@ impl Store {
         if freed.is_empty() {
             return Ok((0, Vec::new()));
         }
+        let rows = sqlx::raw_sql(AssertSqlSafe(self.release_reads(freed)))
+            .fetch_all(&mut *conn)
+            .await?;
+        let plan = self.release_plan(&rows, freed, now, handoff)?;
+        let handed = self.release_write(conn, &plan.writes, None).await?;
+        Ok((plan.moved, handed))
+    }
+
+    /// The reads of a release, as one text: the semaphores of `freed`'s
+    /// keys, locked, and the first blocked jobs of each key.
+    pub(crate) fn release_reads(&self, freed: &BTreeMap<Vec<u8>, u32>) -> String {
         let mut reads = vec![self.limited(&format!(
             "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
              WHERE concurrency_key IN ({}) ORDER BY concurrency_key FOR UPDATE",
@@ -557,14 +577,20 @@ impl Store {
             ));
         }
         reads.push(self.limited(&picks.join(" UNION ALL ")));
+        reads.join("; ")
+    }
+
+    /// What a release writes, from the rows its reads returned.
+    pub(crate) fn release_plan(
+        &self,
+        rows: &[sqlx::mysql::MySqlRow],
+        freed: &BTreeMap<Vec<u8>, u32>,
+        now: DateTime<Utc>,
+        handoff: Option<&HandOff>,
+    ) -> Result<ReleasePlan> {
         let mut running: BTreeMap<Vec<u8>, (u32, u32)> = BTreeMap::new();
         let mut waiting: BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>> = BTreeMap::new();
-        let t0 = std::time::Instant::now();
-        let read_rows = sqlx::raw_sql(AssertSqlSafe(reads.join("; ")))
-            .fetch_all(&mut *conn)
-            .await?;
-        let t_read = t0.elapsed();
-        for r in read_rows {
+        for r in rows {
             let key: Vec<u8> = r.try_get(1)?;
             if r.try_get::<i64, _>(0)? == 0 {
                 let n: u32 = r.try_get(2)?;
@@ -663,35 +689,38 @@ impl Store {
                 running = JobState::Running.as_u8(),
             ));
         }
+        Ok(ReleasePlan {
+            moved: moved.len() as u64,
+            writes,
+        })
+    }
+
+    /// Runs a release's writes (then `tail`, such as `COMMIT`, in the same
+    /// round trip); returns the jobs handed to the releasing runtime.
+    pub(crate) async fn release_write(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        writes: &[String],
+        tail: Option<&str>,
+    ) -> Result<Vec<ClaimedJob>> {
         let mut handed = Vec::new();
-        let t1 = std::time::Instant::now();
-        if !writes.is_empty() {
-            let text = writes
-                .iter()
-                .map(|s| self.limited(s))
-                .collect::<Vec<_>>()
-                .join("; ");
-            for r in sqlx::raw_sql(AssertSqlSafe(text))
-                .fetch_all(&mut *conn)
-                .await?
-            {
-                match super::claim::decode_claimed(&r) {
-                    Ok(job) => handed.push(job),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease");
-                    }
+        let mut text: Vec<String> = writes.iter().map(|s| self.limited(s)).collect();
+        text.extend(tail.map(str::to_owned));
+        if text.is_empty() {
+            return Ok(handed);
+        }
+        for r in sqlx::raw_sql(AssertSqlSafe(text.join("; ")))
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            match super::claim::decode_claimed(&r) {
+                Ok(job) => handed.push(job),
+                Err(e) => {
+                    tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease");
                 }
             }
         }
-        if std::env::var_os("QUEUE_DEBUG_TIMING").is_some() {
-            eprintln!(
-                "release keys {} read {:?} write {:?}",
-                freed.len(),
-                t_read,
-                t1.elapsed()
-            );
-        }
-        Ok((moved.len() as u64, handed))
+        Ok(handed)
     }
 
     /// Hands free slots to blocked jobs wherever a semaphore has room and

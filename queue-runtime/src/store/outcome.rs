@@ -50,15 +50,38 @@ impl Store {
             total += retry_deadlocks(|| async {
                 let mut conn = self.pool.acquire().await?;
                 let result = async {
+                    // Fast path, two round trips: the DELETE together with
+                    // the release's reads (as if every job was still at its
+                    // attempt), then the release's writes with the COMMIT.
+                    let mut all = std::collections::BTreeMap::new();
+                    for (_, _, key) in part {
+                        *all.entry(key.clone()).or_insert(0u32) += 1;
+                    }
                     let sql = format!(
-                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
-                        self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced)))
+                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}",
+                        self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
+                        self.release_reads(&all)
                     );
-                    let n = sqlx::raw_sql(AssertSqlSafe(sql))
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected();
-                    let held: std::collections::HashSet<u64> = if (n as usize) < part.len() {
+                    let mut n = 0;
+                    let mut rows = Vec::new();
+                    {
+                        use futures_util::TryStreamExt;
+                        let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+                        while let Some(item) = results.try_next().await? {
+                            match item {
+                                sqlx::Either::Left(done) => n += done.rows_affected(),
+                                sqlx::Either::Right(row) => rows.push(row),
+                            }
+                        }
+                    }
+                    if n as usize == part.len() {
+                        let plan = self.release_plan(&rows, &all, now, handoff)?;
+                        let jobs = self
+                            .release_write(&mut conn, &plan.writes, Some("COMMIT"))
+                            .await?;
+                        return Ok::<_, crate::error::Error>((n, jobs));
+                    }
+                    let held: std::collections::HashSet<u64> = {
                         // Some were taken by another runtime (a lost lease):
                         // start again, locking the jobs still at their
                         // attempt first, so that exactly their slots are freed.
@@ -84,8 +107,6 @@ impl Store {
                             sqlx::raw_sql(self.sql(&sql)).execute(&mut *conn).await?;
                         }
                         ids
-                    } else {
-                        part.iter().map(|d| d.0.0).collect()
                     };
                     let n = held.len() as u64;
                     let mut freed = std::collections::BTreeMap::new();
