@@ -176,6 +176,14 @@ pub mod __private {
         crate::store::claim_sql(queue, last, stragglers, limit)
     }
 
+    /// The statement that picks the first blocked jobs of keys (each with
+    /// the slots it freed), for plan tests.
+    pub fn pick_blocked_sql(freed: &[(&[u8], u32)]) -> String {
+        crate::store::limits::pick_blocked_sql(
+            &freed.iter().map(|(k, n)| (k.to_vec(), *n)).collect(),
+        )
+    }
+
     /// Checks at compile time that a handler's error converts into a `TaskError`.
     pub fn assert_handler_result<E: Into<TaskError>>(_: &Result<(), E>) {}
 }

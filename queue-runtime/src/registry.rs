@@ -102,6 +102,28 @@ impl Registry {
     }
 }
 
+/// The flow-control limits of every `#[task]` of this program, by name
+/// (read once): what a process that enqueues or moves a job knows of its
+/// task's limit even when it runs no runtime.
+pub(crate) fn declared_limits() -> &'static crate::store::limits::LimitTable {
+    static LIMITS: OnceLock<crate::store::limits::LimitTable> = OnceLock::new();
+    LIMITS.get_or_init(|| {
+        inventory::iter::<TaskRegistration>
+            .into_iter()
+            .filter(|r| r.options.concurrency.is_some() || r.options.rate.is_some())
+            .map(|r| {
+                (
+                    r.options.name.to_owned(),
+                    crate::store::limits::TaskLimits {
+                        concurrency: r.options.concurrency,
+                        rate: r.options.rate,
+                    },
+                )
+            })
+            .collect()
+    })
+}
+
 /// Whether a `#[task]` of this program is named `name` (a name declared
 /// twice counts: `stats()` needs no valid registry).
 pub(crate) fn is_declared(name: &str) -> bool {

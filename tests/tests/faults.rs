@@ -1193,3 +1193,54 @@ async fn a_killed_runtime_gives_its_slots_back_with_its_leases() {
     assert!(second.terminate().await.success());
     db.drop_db().await;
 }
+
+/// Four runtimes in four processes: a pause reaches every one of them
+/// within one poll interval (500 ms) and survives their restart; the
+/// resume starts the queue's jobs again on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_reach_four_processes_and_survive_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let mut workers: Vec<Worker> = (0..4).map(|_| limits_worker(&db)).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    // Running first: the queue's jobs start.
+    tasks::free::enqueue_many(&client, 0..20u64).await.unwrap();
+    wait_until(Duration::from_secs(30), "the first jobs to run", || async {
+        count(&db, "SELECT COUNT(*) FROM starts").await == 20
+    })
+    .await;
+    client.pause_queue("limits").await.unwrap();
+    // Other processes see it within one poll interval (500 ms): wait two.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tasks::free::enqueue_many(&client, 20..60u64).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM starts").await,
+        20,
+        "no process started a job of the paused queue"
+    );
+    // A restarted process finds the queue still paused.
+    assert!(workers[0].terminate().await.success());
+    workers[0] = limits_worker(&db);
+    workers[0].wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM starts").await, 20);
+    assert_eq!(client.stats().await.unwrap().paused_queues, ["limits"]);
+    let resumed = Instant::now();
+    client.resume_queue("limits").await.unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "every job to run after the resume",
+        || async { count(&db, "SELECT COUNT(*) FROM starts").await == 60 },
+    )
+    .await;
+    eprintln!("40 jobs ran {:?} after the resume", resumed.elapsed());
+    let pids: std::collections::HashSet<u32> = workers.iter().map(|w| w.pid).collect();
+    assert_eq!(pids.len(), 4);
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}

@@ -60,6 +60,11 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
             // A failure is logged by `track`; the next try is in an hour
             // too (a statement that hit its time limit would hit it again).
             last_heal = Some(Instant::now());
+            let sent = Instant::now();
+            let pruned = store.prune_limits(now).await;
+            shared
+                .outage
+                .track("pruning idle limit rows", sent, &pruned);
             if let Ok(n @ 1..) = healed {
                 tracing::warn!(
                     jobs = n,

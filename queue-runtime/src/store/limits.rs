@@ -183,6 +183,47 @@ pub(crate) fn grant(
         .collect()
 }
 
+/// The statement that reads the first blocked jobs of each key of `freed`
+/// (as many as it freed; up to 100 for a sweep's 0), with their queue and
+/// whether they have a rate limit. Not a locking read: every change to
+/// `queue_blocked` (a block, a release, a cancel) happens under its key's
+/// semaphore lock, taken by the statement before it, so this read sees the
+/// latest state. Keys that freed one slot (the common case with many keys)
+/// take their first blocked job through one correlated subquery; keys that
+/// freed more, one branch each. Every branch reads `queue_blocked` in
+/// primary-key order (plan-checked in the tests).
+pub(crate) fn pick_blocked_sql(freed: &BTreeMap<Vec<u8>, u32>) -> String {
+    let ones: Vec<&Vec<u8>> = freed
+        .iter()
+        .filter(|(_, f)| **f == 1)
+        .map(|(k, _)| k)
+        .collect();
+    let mut picks: Vec<String> = freed
+        .iter()
+        .filter(|(_, f)| **f != 1)
+        .map(|(k, f)| {
+            let n = if *f == 0 { 100 } else { *f };
+            format!(
+                "(SELECT 1, b.concurrency_key, b.priority, b.job_id, j.queue, j.rate_key IS NULL \
+                 FROM queue_blocked b JOIN queue_jobs j ON j.id = b.job_id \
+                 WHERE b.concurrency_key = {} ORDER BY b.priority, b.job_id LIMIT {n})",
+                hex(k)
+            )
+        })
+        .collect();
+    if !ones.is_empty() {
+        picks.push(format!(
+            "(SELECT 1, t.k, j.priority, j.id, j.queue, j.rate_key IS NULL FROM \
+             (SELECT s.concurrency_key AS k, (SELECT b.job_id FROM queue_blocked b \
+             WHERE b.concurrency_key = s.concurrency_key ORDER BY b.priority, b.job_id LIMIT 1) AS first \
+             FROM queue_semaphores s WHERE s.concurrency_key IN ({})) t \
+             JOIN queue_jobs j ON j.id = t.first)",
+            hex_list(ones)
+        ));
+    }
+    picks.join(" UNION ALL ")
+}
+
 /// A key as a SQL hex literal.
 pub(crate) fn hex(key: &[u8]) -> String {
     use std::fmt::Write;
@@ -400,6 +441,22 @@ impl Store {
         if wanting.is_empty() {
             return Ok(Vec::new());
         }
+        // The limit: the enqueuer's, or this program's declaration of the
+        // task, or (0) the one stored by the last process that knew it.
+        let declared = crate::registry::declared_limits();
+        let wanting: Vec<Wanting> = wanting
+            .iter()
+            .map(|w| {
+                let mut w = w.clone();
+                if w.limit.is_none() {
+                    w.limit = declared
+                        .get(&super::admin::key_task(&w.key))
+                        .and_then(|l| l.concurrency);
+                }
+                w
+            })
+            .collect();
+        let wanting = &wanting[..];
         let mut keys: BTreeMap<&[u8], u32> = BTreeMap::new();
         for w in wanting {
             let e = keys.entry(&w.key).or_insert(0);
@@ -540,43 +597,7 @@ impl Store {
              WHERE concurrency_key IN ({}) ORDER BY concurrency_key FOR UPDATE",
             hex_list(freed.keys())
         ))];
-        // The first blocked jobs of every key, in one statement. Not a
-        // locking read: every change to `queue_blocked` (a block, a release,
-        // a cancel) happens under its key's semaphore lock, taken by the
-        // statement before, so this read sees the latest state.
-        // Keys that freed one slot (the common case with many keys) take
-        // their first blocked job through one correlated subquery; keys that
-        // freed more, one branch each.
-        let ones: Vec<&Vec<u8>> = freed
-            .iter()
-            .filter(|(_, f)| **f == 1)
-            .map(|(k, _)| k)
-            .collect();
-        let mut picks: Vec<String> = freed
-            .iter()
-            .filter(|(_, f)| **f != 1)
-            .map(|(k, f)| {
-                // A sweep (nothing freed) looks at up to 100 per key.
-                let n = if *f == 0 { 100 } else { *f };
-                format!(
-                    "(SELECT 1, b.concurrency_key, b.priority, b.job_id, j.queue, j.rate_key IS NULL \
-                     FROM queue_blocked b JOIN queue_jobs j ON j.id = b.job_id \
-                     WHERE b.concurrency_key = {} ORDER BY b.priority, b.job_id LIMIT {n})",
-                    hex(k)
-                )
-            })
-            .collect();
-        if !ones.is_empty() {
-            picks.push(format!(
-                "(SELECT 1, t.k, j.priority, j.id, j.queue, j.rate_key IS NULL FROM \
-                 (SELECT s.concurrency_key AS k, (SELECT b.job_id FROM queue_blocked b \
-                 WHERE b.concurrency_key = s.concurrency_key ORDER BY b.priority, b.job_id LIMIT 1) AS first \
-                 FROM queue_semaphores s WHERE s.concurrency_key IN ({})) t \
-                 JOIN queue_jobs j ON j.id = t.first)",
-                hex_list(ones)
-            ));
-        }
-        reads.push(self.limited(&picks.join(" UNION ALL ")));
+        reads.push(self.limited(&pick_blocked_sql(freed)));
         reads.join("; ")
     }
 
@@ -721,6 +742,33 @@ impl Store {
             }
         }
         Ok(handed)
+    }
+
+    /// Deletes semaphores nobody holds or waits for, unchanged for an hour,
+    /// and rate windows more than two days old (a window is at most a day):
+    /// keys come and go (a customer id per key), their rows should not stay.
+    /// A pruned row is made again by the next job of its key. Returns how
+    /// many rows it deleted.
+    pub(crate) async fn prune_limits(&self, now: DateTime<Utc>) -> Result<u64> {
+        let hour_ago = crate::clock::sub(now, std::time::Duration::from_secs(3600));
+        let two_days_ago = crate::clock::sub(now, std::time::Duration::from_secs(2 * 86_400));
+        let a = self
+            .q(
+                "DELETE FROM queue_semaphores WHERE running = 0 AND updated_at < ? \
+                AND NOT EXISTS (SELECT 1 FROM queue_blocked b \
+                WHERE b.concurrency_key = queue_semaphores.concurrency_key) LIMIT 10000",
+            )
+            .bind(crate::time::At(hour_ago))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let b = self
+            .q("DELETE FROM queue_rates WHERE window_start < ? LIMIT 10000")
+            .bind(crate::time::At(two_days_ago))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(a + b)
     }
 
     /// Hands free slots to blocked jobs wherever a semaphore has room and

@@ -193,3 +193,87 @@ async fn keys_at_enqueue_are_checked() {
     );
     db.drop_db().await;
 }
+
+#[task(
+    queue = "limits_plan",
+    name = "tests.limits.planned",
+    concurrency = 1,
+    concurrency_key = |k: &u32| *k
+)]
+async fn planned(key: u32) -> Result<(), TaskError> {
+    let _ = key;
+    Ok(())
+}
+
+/// The pick of the next blocked jobs, run by every release, reads
+/// `queue_blocked` by its primary key, in order: no filesort, no scan of
+/// other keys' rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pick_of_blocked_jobs_reads_the_primary_key_without_filesort() {
+    let (db, client) = setup().await;
+    // 50 keys with one slot each: 50 jobs take them, 4,950 are blocked.
+    planned::enqueue_many(&client, (0..5_000u32).map(|i| i % 50))
+        .await
+        .unwrap();
+    assert_eq!(client.stats().await.unwrap().total.blocked, 4_950);
+    for table in ["queue_blocked", "queue_semaphores", "queue_jobs"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE TABLE {table}")))
+            .execute(client.pool())
+            .await
+            .unwrap();
+    }
+    let key = |k: u32| format!("tests.limits.planned\u{1f}{k}").into_bytes();
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    for freed in [
+        vec![(&k1[..], 1u32)],
+        vec![(&k1[..], 3)],
+        vec![(&k1[..], 1), (&k2[..], 1), (&k3[..], 2)],
+        vec![(&k1[..], 0)],
+    ] {
+        let sql = queue_runtime::__private::pick_blocked_sql(&freed);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(client.pool())
+            .await
+            .unwrap();
+        let want: usize = freed
+            .iter()
+            .map(|(_, n)| if *n == 0 { 99 } else { *n as usize })
+            .sum();
+        assert_eq!(
+            rows.len(),
+            want,
+            "the first blocked jobs of each key: {sql}"
+        );
+        let plan: String =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN FORMAT=JSON {sql}")))
+                .fetch_one(client.pool())
+                .await
+                .unwrap();
+        assert!(!plan.to_lowercase().contains("filesort"), "no sort: {plan}");
+        // MariaDB prints the key's U+001F raw inside the JSON's strings.
+        let json: serde_json::Value = serde_json::from_str(&plan.replace('\u{1f}', " ")).unwrap();
+        let mut tables = Vec::new();
+        collect_tables(&json, &mut tables);
+        for t in tables.iter().filter(|t| t["table_name"] == "b") {
+            assert_eq!(t["key"], "PRIMARY", "{plan}");
+            assert_ne!(t["access_type"], "ALL", "{plan}");
+        }
+        assert!(tables.iter().any(|t| t["table_name"] == "b"), "{plan}");
+    }
+    db.drop_db().await;
+}
+
+fn collect_tables<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(t) = m.get("table") {
+                out.push(t);
+            }
+            for x in m.values() {
+                collect_tables(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_tables(x, out)),
+        _ => {}
+    }
+}
