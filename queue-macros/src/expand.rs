@@ -129,6 +129,11 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
 
         #codec
 
+        /// The task as a value typed by its payload, for code written
+        /// against a task (such as `queue_runtime::testing`).
+        pub const TASK: ::queue_runtime::TaskRef<Payload> =
+            ::queue_runtime::TaskRef::__new(OPTIONS, CODEC);
+
         /// A job of this task carrying `payload`, to adjust (priority,
         /// delay, run time, deadline, queue) and then enqueue.
         pub fn #with(payload: Payload) -> ::queue_runtime::EnqueueBuilder<Payload> {

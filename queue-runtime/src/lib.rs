@@ -49,6 +49,9 @@ mod registry;
 mod runtime;
 mod settings;
 mod store;
+mod task_ref;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use admin::{DeadJob, JobInfo, QueueCounts, RecurringTask, Stats};
@@ -65,6 +68,7 @@ pub use queue_core::{
 };
 pub use queue_macros::task;
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use task_ref::TaskRef;
 
 /// Support for the code `#[task]` generates. Not public API.
 #[doc(hidden)]

@@ -17,6 +17,8 @@ mod insert;
 mod maintenance;
 pub(crate) mod migrate;
 mod outcome;
+#[cfg(feature = "testing")]
+mod testing;
 
 use std::time::Duration;
 
