@@ -121,7 +121,7 @@ fn typed_api(payload_ty: &TokenStream, payload_span: Span, fn_span: Span) -> Tok
     // without them is reported here, once, at the payload type.
     let codec = quote_spanned! {payload_span=>
         const CODEC: &dyn ::queue_runtime::__private::Codec<Payload> =
-            &::queue_runtime::__private::Json::<Payload>::NEW;
+            ::queue_runtime::__private::codec::<Payload>();
     };
     quote! {
         /// The type of the task's payload (`()` for a task without one).
