@@ -70,6 +70,17 @@ pub use queue_macros::task;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use task_ref::TaskRef;
 
+/// The README's code, compiled as doc tests so that it cannot drift (its
+/// testing section needs the `testing` feature, on in `scripts/test`).
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+/// The guide's code, compiled as doc tests so that it cannot drift.
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../docs/guide.md")]
+struct GuideDoctests;
+
 /// Support for the code `#[task]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
