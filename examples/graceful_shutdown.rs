@@ -181,8 +181,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ready for the next process in all           {}",
         stats.total.ready
     );
-    println!("still running                               {}", stats.total.running);
-    println!("dead                                        {}", stats.total.dead);
+    println!(
+        "still running                               {}",
+        stats.total.running
+    );
+    println!(
+        "dead                                        {}",
+        stats.total.dead
+    );
     result?;
     Ok(())
 }

@@ -194,7 +194,10 @@ impl From<sqlx::Error> for ApiError {
 impl From<queue_runtime::Error> for ApiError {
     fn from(e: queue_runtime::Error) -> Self {
         tracing::error!(error = %e, "could not enqueue");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "could not enqueue".into())
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not enqueue".into(),
+        )
     }
 }
 
@@ -220,7 +223,10 @@ async fn create_user(
     let id = match inserted {
         Ok(done) => done.last_insert_id(),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(ApiError(StatusCode::CONFLICT, "email already signed up".into()));
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "email already signed up".into(),
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -365,7 +371,9 @@ mod tests {
     use queue_runtime::testing::{self, Outcome, TestClock, TestDatabase};
 
     async fn app() -> (TestDatabase, App) {
-        let db = TestDatabase::new().await.expect("DATABASE_URL must name a server");
+        let db = TestDatabase::new()
+            .await
+            .expect("DATABASE_URL must name a server");
         migrate_app(db.pool()).await.unwrap();
         let app = App {
             client: db.client().clone(),
@@ -499,11 +507,20 @@ mod tests {
             assert_eq!(status, StatusCode::CREATED);
         }
         // Not yet 08:00: no tick.
-        assert!(clock.advance(Duration::from_secs(1800)).await.unwrap().is_empty());
+        assert!(
+            clock
+                .advance(Duration::from_secs(1800))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let ticks = clock.advance(Duration::from_secs(1800)).await.unwrap();
         assert_eq!(ticks.len(), 1);
         assert_eq!(ticks[0].task, daily_digest::NAME);
-        assert_eq!(ticks[0].tick, Utc.with_ymd_and_hms(2030, 3, 1, 8, 0, 0).unwrap());
+        assert_eq!(
+            ticks[0].tick,
+            Utc.with_ymd_and_hms(2030, 3, 1, 8, 0, 0).unwrap()
+        );
         let drained = testing::drain(clock.client())
             .queues(["reports"])
             .await

@@ -190,9 +190,8 @@ impl<T> EnqueueBuilder<T> {
         }
         let priority = match self.priority {
             None => self.options.priority,
-            Some(p) => Priority::new(p).map_err(|e| {
-                Error::InvalidArgument(format!("task {}: {e}", self.options.name))
-            })?,
+            Some(p) => Priority::new(p)
+                .map_err(|e| Error::InvalidArgument(format!("task {}: {e}", self.options.name)))?,
         };
         let deadline = self.deadline.or(self.options.deadline);
         Ok(NewJob {
@@ -272,7 +271,10 @@ mod tests {
     fn a_priority_above_4_is_refused_not_clamped() {
         let now = Utc::now();
         for p in [5u8, 9, u8::MAX] {
-            match EnqueueBuilder::new(OPTIONS, 1u32).priority(p).into_new_job(now) {
+            match EnqueueBuilder::new(OPTIONS, 1u32)
+                .priority(p)
+                .into_new_job(now)
+            {
                 Err(Error::InvalidArgument(m)) => {
                     assert_eq!(
                         m,
@@ -291,7 +293,9 @@ mod tests {
                 .unwrap();
             assert_eq!(job.priority, p);
         }
-        let job = EnqueueBuilder::new(OPTIONS, 1u32).into_new_job(now).unwrap();
+        let job = EnqueueBuilder::new(OPTIONS, 1u32)
+            .into_new_job(now)
+            .unwrap();
         assert_eq!(job.priority, Priority::DEFAULT.get());
     }
 }

@@ -99,7 +99,9 @@ async fn nightly() -> Result<(), TaskError> {
 }
 
 async fn fresh() -> TestDatabase {
-    TestDatabase::new().await.expect("DATABASE_URL must name a server")
+    TestDatabase::new()
+        .await
+        .expect("DATABASE_URL must name a server")
 }
 
 #[tokio::test]
@@ -122,7 +124,11 @@ async fn enqueued_returns_typed_payloads_and_options() {
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0].payload, ann());
     assert_eq!(
-        (jobs[0].queue.as_str(), jobs[0].priority, jobs[0].max_attempts),
+        (
+            jobs[0].queue.as_str(),
+            jobs[0].priority,
+            jobs[0].max_attempts
+        ),
         ("mail", 1, 4)
     );
     assert_eq!(jobs[0].state, queue_runtime::JobState::Ready);
@@ -247,7 +253,10 @@ async fn drain_reports_success_failure_and_death() {
             error: "panicked: boom".into()
         }
     );
-    assert_eq!((drained.succeeded(), drained.failed(), drained.dead()), (1, 1, 2));
+    assert_eq!(
+        (drained.succeeded(), drained.failed(), drained.dead()),
+        (1, 1, 2)
+    );
     // What drain reports is what the database holds.
     let dead = client.dead_jobs(10).await.unwrap();
     assert_eq!(dead.len(), 2);
@@ -306,17 +315,15 @@ async fn drain_claims_by_priority_and_stops_at_its_limit() {
     ordered::with(1).priority(4).enqueue(client).await.unwrap();
     ordered::with(2).priority(0).enqueue(client).await.unwrap();
     ordered::with(3).priority(2).enqueue(client).await.unwrap();
-    let drained = testing::drain(client)
-        .queues(["ordered"])
-        .await
-        .unwrap();
+    let drained = testing::drain(client).queues(["ordered"]).await.unwrap();
     assert_eq!(drained.succeeded(), 3);
     assert_eq!(*ORDER.lock().unwrap(), [2, 3, 1]);
 
     ordered::enqueue_many(client, [7, 8, 9]).await.unwrap();
     let e = testing::drain(client).limit(2).await.unwrap_err();
     assert!(
-        e.to_string().contains("drain ran 2 attempts and jobs are still ready"),
+        e.to_string()
+            .contains("drain ran 2 attempts and jobs are still ready"),
         "{e}"
     );
     db.close().await.unwrap();
@@ -403,7 +410,13 @@ async fn the_test_clock_fires_each_cron_tick_it_passes() {
     let db = fresh().await;
     let start = Utc.with_ymd_and_hms(2030, 1, 30, 12, 0, 0).unwrap();
     let clock = TestClock::new(db.client(), start).await.unwrap();
-    assert!(clock.advance(Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(
+        clock
+            .advance(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Three nights: three ticks, one job each, as a running runtime would.
     let ticks = clock
         .advance(Duration::from_secs(3 * 24 * 3600))
@@ -413,9 +426,18 @@ async fn the_test_clock_fires_each_cron_tick_it_passes() {
     assert_eq!(
         times,
         [
-            ("t.nightly", Utc.with_ymd_and_hms(2030, 1, 31, 3, 0, 0).unwrap()),
-            ("t.nightly", Utc.with_ymd_and_hms(2030, 2, 1, 3, 0, 0).unwrap()),
-            ("t.nightly", Utc.with_ymd_and_hms(2030, 2, 2, 3, 0, 0).unwrap()),
+            (
+                "t.nightly",
+                Utc.with_ymd_and_hms(2030, 1, 31, 3, 0, 0).unwrap()
+            ),
+            (
+                "t.nightly",
+                Utc.with_ymd_and_hms(2030, 2, 1, 3, 0, 0).unwrap()
+            ),
+            (
+                "t.nightly",
+                Utc.with_ymd_and_hms(2030, 2, 2, 3, 0, 0).unwrap()
+            ),
         ]
     );
     assert_eq!(

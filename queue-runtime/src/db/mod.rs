@@ -106,8 +106,7 @@ pub struct Db<'a> {
 }
 
 /// A transaction shared by a test and the handler it performs.
-pub(crate) type Pinned =
-    std::sync::Arc<tokio::sync::Mutex<sqlx::Transaction<'static, MySql>>>;
+pub(crate) type Pinned = std::sync::Arc<tokio::sync::Mutex<sqlx::Transaction<'static, MySql>>>;
 
 /// The savepoint `Db::begin` makes inside a pinned transaction.
 const SAVEPOINT: &str = "queue_runtime_test";
@@ -353,7 +352,10 @@ impl DbTransaction<'_> {
     }
 
     async fn end(&mut self, end: &'static str) -> Result<(), sqlx::Error> {
-        let sql = self.conn.as_ref().map_or_else(|| end.to_owned(), |c| c.end_sql(end));
+        let sql = self
+            .conn
+            .as_ref()
+            .map_or_else(|| end.to_owned(), |c| c.end_sql(end));
         let done = self.start_statement().execute(AssertSqlSafe(sql)).await;
         self.in_flight = false;
         if done.is_err() {

@@ -28,8 +28,10 @@ impl Store {
     /// The pending jobs of `task`, oldest first.
     pub(crate) async fn pending_jobs_of(&self, task: &str) -> Result<Vec<PendingRow>> {
         let rows = self
-            .q("SELECT id, queue, priority, state, attempts, max_attempts, run_at, deadline_ms, \
-                unique_key, payload FROM queue_jobs WHERE task = ? AND state IN (?, ?) ORDER BY id")
+            .q(
+                "SELECT id, queue, priority, state, attempts, max_attempts, run_at, deadline_ms, \
+                unique_key, payload FROM queue_jobs WHERE task = ? AND state IN (?, ?) ORDER BY id",
+            )
             .bind(task)
             .bind(JobState::Ready.as_u8())
             .bind(JobState::Scheduled.as_u8())

@@ -113,10 +113,16 @@ impl TestClock {
         let mut fired = Vec::new();
         for step in steps.into_iter().chain([t]) {
             self.clock.set(step);
-            fired.extend(self.inline.fire_cron().await?.into_iter().map(|f| CronTick {
-                task: f.task.to_owned(),
-                tick: f.tick,
-            }));
+            fired.extend(
+                self.inline
+                    .fire_cron()
+                    .await?
+                    .into_iter()
+                    .map(|f| CronTick {
+                        task: f.task.to_owned(),
+                        tick: f.tick,
+                    }),
+            );
         }
         Ok(fired)
     }

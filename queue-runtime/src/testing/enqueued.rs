@@ -171,9 +171,10 @@ pub async fn assert_enqueued<P: serde::Serialize>(
         .iter()
         .position(|j| serde_json::from_str::<Value>(&j.json).ok().as_ref() == Some(&expected));
     match found {
-        Some(i) => Ok(jobs.into_iter().nth(i).ok_or_else(|| {
-            AssertionFailed::new("the matching job vanished".to_owned())
-        })?),
+        Some(i) => Ok(jobs
+            .into_iter()
+            .nth(i)
+            .ok_or_else(|| AssertionFailed::new("the matching job vanished".to_owned()))?),
         None => Err(AssertionFailed::new(
             describe(
                 client,
@@ -203,18 +204,24 @@ pub async fn assert_enqueued_once<P: serde::Serialize>(
 ) -> std::result::Result<Enqueued<P>, AssertionFailed> {
     let expected = expected_json(task, payload)?;
     let mut jobs = enqueued(client, task).await?;
-    let matches =
-        jobs.len() == 1 && serde_json::from_str::<Value>(&jobs[0].json).ok() == Some(expected.clone());
+    let matches = jobs.len() == 1
+        && serde_json::from_str::<Value>(&jobs[0].json).ok() == Some(expected.clone());
     if matches && let Some(job) = jobs.pop() {
         return Ok(job);
     }
     let head = match jobs.len() {
-        0 => format!("expected one pending job of task `{}`, found none", task.name()),
+        0 => format!(
+            "expected one pending job of task `{}`, found none",
+            task.name()
+        ),
         1 => format!(
             "the one pending job of task `{}` does not carry the expected payload",
             task.name()
         ),
-        n => format!("expected one pending job of task `{}`, found {n}", task.name()),
+        n => format!(
+            "expected one pending job of task `{}`, found {n}",
+            task.name()
+        ),
     };
     Err(AssertionFailed::new(
         describe(client, task.name(), &head, Some(&expected), &jobs).await,
@@ -251,9 +258,9 @@ pub async fn assert_not_enqueued<P>(
 }
 
 fn expected_json<P>(task: TaskRef<P>, payload: &P) -> std::result::Result<Value, AssertionFailed> {
-    let json = task
-        .encode(payload)
-        .map_err(|e| AssertionFailed::new(format!("the expected payload cannot be encoded: {e}")))?;
+    let json = task.encode(payload).map_err(|e| {
+        AssertionFailed::new(format!("the expected payload cannot be encoded: {e}"))
+    })?;
     serde_json::from_str(&json)
         .map_err(|e| AssertionFailed::new(format!("the expected payload is not JSON: {e}")))
 }
@@ -295,7 +302,10 @@ async fn describe<P>(
                 if others.is_empty() {
                     out.push_str("\n  no job of any task is pending");
                 } else {
-                    out.push_str(&format!("\n  pending jobs of other tasks: {}", others.join(", ")));
+                    out.push_str(&format!(
+                        "\n  pending jobs of other tasks: {}",
+                        others.join(", ")
+                    ));
                 }
             }
             Err(e) => out.push_str(&format!("\n  (could not count other tasks' jobs: {e})")),

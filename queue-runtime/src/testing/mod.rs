@@ -77,7 +77,6 @@ pub use clock::{CronTick, TestClock};
 pub use database::{TEST_DATABASE_PREFIX, TestDatabase, client_for};
 pub use drain::{Attempt, Drain, Drained, Outcome, drain};
 pub use enqueued::{
-    AssertionFailed, Enqueued, assert_enqueued, assert_enqueued_once, assert_not_enqueued,
-    enqueued,
+    AssertionFailed, Enqueued, assert_enqueued, assert_enqueued_once, assert_not_enqueued, enqueued,
 };
 pub use perform::{Perform, Performed, perform};
