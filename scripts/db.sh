@@ -428,6 +428,13 @@ cmd_status() {
 }
 
 cmd_ca() {
+    local other
+    # The CA of the server that ensure hands out: another directory's
+    # private server when it is the one on the port.
+    if ! answering && other="$(other_private_server)" && [ -s "${other%/sock}/tls/ca.pem" ]; then
+        echo "${other%/sock}/tls/ca.pem"
+        return 0
+    fi
     with_lock make_certs
     echo "$CA_PEM"
 }
