@@ -113,6 +113,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
 
+    println!(
+        "  sent: accepted by the fake SMTP server · sending: in an SMTP call now · \
+         leased: claimed by the runtime, sending or prefetched waiting for one of the 10 slots · \
+         retrying: failed, waiting for its backoff · dead: out of attempts (or never deliverable)"
+    );
     let bar = if std::io::stdout().is_terminal() {
         ProgressBar::new(u64::from(count))
     } else {
@@ -136,8 +141,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.scheduled,
             t.dead
         );
-        bar.set_position(sent + t.dead);
+        // Position and message in one update, drawn together: set one at
+        // a time, the rate-limited draw showed a position one refresh
+        // ahead of the "sent" count beside it.
+        bar.update(|state| state.set_pos(sent + t.dead));
         bar.set_message(msg.clone());
+        bar.force_draw();
         if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(1) {
             println!("{:>5.1}s  {msg}", started.elapsed().as_secs_f64());
             last_line = Instant::now();

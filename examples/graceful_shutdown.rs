@@ -19,6 +19,7 @@
 //! It works in its own database, `queue_shutdown_demo`, recreated each run
 //! (on `DATABASE_URL`, or the private MariaDB that `scripts/db.sh` starts).
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ struct Image {
     millis: u64,
 }
 
+static STARTED: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicU64 = AtomicU64::new(0);
 
 /// A slow job. Written to be safe to run again (see docs/delivery.md): its
@@ -39,6 +41,7 @@ static DONE: AtomicU64 = AtomicU64::new(0);
 /// image id, so a second run overwrites the first instead of adding to it.
 #[task(queue = "images", retries = 3, name = "demo.make_thumbnails")]
 async fn make_thumbnails(ctx: TaskContext, image: Image) -> Result<(), TaskError> {
+    STARTED.fetch_add(1, Ordering::Relaxed);
     println!(
         "  image {:>3}: started (attempt {})",
         image.id,
@@ -115,10 +118,13 @@ async fn stop_signal(run_for: Option<Duration>) -> &'static str {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Logs under RUST_LOG (e.g. RUST_LOG=queue_runtime=info; warnings and
+    // errors only when unset), coloured only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let opts = options()?;
@@ -160,14 +166,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let stats = client.stats().await?;
+    let done = DONE.load(Ordering::Relaxed);
+    // Every start either finished or was interrupted and handed back (the
+    // task never fails), so the difference is what the shutdown handed back.
+    let handed_back = STARTED.load(Ordering::Relaxed).saturating_sub(done);
     println!();
-    println!("finished              {}", DONE.load(Ordering::Relaxed));
+    println!("finished                                    {done}");
+    println!("handed back (interrupted, attempt refunded) {handed_back}");
     println!(
-        "ready (incl. handed back, for the next process)  {}",
+        "never started (still ready)                 {}",
+        stats.total.ready.saturating_sub(handed_back)
+    );
+    println!(
+        "ready for the next process in all           {}",
         stats.total.ready
     );
-    println!("still running         {}", stats.total.running);
-    println!("dead                  {}", stats.total.dead);
+    println!(
+        "still running                               {}",
+        stats.total.running
+    );
+    println!(
+        "dead                                        {}",
+        stats.total.dead
+    );
     result?;
     Ok(())
 }

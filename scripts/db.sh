@@ -26,8 +26,12 @@
 #
 # Environment:
 #   DATABASE_URL      use this server instead of the private one (ensure/url).
-#   QUEUE_DB_PORT     TCP port of the private server (default 3366).
+#   QUEUE_DB_PORT     TCP port of the private server (default 3366); set it
+#                     when 3366 is taken by another program.
 #   CARGO_TARGET_DIR  where the private server lives (default <repo>/target).
+#                     A private server already running on the port from
+#                     another target directory (or checkout) is recognised
+#                     and used by ensure, not taken for a foreign process.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -205,6 +209,21 @@ warn_no_tls() {
     say "         the TLS tests will fail against it. Run 'scripts/db.sh restart' to turn TLS on."
 }
 
+# The socket of a private server of this script that listens on $PORT but
+# lives under another directory (started with another CARGO_TARGET_DIR, or
+# from another checkout): it takes the same user and password. Fails if the
+# port is someone else's.
+other_private_server() {
+    local client sock
+    client="$(client_bin 2>/dev/null)" || return 1
+    sock="$("$client" --no-defaults --protocol=tcp -h127.0.0.1 -P"$PORT" \
+        -u"$USER_NAME" -p"$USER_PASS" --connect-timeout=2 -N -B \
+        -e "SELECT @@socket" 2>/dev/null)" || return 1
+    case "$sock" in */mariadb/sock) ;; *) return 1 ;; esac
+    [ "$sock" != "$SOCK" ] && [ -S "$sock" ] || return 1
+    echo "$sock"
+}
+
 port_in_use() {
     # True when something (not our server) already listens on the port.
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
@@ -295,6 +314,13 @@ ensure_locked() {
         fi
     fi
     if port_in_use; then
+        local other
+        if other="$(other_private_server)"; then
+            # Ours, from another target directory: use it as it is (it is
+            # not this directory's to set up, stop or restart).
+            say "using the private server under ${other%/sock} (started with another CARGO_TARGET_DIR or checkout) on port $PORT"
+            return 0
+        fi
         die "port $PORT on 127.0.0.1 is taken by another process; set QUEUE_DB_PORT to a free port or DATABASE_URL to use that server"
     fi
     need_server_bins
@@ -388,8 +414,13 @@ cmd_shell() {
 }
 
 cmd_status() {
+    local other
     if pid_alive && answering; then
         echo "running (pid $(cat "$PIDFILE")): $URL"
+    elif other="$(other_private_server)"; then
+        # Not this directory's server: 'stop' here would not stop it.
+        echo "not running under $DIR; port $PORT is the private server under ${other%/sock} (ensure uses it)"
+        return 1
     else
         echo "not running: $URL"
         return 1
@@ -397,6 +428,13 @@ cmd_status() {
 }
 
 cmd_ca() {
+    local other
+    # The CA of the server that ensure hands out: another directory's
+    # private server when it is the one on the port.
+    if ! answering && other="$(other_private_server)" && [ -s "${other%/sock}/tls/ca.pem" ]; then
+        echo "${other%/sock}/tls/ca.pem"
+        return 0
+    fi
     with_lock make_certs
     echo "$CA_PEM"
 }

@@ -51,7 +51,8 @@ impl fmt::Display for TaskErrorKind {
 
 /// The error a task handler returns.
 ///
-/// Build one with `?` or `.into()` from any error type, or with
+/// Build one with `?` or `.into()` from any error type or from a message
+/// (`Err("mailbox unavailable".into())`, a `&str` or a `String`), or with
 /// [`TaskError::msg`], [`TaskError::permanent`], [`TaskError::decode`],
 /// [`TaskError::panic`] and [`TaskError::deadline_exceeded`].
 ///
@@ -80,12 +81,17 @@ pub struct TaskError {
     inner: BoxError,
 }
 
-impl<E: Error + Send + Sync + 'static> From<E> for TaskError {
+/// One blanket impl over what converts into `Box<dyn Error + Send + Sync>`:
+/// every error type (so `?` works), and also `&str`, `String` and
+/// `Box<dyn Error + Send + Sync>`, so that `Err("mailbox full".into())`
+/// works. (Separate `From<&str>` and `From<E: Error>` impls would conflict:
+/// the standard library may one day implement `Error` for `&str`.)
+impl<E: Into<BoxError>> From<E> for TaskError {
     /// Wraps `error`. The kind is [`TaskErrorKind::Deadline`] if `error` or
     /// any error in its source chain is a [`DeadlineExceeded`], otherwise
     /// [`TaskErrorKind::Failed`]. The error is not permanent.
     fn from(error: E) -> Self {
-        TaskError::from_boxed(Box::new(error))
+        TaskError::from_boxed(error.into())
     }
 }
 
@@ -283,6 +289,27 @@ mod tests {
     fn read(path: &str) -> Result<(), TaskError> {
         std::fs::read(path)?;
         Ok(())
+    }
+
+    fn mailbox(full: bool) -> Result<(), TaskError> {
+        if full {
+            return Err("mailbox unavailable".into());
+        }
+        Err(format!("mailbox {} is gone", 7).into())
+    }
+
+    #[test]
+    fn messages_convert_with_into() {
+        let e = mailbox(true).unwrap_err();
+        assert_eq!(e.to_string(), "mailbox unavailable");
+        assert_eq!(e.kind(), TaskErrorKind::Failed);
+        assert!(!e.is_permanent());
+        assert_eq!(mailbox(false).unwrap_err().to_string(), "mailbox 7 is gone");
+        let boxed: Box<dyn Error + Send + Sync> = "boxed".into();
+        assert_eq!(TaskError::from(boxed).to_string(), "boxed");
+        let p = TaskError::permanent("no such user");
+        assert!(p.is_permanent());
+        assert_eq!(p.to_string(), "no such user");
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn typed_api(
     // without them is reported here, once, at the payload type.
     let codec = quote_spanned! {payload_span=>
         const CODEC: &dyn ::queue_runtime::__private::Codec<Payload> =
-            &::queue_runtime::__private::Json::<Payload>::NEW;
+            ::queue_runtime::__private::codec::<Payload>();
     };
     let p = quote!(::queue_runtime::__private);
     // The closures of `concurrency_key` and `rate_key`, called on the
@@ -173,6 +173,11 @@ fn typed_api(
         #keyer
 
         const KEYER: ::core::option::Option<#p::Keyer<Payload>> = #keyer_value;
+
+        /// The task as a value typed by its payload, for code written
+        /// against a task (such as `queue_runtime::testing`).
+        pub const TASK: ::queue_runtime::TaskRef<Payload> =
+            ::queue_runtime::TaskRef::__new(OPTIONS, CODEC);
 
         /// A job of this task carrying `payload`, to adjust (priority,
         /// delay, run time, deadline, queue) and then enqueue.

@@ -103,6 +103,16 @@ impl TaskModel {
                 }
                 continue;
             }
+            if is_context_ref(ty) {
+                // The context by reference: say how to take it, and do not
+                // count it as the payload (which would add "at most one
+                // payload" under the real one).
+                errors.push(syn::Error::new_spanned(
+                    ty,
+                    "take `TaskContext` by value, as the first parameter (it is cheap to clone)",
+                ));
+                continue;
+            }
             if payload.is_some() {
                 errors.push(syn::Error::new_spanned(
                     ty,
@@ -176,12 +186,19 @@ fn is_context(ty: &Type) -> bool {
     }
 }
 
+/// Whether `ty` is `&TaskContext` or `&mut TaskContext`.
+fn is_context_ref(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => is_context(&r.elem),
+        Type::Group(g) => is_context_ref(&g.elem),
+        Type::Paren(p) => is_context_ref(&p.elem),
+        _ => false,
+    }
+}
+
 /// Why `ty` cannot be a payload, if it cannot.
 fn payload_problem(ty: &Type) -> Option<&'static str> {
     match ty {
-        Type::Reference(r) if is_context(&r.elem) => {
-            Some("take `TaskContext` by value, as the first parameter (it is cheap to clone)")
-        }
         Type::Reference(_) => Some(
             "the payload cannot be a reference: it is decoded from the job into an owned value",
         ),

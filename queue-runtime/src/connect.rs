@@ -76,7 +76,14 @@ impl ClientOptions {
 /// and closed (so that a server that cannot be reached fails here, at
 /// once), then the pool connected, each connection's time zone set to UTC.
 pub(crate) async fn connect_pool(url: &str, options: &ClientOptions) -> Result<MySqlPool> {
-    let connect_options = parse_url(url)?;
+    connect_pool_with(parse_url(url)?, options).await
+}
+
+/// [`connect_pool`] with sqlx's connect options.
+pub(crate) async fn connect_pool_with(
+    connect_options: MySqlConnectOptions,
+    options: &ClientOptions,
+) -> Result<MySqlPool> {
     let server = server_name(&connect_options);
     // A first connection outside the pool fails at once with the cause,
     // patched sqlx-core or not; then the pool makes its own.
@@ -102,7 +109,7 @@ pub(crate) async fn connect_pool(url: &str, options: &ClientOptions) -> Result<M
 /// another database's URL, a URL that does not parse, or one that requires
 /// TLS in a build without it. Messages never quote the URL (it holds the
 /// password).
-fn parse_url(url: &str) -> Result<MySqlConnectOptions> {
+pub(crate) fn parse_url(url: &str) -> Result<MySqlConnectOptions> {
     let Some((scheme, _)) = url.split_once("://") else {
         return Err(Error::InvalidArgument(
             "the database URL has no scheme; expected mysql://user:password@host:port/database"

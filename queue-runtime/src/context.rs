@@ -23,6 +23,8 @@ struct Inner {
     queue: String,
     deadline: Option<Deadline>,
     client: Client,
+    /// The test's transaction that `db()` runs in (`testing::perform`).
+    pinned: Option<crate::db::Pinned>,
 }
 
 impl TaskContext {
@@ -44,6 +46,35 @@ impl TaskContext {
                 queue,
                 deadline,
                 client,
+                pinned: None,
+            }),
+        }
+    }
+
+    /// A context whose `db()` runs every statement in `pinned`: what
+    /// `testing::perform` gives the handler.
+    #[cfg(feature = "testing")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pinned(
+        job_id: JobId,
+        attempt: u32,
+        max_attempts: u32,
+        task_name: String,
+        queue: String,
+        deadline: Option<Deadline>,
+        client: Client,
+        pinned: crate::db::Pinned,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                job_id,
+                attempt,
+                max_attempts,
+                task_name,
+                queue,
+                deadline,
+                client,
+                pinned: Some(pinned),
             }),
         }
     }
@@ -94,7 +125,7 @@ impl TaskContext {
     /// Without a deadline the handle behaves like the pool. See
     /// `docs/deadlines.md`.
     pub fn db(&self) -> Db<'_> {
-        Db::new(self.client(), self.deadline())
+        Db::new(self.client(), self.deadline()).pinned_to(self.inner.pinned.as_ref())
     }
 }
 

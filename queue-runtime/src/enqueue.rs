@@ -115,9 +115,10 @@ impl<T> EnqueueBuilder<T> {
     }
 
     /// Overrides the task's priority (0 highest … 4 lowest). A value above 4
-    /// is clamped to 4.
+    /// is refused at enqueue with [`Error::InvalidArgument`] (nothing is
+    /// enqueued), as `#[task(priority = 9)]` is refused at compile time.
     pub fn priority(mut self, priority: u8) -> Self {
-        self.priority = Some(priority.min(Priority::LOWEST.get()));
+        self.priority = Some(priority);
         self
     }
 
@@ -240,6 +241,11 @@ impl<T> EnqueueBuilder<T> {
                 key.chars().count()
             )));
         }
+        let priority = match self.priority {
+            None => self.options.priority,
+            Some(p) => Priority::new(p)
+                .map_err(|e| Error::InvalidArgument(format!("task {}: {e}", self.options.name)))?,
+        };
         let deadline = self.deadline.or(self.options.deadline);
         let taken = self.keyer.map(|k| k(&self.payload)).unwrap_or_default();
         let name = self.options.name;
@@ -258,7 +264,7 @@ impl<T> EnqueueBuilder<T> {
         Ok(NewJob {
             task: self.options.name.to_owned(),
             queue,
-            priority: self.priority.unwrap_or(self.options.priority.get()),
+            priority: priority.get(),
             payload,
             max_attempts: self.options.max_attempts(),
             deadline_ms: deadline.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -351,5 +357,44 @@ impl Client {
             }
             None => self.insert(jobs, now).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: TaskOptions = TaskOptions::new("t");
+
+    #[test]
+    fn a_priority_above_4_is_refused_not_clamped() {
+        let now = Utc::now();
+        for p in [5u8, 9, u8::MAX] {
+            match EnqueueBuilder::new(OPTIONS, 1u32)
+                .priority(p)
+                .into_new_job(now)
+            {
+                Err(Error::InvalidArgument(m)) => {
+                    assert_eq!(
+                        m,
+                        format!(
+                            "task t: priority `{p}` is out of range: expected 0 (highest) to 4 (lowest)"
+                        )
+                    );
+                }
+                other => panic!("priority {p}: {other:?}"),
+            }
+        }
+        for p in 0..=4u8 {
+            let job = EnqueueBuilder::new(OPTIONS, 1u32)
+                .priority(p)
+                .into_new_job(now)
+                .unwrap();
+            assert_eq!(job.priority, p);
+        }
+        let job = EnqueueBuilder::new(OPTIONS, 1u32)
+            .into_new_job(now)
+            .unwrap();
+        assert_eq!(job.priority, Priority::DEFAULT.get());
     }
 }

@@ -49,6 +49,9 @@ mod registry;
 mod runtime;
 mod settings;
 mod store;
+mod task_ref;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use admin::{
@@ -67,6 +70,18 @@ pub use queue_core::{
 };
 pub use queue_macros::task;
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use task_ref::TaskRef;
+
+/// The README's code, compiled as doc tests so that it cannot drift (its
+/// testing section needs the `testing` feature, on in `scripts/test`).
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+/// The guide's code, compiled as doc tests so that it cannot drift.
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../docs/guide.md")]
+struct GuideDoctests;
 
 /// Support for the code `#[task]` generates. Not public API.
 #[doc(hidden)]
@@ -102,7 +117,7 @@ pub mod __private {
 
     /// How the jobs of a task encode and decode their payload. `#[task]`
     /// takes the one of its payload type in one place,
-    /// `const CODEC: &dyn Codec<Payload> = &Json::<Payload>::NEW`, so a type
+    /// `const CODEC: &dyn Codec<Payload> = codec::<Payload>()`, so a type
     /// that lacks the serde impls is reported there, once per missing impl,
     /// and not by every generated function that handles the payload.
     pub trait Codec<T>: Sync {
@@ -120,7 +135,24 @@ pub mod __private {
         pub const NEW: Self = Self(std::marker::PhantomData);
     }
 
-    impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec<T> for Json<T> {
+    /// What a payload type needs: serde's `Serialize` and `Deserialize`.
+    /// Named so that a type without them gets one error that says so, at
+    /// the payload type, rather than notes about this module's codec.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task's payload: it must implement serde's `Serialize` and `Deserialize`",
+        label = "not `Serialize + Deserialize`",
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}` (serde with its `derive` feature)"
+    )]
+    pub trait Payload: serde::Serialize + serde::de::DeserializeOwned {}
+
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Payload for T {}
+
+    /// The JSON codec of a payload type, as `#[task]` takes it.
+    pub const fn codec<T: Payload + 'static>() -> &'static dyn Codec<T> {
+        &Json(std::marker::PhantomData)
+    }
+
+    impl<T: Payload> Codec<T> for Json<T> {
         fn encoder(&self) -> Encoder<T> {
             crate::enqueue::encode_json::<T>
         }

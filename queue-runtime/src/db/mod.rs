@@ -52,7 +52,7 @@ use futures_util::FutureExt;
 use queue_core::Deadline;
 use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlStatement, MySqlTypeInfo};
 use sqlx::pool::PoolConnection;
-use sqlx::{Describe, Executor, SqlStr};
+use sqlx::{AssertSqlSafe, Describe, Executor, SqlStr};
 
 use self::deadline::{
     CLEANUP_TIMEOUT, acquire, bounded, deadline_exceeded, effective, refuse_if_passed,
@@ -99,7 +99,17 @@ pub struct Db<'a> {
     pool: &'a MySqlPool,
     flavor: Flavor,
     deadline: Option<Deadline>,
+    /// Set by `queue_runtime::testing::perform`: every statement runs in
+    /// this one transaction (and `begin` makes a savepoint in it), so the
+    /// test can look at the handler's writes and roll them back.
+    pinned: Option<&'a Pinned>,
 }
+
+/// A transaction shared by a test and the handler it performs.
+pub(crate) type Pinned = std::sync::Arc<tokio::sync::Mutex<sqlx::Transaction<'static, MySql>>>;
+
+/// The savepoint `Db::begin` makes inside a pinned transaction.
+const SAVEPOINT: &str = "queue_runtime_test";
 
 impl<'a> Db<'a> {
     /// A handle on `pool`, whose server is `flavor`, limited by `deadline`.
@@ -113,7 +123,14 @@ impl<'a> Db<'a> {
             pool,
             flavor,
             deadline,
+            pinned: None,
         }
+    }
+
+    /// The same handle running every statement in `pinned`.
+    pub(crate) fn pinned_to(mut self, pinned: Option<&'a Pinned>) -> Db<'a> {
+        self.pinned = pinned;
+        self
     }
 
     /// The same handle taking `flavor`'s path whatever the server is. Lets
@@ -147,7 +164,17 @@ impl<'a> Db<'a> {
     /// the pool's or server's error.
     pub async fn begin(self) -> Result<DbTransaction<'a>, sqlx::Error> {
         let deadline = self.deadline();
-        let conn = acquire(self.pool, deadline).await?;
+        let conn = match self.pinned {
+            Some(pinned) => {
+                refuse_if_passed(deadline)?;
+                TxConn::Pinned(pinned.clone().lock_owned().await)
+            }
+            None => TxConn::Pooled(acquire(self.pool, deadline).await?),
+        };
+        let begin = match conn {
+            TxConn::Pooled(_) => "BEGIN".to_owned(),
+            TxConn::Pinned(_) => format!("SAVEPOINT {SAVEPOINT}"),
+        };
         let mut tx = DbTransaction {
             db: self,
             conn: Some(conn),
@@ -155,21 +182,59 @@ impl<'a> Db<'a> {
             in_flight: true,
             reusable: true,
         };
-        let conn = tx.conn.as_deref_mut().expect("just set");
-        bounded(deadline, conn.execute("BEGIN")).await??;
+        let conn = tx.live_connection();
+        bounded(deadline, conn.execute(AssertSqlSafe(begin))).await??;
         tx.in_flight = false;
         tx.open = true;
         Ok(tx)
     }
 }
 
+/// The connection of a [`DbTransaction`]: its own from the pool, or the
+/// pinned transaction of a performed test (the transaction is then a
+/// savepoint in it).
+enum TxConn {
+    Pooled(PoolConnection<MySql>),
+    Pinned(tokio::sync::OwnedMutexGuard<sqlx::Transaction<'static, MySql>>),
+}
+
+impl TxConn {
+    fn conn(&mut self) -> &mut MySqlConnection {
+        match self {
+            TxConn::Pooled(c) => c,
+            TxConn::Pinned(t) => t,
+        }
+    }
+
+    /// The statement that ends the transaction with `end` (`COMMIT` or
+    /// `ROLLBACK`).
+    fn end_sql(&self, end: &'static str) -> String {
+        match (self, end) {
+            (TxConn::Pooled(_), _) => end.to_owned(),
+            (TxConn::Pinned(_), "COMMIT") => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+            (TxConn::Pinned(_), _) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"),
+        }
+    }
+}
+
 impl<'e, 'c: 'e> Session<'e> for Db<'c> {
     fn unlimited(&self) -> Option<&'e MySqlPool> {
-        self.deadline().is_none().then_some(self.pool)
+        (self.pinned.is_none() && self.deadline().is_none()).then_some(self.pool)
     }
 
     fn run(self, stmt: Statement, collect: Collect) -> SqlFuture<'e, Collected> {
         let deadline = self.deadline();
+        if let Some(pinned) = self.pinned {
+            return async move {
+                refuse_if_passed(deadline)?;
+                let mut tx = pinned.lock().await;
+                let mut reusable = true;
+                self.limits(deadline)
+                    .run_on(&mut tx, stmt, collect, &mut reusable)
+                    .await
+            }
+            .boxed();
+        }
         async move {
             let mut guard = ConnectionGuard::new(acquire(self.pool, deadline).await?);
             let limits = self.limits(deadline);
@@ -185,6 +250,14 @@ impl<'e, 'c: 'e> Session<'e> for Db<'c> {
 
     fn prepare(self, sql: SqlStr, types: &'e [MySqlTypeInfo]) -> SqlFuture<'e, MySqlStatement> {
         let deadline = self.deadline();
+        if let Some(pinned) = self.pinned {
+            return async move {
+                refuse_if_passed(deadline)?;
+                let mut tx = pinned.lock().await;
+                bounded(deadline, tx.prepare_with(sql, types)).await?
+            }
+            .boxed();
+        }
         async move {
             let mut guard = ConnectionGuard::new(acquire(self.pool, deadline).await?);
             let statement = bounded(deadline, guard.conn().prepare_with(sql, types)).await?;
@@ -228,7 +301,7 @@ impl<'c> Executor<'c> for Db<'c> {
 pub struct DbTransaction<'a> {
     /// The handle it was begun on: the pool, flavour and deadline.
     db: Db<'a>,
-    conn: Option<PoolConnection<MySql>>,
+    conn: Option<TxConn>,
     /// `BEGIN` done, neither `COMMIT` nor `ROLLBACK` yet.
     open: bool,
     /// A statement is being sent or awaited. Still set when a statement's
@@ -278,8 +351,12 @@ impl DbTransaction<'_> {
         self.end("ROLLBACK").await
     }
 
-    async fn end(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
-        let done = self.start_statement().execute(sql).await;
+    async fn end(&mut self, end: &'static str) -> Result<(), sqlx::Error> {
+        let sql = self
+            .conn
+            .as_ref()
+            .map_or_else(|| end.to_owned(), |c| c.end_sql(end));
+        let done = self.start_statement().execute(AssertSqlSafe(sql)).await;
         self.in_flight = false;
         if done.is_err() {
             self.reusable = false;
@@ -298,8 +375,9 @@ impl DbTransaction<'_> {
 
     fn live_connection(&mut self) -> &mut MySqlConnection {
         self.conn
-            .as_deref_mut()
+            .as_mut()
             .expect("a live transaction has its connection")
+            .conn()
     }
 
     fn check_abandoned(&mut self) {
@@ -355,8 +433,27 @@ impl<'t, 'c: 't> Executor<'t> for &'t mut DbTransaction<'c> {
 
 impl Drop for DbTransaction<'_> {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
+        let mut conn = match self.conn.take() {
+            None => return,
+            Some(TxConn::Pooled(conn)) => conn,
+            Some(TxConn::Pinned(mut tx)) => {
+                // A savepoint in a test's transaction: roll back to it; the
+                // test's transaction itself is rolled back when it ends.
+                if self.open
+                    && !self.in_flight
+                    && let Ok(rt) = tokio::runtime::Handle::try_current()
+                {
+                    let sql = format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}");
+                    rt.spawn(async move {
+                        let _ = tokio::time::timeout(
+                            CLEANUP_TIMEOUT,
+                            (&mut **tx).execute(AssertSqlSafe(sql)),
+                        )
+                        .await;
+                    });
+                }
+                return;
+            }
         };
         if self.in_flight || !self.reusable {
             // Closing the connection ends the transaction on the server.

@@ -26,7 +26,7 @@ use super::Shared;
 use super::outage::Failures;
 use crate::client::Client;
 use crate::error::Result;
-use crate::registry::TaskRegistration;
+use crate::registry::{Registry, TaskRegistration};
 
 /// How late a tick may be noticed and still count as on time for
 /// `CatchUp::Skip`.
@@ -37,21 +37,53 @@ struct CronTask {
     schedule: Schedule,
 }
 
-/// Registers the program's recurring tasks and fires their ticks until the
-/// runtime stops.
-pub(crate) async fn scheduler(shared: Arc<Shared>) {
-    let tasks: Vec<CronTask> = shared
-        .registry
+/// A tick that fired: its task and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FiredTick {
+    pub(crate) task: &'static str,
+    pub(crate) tick: DateTime<Utc>,
+}
+
+/// The recurring tasks of `registry` that `serves` a queue of.
+fn cron_tasks(registry: &Registry, serves: impl Fn(&str) -> bool) -> Vec<CronTask> {
+    registry
         .iter()
-        // A runtime fires the recurring tasks of the queues it serves.
-        .filter(|reg| shared.queues.iter().any(|q| q == reg.options.queue))
+        .filter(|reg| serves(reg.options.queue))
         .filter_map(|reg| {
             let expr = reg.options.cron?;
             // Validated by Registry::collect.
             let schedule = Schedule::parse(expr, reg.options.tz).ok()?;
             Some(CronTask { reg, schedule })
         })
-        .collect();
+        .collect()
+}
+
+/// Registers every recurring task of `registry` (a new one starts from the
+/// client's now) and fires their due ticks once, as the scheduler's loop
+/// does; returns the ticks fired. For `queue_runtime::testing`.
+#[cfg(feature = "testing")]
+pub(crate) async fn fire_all_due(client: &Client, registry: &Registry) -> Result<Vec<FiredTick>> {
+    let tasks = cron_tasks(registry, |_| true);
+    register(client, &tasks).await?;
+    Ok(fire_due(client, &tasks).await?.1)
+}
+
+/// The next tick after `after` of each recurring task of `registry`.
+#[cfg(feature = "testing")]
+pub(crate) fn next_ticks(registry: &Registry, after: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    cron_tasks(registry, |_| true)
+        .iter()
+        .filter_map(|t| t.schedule.next_after(after))
+        .collect()
+}
+
+/// Registers the program's recurring tasks and fires their ticks until the
+/// runtime stops.
+pub(crate) async fn scheduler(shared: Arc<Shared>) {
+    // A runtime fires the recurring tasks of the queues it serves.
+    let tasks = cron_tasks(&shared.registry, |queue| {
+        shared.queues.iter().any(|q| q == queue)
+    });
     if tasks.is_empty() {
         return;
     }
@@ -70,7 +102,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>) {
                 register(&client, &tasks).await?;
                 registered = true;
             }
-            fire_due(&client, &tasks).await
+            Ok(fire_due(&client, &tasks).await?.0)
         };
         let stepped = step.await;
         shared.outage.track("cron", sent, &stepped);
@@ -118,11 +150,16 @@ async fn register(client: &Client, tasks: &[CronTask]) -> Result<()> {
     Ok(())
 }
 
-/// Fires every due tick once; returns the earliest next tick.
-async fn fire_due(client: &Client, tasks: &[CronTask]) -> Result<Option<DateTime<Utc>>> {
+/// Fires every due tick once; returns the earliest next tick and the
+/// ticks this call fired.
+async fn fire_due(
+    client: &Client,
+    tasks: &[CronTask],
+) -> Result<(Option<DateTime<Utc>>, Vec<FiredTick>)> {
     let now = client.now();
     let last = client.store().last_ticks().await?;
     let mut earliest: Option<DateTime<Utc>> = None;
+    let mut fired = Vec::new();
     for t in tasks {
         let name = t.reg.options.name;
         let Some(&last_tick) = last.get(name) else {
@@ -131,13 +168,15 @@ async fn fire_due(client: &Client, tasks: &[CronTask]) -> Result<Option<DateTime
         if let Some(tick) = t.schedule.latest_at_or_before(now, last_tick) {
             let on_time = (now - tick).to_std().map_or(true, |late| late <= ON_TIME);
             let enqueue = on_time || t.reg.options.catch_up == CatchUp::Latest;
-            fire(client, t, tick, last_tick, enqueue, now).await?;
+            if fire(client, t, tick, last_tick, enqueue, now).await? && enqueue {
+                fired.push(FiredTick { task: name, tick });
+            }
         }
         if let Some(next) = t.schedule.next_after(now) {
             earliest = Some(earliest.map_or(next, |e| e.min(next)));
         }
     }
-    Ok(earliest)
+    Ok((earliest, fired))
 }
 
 async fn fire(
@@ -147,7 +186,7 @@ async fn fire(
     last_tick: DateTime<Utc>,
     enqueue: bool,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
     let o = &t.reg.options;
     let job = if enqueue {
         // A fired tick is an ordinary job of the task, with no payload.
@@ -169,7 +208,7 @@ async fn fire(
         .await?;
     if !fired {
         // Another runtime fired this tick.
-        return Ok(());
+        return Ok(false);
     }
     if enqueue {
         tracing::info!(task = t.reg.options.name, tick = %tick, missed_since = %last_tick, "cron tick fired");
@@ -177,5 +216,5 @@ async fn fire(
     } else {
         tracing::info!(task = t.reg.options.name, tick = %tick, "cron ticks missed while no runtime ran were skipped");
     }
-    Ok(())
+    Ok(true)
 }

@@ -30,6 +30,8 @@ mod cursors;
 mod dispatcher;
 mod executor;
 mod heartbeat;
+#[cfg(feature = "testing")]
+pub(crate) mod inline;
 mod monitor;
 mod outage;
 mod outcome;

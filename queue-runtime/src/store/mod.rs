@@ -19,6 +19,8 @@ pub(crate) mod limits;
 mod maintenance;
 pub(crate) mod migrate;
 mod outcome;
+#[cfg(feature = "testing")]
+mod testing;
 
 use std::time::Duration;
 

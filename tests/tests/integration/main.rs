@@ -14,6 +14,7 @@ mod pause;
 mod priority;
 mod queue_limits;
 mod schedule;
+mod scripts;
 mod settings;
 mod shutdown;
 mod sizes;
