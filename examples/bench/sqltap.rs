@@ -112,10 +112,11 @@ impl<S: tracing::Subscriber> Layer<S> for Tap {
     }
 }
 
-/// The runtime's claim: `SELECT priority, seq, job_id FROM queue_ready …
+/// The runtime's claim: `SELECT priority, seq, job_id, limited FROM queue_ready …
 /// FOR UPDATE SKIP LOCKED`.
 fn is_claim_select(sql: &str) -> bool {
-    sql.contains("SELECT priority, seq, job_id FROM queue_ready") && sql.contains("FOR UPDATE")
+    sql.contains("SELECT priority, seq, job_id, limited FROM queue_ready")
+        && sql.contains("FOR UPDATE")
 }
 
 /// A short name for a statement: verb and table, without MariaDB's
