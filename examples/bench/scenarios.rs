@@ -444,12 +444,12 @@ async fn same_work(
 /// The server counters the throughput scenario reports per job.
 const STATUS: [&str; 7] = [
     "Questions",
-    "Com_commit",
+    "Innodb_data_fsyncs",
     "Com_select",
     "Com_update",
-    "Innodb_rows_inserted",
-    "Innodb_rows_updated",
-    "Innodb_rows_deleted",
+    "Handler_write",
+    "Handler_update",
+    "Handler_delete",
 ];
 
 /// `SHOW GLOBAL STATUS` values of [`STATUS`] (the whole server's: run alone).
@@ -528,7 +528,14 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
         };
         let before = server_status(&client).await?;
         let (first, end, claim) = if procs == 1 {
-            let rt = Runtime::builder(client.clone())
+            let mut builder = Runtime::builder(client.clone());
+            if let Some(p) = std::env::var("BENCH_PREFETCH")
+                .ok()
+                .and_then(|p| p.parse().ok())
+            {
+                builder = builder.prefetch(p);
+            }
+            let rt = builder
                 .concurrency(conc)
                 .queues(["bench"])
                 .cron(false)
@@ -664,9 +671,9 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
             "jobs/s",
             "claim p50 ms",
             "claim p99 ms",
-            "statements/job",
-            "commits/job",
-            "rows written/job",
+            "Questions/job",
+            "fsyncs/job",
+            "row writes/job (Handler_write+update+delete)",
         ],
         &rows,
     );

@@ -19,6 +19,15 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_CONCURRENCY: usize = 10_000;
 /// Most jobs claimed beyond the free slots.
 pub(crate) const MAX_PREFETCH: usize = 10_000;
+
+/// Unset, prefetch adapts between 1 and this many times `concurrency`:
+/// about as many jobs as the runtime finishes in [`PREFETCH_HORIZON`], so
+/// fast jobs are claimed in big batches and slow ones are not held back
+/// from other runtimes.
+pub(crate) const ADAPTIVE_PREFETCH: usize = 4;
+
+/// How long, at the runtime's recent pace, its prefetched jobs should last.
+pub(crate) const PREFETCH_HORIZON: Duration = Duration::from_millis(25);
 /// Shortest poll interval: shorter is a busy loop on the database.
 pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest poll interval: jobs enqueued by other processes may wait this
@@ -69,6 +78,9 @@ pub(crate) struct Checked {
     pub(crate) lease: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) prefetch: usize,
+    /// `prefetch` is the most the runtime may prefetch, adapting below it
+    /// (unset by the user); else it is fixed.
+    pub(crate) adaptive_prefetch: bool,
     /// Per served queue (same order as `queues`): its limit on jobs in
     /// flight in this runtime, if it has one.
     pub(crate) queue_limits: Vec<Option<usize>>,
@@ -94,8 +106,13 @@ impl Settings {
                 self.concurrency
             ));
         }
-        // Unset, it follows `concurrency`, whose own rule covers it.
-        let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        // Unset, it adapts up to `ADAPTIVE_PREFETCH × concurrency` (within
+        // the limit), following `concurrency`, whose own rule covers it.
+        let prefetch = self.prefetch.unwrap_or(
+            self.concurrency
+                .saturating_mul(ADAPTIVE_PREFETCH)
+                .min(MAX_PREFETCH),
+        );
         if self.prefetch.is_some() && prefetch > MAX_PREFETCH {
             errors.push(format!(
                 "prefetch must be at most {MAX_PREFETCH} (got {prefetch})"
@@ -189,6 +206,7 @@ impl Settings {
             return Err(Error::InvalidArgument(errors.join("; ")));
         }
         Ok(Checked {
+            adaptive_prefetch: self.prefetch.is_none(),
             concurrency: self.concurrency,
             queues,
             poll_interval: poll,
@@ -218,7 +236,8 @@ mod tests {
     fn the_defaults_pass_without_warnings() {
         let c = check(Settings::default()).unwrap();
         assert_eq!(c.concurrency, 10);
-        assert_eq!(c.prefetch, 10);
+        assert_eq!(c.prefetch, 40);
+        assert!(c.adaptive_prefetch);
         assert_eq!(c.queues, vec!["default".to_owned()]);
         assert_eq!(c.heartbeat, Duration::from_secs(5));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);

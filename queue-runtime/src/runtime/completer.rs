@@ -26,20 +26,21 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
             Ack::Complete { id, attempt } => shared.slot_of(*id, *attempt).is_some(),
             _ => false,
         };
-        let mut batch = vec![first];
+        let mut batch = Vec::new();
+        stash(&shared, first, &mut batch);
         let linger = tokio::time::sleep(if slotted {
             ACK_LINGER_SLOTTED
         } else {
             ACK_LINGER
         });
         tokio::pin!(linger);
-        while batch.len() < ACK_BATCH {
+        while batch.len() + shared.pending_successes() < ACK_BATCH {
             match rx.try_recv() {
-                Ok(a) => batch.push(a),
+                Ok(a) => stash(&shared, a, &mut batch),
                 Err(_) => {
                     tokio::select! {
                         a = rx.recv() => match a {
-                            Some(a) => batch.push(a),
+                            Some(a) => stash(&shared, a, &mut batch),
                             None => break,
                         },
                         _ = &mut linger => break,
@@ -54,17 +55,31 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
             stop = true;
             // Flush what else is queued.
             while let Ok(a) = rx.try_recv() {
-                batch.push(a);
+                stash(&shared, a, &mut batch);
             }
         }
         write_acks(&shared, batch).await;
     }
 }
 
+/// Puts a success of a job without a concurrency slot where the next claim
+/// can take it (`Shared::pending_done`: it rides in the claim's
+/// transaction, see `Store::claim_ticket`); everything else in `batch`.
+fn stash(shared: &Shared, a: Ack, batch: &mut Vec<Ack>) {
+    match a {
+        Ack::Complete { id, attempt } if shared.slot_of(id, attempt).is_none() => {
+            shared.push_success(id, attempt);
+        }
+        Ack::Pending => {}
+        other => batch.push(other),
+    }
+}
+
 pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     let client = &shared.client;
     let store = client.store();
-    let mut done = Vec::new();
+    // The successes no claim has taken meanwhile.
+    let mut done = shared.take_successes(usize::MAX);
     let mut slotted = Vec::new();
     let mut others = Vec::new();
     for a in batch {
@@ -73,7 +88,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
                 Some(key) => slotted.push((id, attempt, key)),
                 None => done.push((id, attempt)),
             },
-            Ack::Stop => {}
+            Ack::Stop | Ack::Pending => {}
             other => others.push(other),
         }
     }

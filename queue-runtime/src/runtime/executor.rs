@@ -179,7 +179,7 @@ pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
         Ack::Dead { error, .. } => {
             tracing::error!(error = %error, attempts = job.attempt, "job failed for good; moving it to the dead jobs");
         }
-        Ack::Stop => {}
+        Ack::Stop | Ack::Pending => {}
     }
     report(&shared, &job, ack);
 }
@@ -195,6 +195,16 @@ pub(super) fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
     {
         f.reported = true;
     }
+    // A success of a job without a slot goes where the next claim can take
+    // it at once (before this job's slot frees and wakes the producer);
+    // the acker is told, and writes it after its linger if no claim did.
+    let ack = match ack {
+        Ack::Complete { id, attempt } if job.slot.is_none() => {
+            shared.push_success(id, attempt);
+            Ack::Pending
+        }
+        other => other,
+    };
     if shared.ack_tx.send(ack).is_err() {
         // The acker is gone (runtime dropped): the lease expires and the job runs again.
         shared.finished(job.id, job.attempt);

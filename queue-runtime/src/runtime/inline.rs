@@ -57,6 +57,7 @@ impl Inline {
             client: client.clone(),
             limits: registry.limits(),
             paused: Vec::new(),
+            pending_done: Mutex::new(Vec::new()),
             concurrency: 1,
             registry,
             owner: format!("inline-{}", uuid::Uuid::new_v4().simple()),
@@ -74,6 +75,8 @@ impl Inline {
             lease: INLINE_LEASE,
             heartbeat: INLINE_LEASE / 3,
             prefetch: 0,
+            adaptive_prefetch: false,
+            finished_total: std::sync::atomic::AtomicU64::new(0),
             outage: Outage::default(),
         });
         Ok(Inline { shared })
@@ -103,6 +106,7 @@ impl Inline {
                 lease_until,
                 now,
                 &self.shared.limits,
+                &[],
             )
             .await?;
         let Some(job) = claimed.jobs.into_iter().next() else {
@@ -161,7 +165,7 @@ impl Inline {
                 InlineOutcome::Dead { error }
             }
             // An attempt never ends in `Stop`.
-            Ack::Stop => return Ok(None),
+            Ack::Stop | Ack::Pending => return Ok(None),
         };
         Ok(Some(InlineAttempt {
             id: job.id,

@@ -122,11 +122,17 @@ impl RuntimeBuilder {
 
     /// Jobs claimed beyond the free slots, so that a claim brings back a
     /// batch big enough to hide its round trips and the next jobs are
-    /// already at hand when slots free up (default: as many as
-    /// `concurrency`). Prefetched jobs are leased (and heartbeated) while
-    /// they wait for a slot; a job that arrives meanwhile with a higher
-    /// priority waits behind at most this many. `0` claims only for free
-    /// slots; at most 10,000.
+    /// already at hand when slots free up. Prefetched jobs are leased (and
+    /// heartbeated) while they wait for a slot; a job that arrives meanwhile
+    /// with a higher priority waits behind at most this many. `0` claims
+    /// only for free slots; at most 10,000.
+    ///
+    /// Unset, the prefetch adapts to the jobs' pace: about as many jobs as
+    /// the runtime finished in the last 25 ms, between 1 and 4 ×
+    /// `concurrency` (it starts at `concurrency`). Fast jobs are then
+    /// claimed in batches of up to 5 × `concurrency` (fewer statements and
+    /// commits per job), while slow jobs are not held here, out of other
+    /// runtimes' reach, waiting for a slot. Set, it is fixed.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.settings.prefetch = Some(n);
         self
@@ -180,6 +186,7 @@ impl RuntimeBuilder {
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
             queue_limits: settings.queue_limits,
+            pending_done: Mutex::new(Vec::new()),
             paused: (0..n_queues)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
@@ -191,6 +198,8 @@ impl RuntimeBuilder {
             lease: settings.lease,
             heartbeat: settings.heartbeat,
             prefetch: settings.prefetch,
+            adaptive_prefetch: settings.adaptive_prefetch,
+            finished_total: std::sync::atomic::AtomicU64::new(0),
             concurrency: settings.concurrency,
             outage: Outage::default(),
         });
@@ -335,6 +344,10 @@ pub(crate) struct Shared {
     queue_limits: Vec<Option<usize>>,
     /// Per served queue: paused cluster-wide, as the producer last read.
     paused: Vec<std::sync::atomic::AtomicBool>,
+    /// Successes (of jobs without a concurrency slot) not yet written: the
+    /// next claim takes them into its transaction, or the acker writes them
+    /// after its linger, whichever comes first.
+    pending_done: Mutex<Vec<(JobId, u32)>>,
     /// Signalled when a job's slot is released or a prefetched job takes one.
     slot_freed: tokio::sync::Notify,
     ack_tx: mpsc::UnboundedSender<Ack>,
@@ -345,6 +358,11 @@ pub(crate) struct Shared {
     lease: Duration,
     heartbeat: Duration,
     prefetch: usize,
+    /// Whether prefetch adapts below `prefetch` to the pace of the jobs.
+    adaptive_prefetch: bool,
+    /// Jobs finished since start (their outcome written): the pace that
+    /// adaptive prefetch follows.
+    finished_total: std::sync::atomic::AtomicU64,
     /// Jobs run at once at most.
     concurrency: usize,
     pub(crate) outage: Outage,
@@ -397,6 +415,29 @@ impl Shared {
         })
     }
 
+    /// Queues a success for the next claim or the acker.
+    pub(super) fn push_success(&self, id: JobId, attempt: u32) {
+        self.pending_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, attempt));
+    }
+
+    /// How many successes wait to be written.
+    fn pending_successes(&self) -> usize {
+        self.pending_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Takes up to `n` successes to write.
+    pub(crate) fn take_successes(&self, n: usize) -> Vec<(JobId, u32)> {
+        let mut all = self.pending_done.lock().unwrap_or_else(|p| p.into_inner());
+        let n = n.min(all.len());
+        all.drain(..n).collect()
+    }
+
     /// The concurrency slot the job runs under, if any.
     fn slot_of(&self, id: JobId, attempt: u32) -> Option<Vec<u8>> {
         let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -406,6 +447,8 @@ impl Shared {
     }
 
     fn finished(&self, id: JobId, attempt: u32) {
+        self.finished_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id).is_some_and(|f| f.attempt == attempt) {
             map.remove(&id);

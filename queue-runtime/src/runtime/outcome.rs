@@ -106,6 +106,9 @@ pub(super) enum Ack {
     },
     /// The runtime is stopping: write what is queued and end.
     Stop,
+    /// Successes were queued in `Shared::pending_done` (where the next
+    /// claim may take them): write them after the linger if none did.
+    Pending,
 }
 
 impl Ack {
@@ -133,7 +136,7 @@ impl Ack {
             Ack::Complete { id, attempt }
             | Ack::Retry { id, attempt, .. }
             | Ack::Dead { id, attempt, .. } => Some((*id, *attempt)),
-            Ack::Stop => None,
+            Ack::Stop | Ack::Pending => None,
         }
     }
 }

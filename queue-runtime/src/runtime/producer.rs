@@ -27,6 +27,19 @@ const FULL_PROBE_EVERY: Duration = Duration::from_secs(30);
 /// Probe requests and finds queued between the producer and the prober.
 const PROBE_QUEUE: usize = 16;
 
+/// The prefetch a runtime starts with: its own fixed one, or (adaptive)
+/// as many as its concurrency, until its pace is known.
+fn start_prefetch(shared: &Shared) -> usize {
+    if shared.adaptive_prefetch {
+        shared.concurrency.min(shared.prefetch)
+    } else {
+        shared.prefetch
+    }
+}
+
+/// Successes carried by one claim at most (the acker's statements' size).
+const ACKS_PER_CLAIM: usize = 500;
+
 /// A claim's `now` and lease end, as it wrote them into the jobs it
 /// leased: with this runtime's owner id they name those jobs exactly (each
 /// claim of a runtime has its own `now`), so a claim whose reply was lost
@@ -41,6 +54,8 @@ struct ClaimStamp {
 struct ClaimDone {
     /// The index of its queue in `Shared::queues`.
     queue: usize,
+    /// The successes it carried.
+    acks: Vec<(queue_core::JobId, u32)>,
     ticket: ClaimTicket,
     result: Result<Claimed>,
     sent: Instant,
@@ -120,6 +135,12 @@ struct Producer {
     backlog: bool,
     /// Claim once this many jobs fit the window (half of it).
     refill_at: usize,
+    /// Prefetch now: `Shared::prefetch`, or (adaptive) about the jobs this
+    /// runtime finishes in `PREFETCH_HORIZON` at its recent pace.
+    prefetch: usize,
+    /// The pace: jobs finished per second (smoothed), and the last sample.
+    pace: u64,
+    pace_sample: (Instant, u64),
     /// Per queue: paused cluster-wide (`queue_paused`), as last read.
     paused: Vec<bool>,
     /// When the paused queues were last read (`None`: read next round).
@@ -157,9 +178,12 @@ impl Producer {
             idle: false,
             empty: 0,
             backlog: false,
-            refill_at: (shared.semaphore.available_permits() + shared.prefetch)
+            refill_at: (shared.semaphore.available_permits() + start_prefetch(&shared))
                 .div_ceil(2)
                 .max(1),
+            prefetch: start_prefetch(&shared),
+            pace: 0,
+            pace_sample: (Instant::now(), 0),
             shared,
         }
     }
@@ -322,12 +346,13 @@ impl Producer {
     /// the window (free slots + prefetch) is free (with fast jobs one slot
     /// frees at a time, and claiming for each alone would make many claims
     /// of one or two jobs).
-    fn claim_window(&self) -> Option<usize> {
+    fn claim_window(&mut self) -> Option<usize> {
+        self.follow_pace();
         let shared = &self.shared;
         let slots = shared.semaphore.available_permits();
         let waiting = shared.waiting.load(std::sync::atomic::Ordering::SeqCst);
         let reserving: usize = self.reserved.iter().map(|r| r.jobs).sum();
-        let free = (slots + shared.prefetch).saturating_sub(waiting + reserving);
+        let free = (slots + self.prefetch).saturating_sub(waiting + reserving);
         let idle_slot = slots > 0 && waiting + reserving == 0;
         let lanes = if self.backlog {
             MAX_CLAIMS_IN_FLIGHT
@@ -337,6 +362,42 @@ impl Producer {
         let want = free > 0 && (free >= self.refill_at || idle_slot) && self.claims.len() < lanes;
         let active = self.active();
         (active > 0 && want && (self.empty < active || self.active_stragglers())).then_some(free)
+    }
+
+    /// Adaptive prefetch: every 50 ms, the pace of finished jobs (smoothed)
+    /// sets the prefetch to about the jobs finished in `PREFETCH_HORIZON`,
+    /// between 1 and `Shared::prefetch`: fast jobs are claimed in big
+    /// batches (fewer statements per job), slow ones are not held back from
+    /// other runtimes while they wait here for a slot.
+    fn follow_pace(&mut self) {
+        if !self.shared.adaptive_prefetch {
+            return;
+        }
+        let (at, count) = self.pace_sample;
+        let elapsed = at.elapsed();
+        if elapsed < Duration::from_millis(50) {
+            return;
+        }
+        let now = self
+            .shared
+            .finished_total
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Jobs per second, in whole numbers (the window is at least 50 ms).
+        let ms = u64::try_from(elapsed.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let rate = now.saturating_sub(count).saturating_mul(1000) / ms;
+        self.pace = if self.pace == 0 {
+            rate
+        } else {
+            self.pace.saturating_add(rate) / 2
+        };
+        self.pace_sample = (Instant::now(), now);
+        let horizon = u64::try_from(crate::settings::PREFETCH_HORIZON.as_millis()).unwrap_or(0);
+        let want = self.pace.saturating_mul(horizon).div_ceil(1000);
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        self.prefetch = want.clamp(1, self.shared.prefetch.max(1));
+        self.refill_at = (self.shared.concurrency + self.prefetch).div_ceil(2).max(1);
     }
 
     /// While idle, asks with one cheap statement, instead of a claim
@@ -389,6 +450,8 @@ impl Producer {
         }
         self.last_claim_at = Some(now);
         let shared = self.shared.clone();
+        // Successes waiting for the acker ride in this claim's transaction.
+        let acks = shared.take_successes(ACKS_PER_CLAIM);
         let task = self.claims.spawn(async move {
             let sent = Instant::now();
             let stamp = ClaimStamp {
@@ -404,9 +467,11 @@ impl Producer {
                     stamp.lease_until,
                     stamp.at,
                     &shared.limits,
+                    &acks,
                 )
                 .await;
             ClaimDone {
+                acks,
                 queue,
                 ticket,
                 result,
@@ -477,6 +542,31 @@ impl Producer {
         };
         let shared = &self.shared;
         let wanted = done.ticket.limit;
+        if !done.acks.is_empty() {
+            match &done.result {
+                Ok(claimed) => {
+                    let lost = done.acks.len() as u64 - claimed.acked.min(done.acks.len() as u64);
+                    if lost > 0 {
+                        tracing::warn!(
+                            lost,
+                            "some successes were not recorded: their lease had expired and another runtime took them"
+                        );
+                    }
+                    for (id, attempt) in &done.acks {
+                        shared.finished(*id, *attempt);
+                    }
+                }
+                // Not written: back to the acker.
+                Err(_) => {
+                    for (id, attempt) in &done.acks {
+                        let _ = shared.ack_tx.send(super::outcome::Ack::Complete {
+                            id: *id,
+                            attempt: *attempt,
+                        });
+                    }
+                }
+            }
+        }
         let settled = self.cursors[done.queue].settle(done.ticket, done.result);
         shared.outage.track("claim", done.sent, &settled);
         let (jobs, rows) = match settled {

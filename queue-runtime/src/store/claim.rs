@@ -55,6 +55,8 @@ pub(crate) struct Claimed {
     /// The `(priority, seq)` keys of the claim-index rows taken (more than
     /// the jobs when some rows' jobs were cancelled).
     pub(crate) keys: Vec<(u8, u64)>,
+    /// How many of the successes the claim carried it deleted.
+    pub(crate) acked: u64,
 }
 
 /// One claim's inputs, taken from a queue's cursors (`runtime::cursors`).
@@ -161,11 +163,13 @@ impl Store {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
         limits: &LimitTable,
+        acks: &[(JobId, u32)],
     ) -> Result<Claimed> {
-        if ticket.limit == 0 {
+        if ticket.limit == 0 && acks.is_empty() {
             return Ok(Claimed::default());
         }
-        super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now, limits)).await
+        super::retry_deadlocks(|| self.try_claim(ticket, owner, lease_until, now, limits, acks))
+            .await
     }
 
     /// One claim transaction in two round trips, as multi-statement text
@@ -186,10 +190,11 @@ impl Store {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
         limits: &LimitTable,
+        acks: &[(JobId, u32)],
     ) -> Result<Claimed> {
         let mut conn = self.pool.acquire().await?;
         let result = self
-            .claim_on(&mut conn, ticket, owner, lease_until, now, limits)
+            .claim_on(&mut conn, ticket, owner, (lease_until, now), (limits, acks))
             .await;
         if result.is_err() {
             let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
@@ -205,11 +210,18 @@ impl Store {
         conn: &mut sqlx::MySqlConnection,
         ticket: &ClaimTicket,
         owner: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limits: &LimitTable,
+        (lease_until, now): (DateTime<Utc>, DateTime<Utc>),
+        (limits, acks): (&LimitTable, &[(JobId, u32)]),
     ) -> Result<Claimed> {
         let queue = ticket.queue.as_str();
+        // Successes that ride in this transaction (one commit less for
+        // them): deleted first, fenced by their attempt as the acker does.
+        let ack_delete = (!acks.is_empty()).then(|| {
+            self.limited(&format!(
+                "DELETE FROM queue_jobs WHERE {}",
+                super::fence(acks)
+            ))
+        });
         let pick = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
         let first = format!(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
@@ -219,8 +231,18 @@ impl Store {
             .fetch_all(&mut *conn)
             .await?;
         if rows.is_empty() {
-            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-            return Ok(Claimed::default());
+            let text = match &ack_delete {
+                Some(d) => format!("{d}; COMMIT"),
+                None => "COMMIT".to_owned(),
+            };
+            let acked = sqlx::raw_sql(AssertSqlSafe(text))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            return Ok(Claimed {
+                acked,
+                ..Claimed::default()
+            });
         }
         let keys: Vec<(u8, u64)> = rows
             .iter()
@@ -265,7 +287,8 @@ impl Store {
             levels.join(" OR ")
         );
         let (running, ready) = (JobState::Running.as_u8(), JobState::Ready.as_u8());
-        let mut second: Vec<String> = vec![self.limited(&delete)];
+        let mut second: Vec<String> = ack_delete.iter().cloned().collect();
+        second.push(self.limited(&delete));
         second.extend(plan.statements.iter().map(|s| self.limited(s)));
         if !ids.is_empty() {
             let list = inline_list(&ids);
@@ -292,9 +315,23 @@ impl Store {
         }
         second.push("COMMIT".to_owned());
         let second = second.join("; ");
-        let rows = sqlx::raw_sql(AssertSqlSafe(second))
-            .fetch_all(&mut *conn)
-            .await?;
+        let mut rows = Vec::new();
+        let mut acked = None;
+        {
+            use futures_util::TryStreamExt;
+            let mut results = sqlx::raw_sql(AssertSqlSafe(second)).fetch_many(&mut *conn);
+            while let Some(item) = results.try_next().await? {
+                match item {
+                    sqlx::Either::Left(done) => {
+                        // The first statement's count is the successes'.
+                        if ack_delete.is_some() && acked.is_none() {
+                            acked = Some(done.rows_affected());
+                        }
+                    }
+                    sqlx::Either::Right(row) => rows.push(row),
+                }
+            }
+        }
         // The claim has committed: a row that cannot be decoded must not
         // fail the batch (its job stays leased and the rescuer takes it
         // back when the lease expires); the others run.
@@ -311,7 +348,11 @@ impl Store {
             .collect();
         // Keep claim order (priority, seq).
         jobs.sort_by_key(|j| order.iter().position(|&i| i == j.id.0));
-        Ok(Claimed { jobs, keys })
+        Ok(Claimed {
+            jobs,
+            keys,
+            acked: acked.unwrap_or(0),
+        })
     }
 
     /// Hands back the jobs that the claim of `owner` made at `claimed_at`

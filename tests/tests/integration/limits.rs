@@ -51,14 +51,22 @@ async fn blocked_jobs_are_visible_cancellable_and_get_the_slot_in_order() {
         .start()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(20), "two blocked jobs", || async {
-        client.stats().await.unwrap().total.blocked == 2
-    })
-    .await;
     let state = |id| {
         let client = client.clone();
         async move { client.job(id).await.unwrap().map(|j| (j.state, j.waiting)) }
     };
+    // Blocked at enqueue (the first job of "acme" took its one slot); the
+    // two holders start once the runtime claims them.
+    assert_eq!(client.stats().await.unwrap().total.blocked, 2);
+    wait_until(
+        Duration::from_secs(20),
+        "the slot holders to run",
+        || async {
+            state(first).await.map(|s| s.0) == Some(JobState::Running)
+                && state(other).await.map(|s| s.0) == Some(JobState::Running)
+        },
+    )
+    .await;
     assert_eq!(state(first).await.unwrap().0, JobState::Running);
     assert_eq!(
         state(other).await.unwrap().0,

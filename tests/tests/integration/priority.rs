@@ -53,9 +53,10 @@ async fn priority_zero_overtakes_a_priority_four_backlog() {
     let pos = log.iter().position(|e| e.0 == 0).unwrap();
     // Jobs the runtime held when it arrived (running, prefetched, or coming
     // back from a claim in flight) may start first: at most concurrency +
-    // prefetch = 4.
+    // prefetch, and the adaptive prefetch is at most 4 × concurrency:
+    // 2 + 8 = 10 (about 25 ms of these jobs at the runtime's pace).
     assert!(
-        pos <= before + 4,
+        pos <= before + 10,
         "priority-0 job ran at position {pos}, backlog had run {before}"
     );
     assert!(log.len() < 300, "it did not wait for the backlog");
