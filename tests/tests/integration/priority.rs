@@ -60,13 +60,14 @@ async fn priority_zero_overtakes_a_priority_four_backlog() {
         "priority-0 job ran at position {pos}, backlog had run {before}"
     );
     assert!(log.len() < 300, "it did not wait for the backlog");
-    // Within priority 4, enqueue order is kept (two run at once, so
-    // neighbours may swap).
+    // Within priority 4, enqueue order is kept up to one claim's batch:
+    // two run at once, and with a backlog two claims may be in flight, the
+    // later one's jobs (at most concurrency + prefetch = 10) starting first.
     let p4: Vec<u32> = log.iter().filter(|e| e.0 == 4).map(|e| e.1).collect();
     for (k, v) in p4.iter().enumerate() {
         let k = k as u32;
         assert!(
-            v.abs_diff(k) <= 3,
+            v.abs_diff(k) <= 10,
             "priority-4 job {v} ran at position {k}: {p4:?}"
         );
     }
