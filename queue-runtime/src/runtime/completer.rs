@@ -105,13 +105,13 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             })
             .await
             .0;
-        if std::env::var_os("QUEUE_DEBUG_TIMING").is_some() {
-            eprintln!(
-                "slotted batch {batch_len} n {n} handed {} in {:?}",
-                handed.len(),
-                t0.elapsed()
-            );
-        }
+        tracing::trace!(
+            batch = batch_len,
+            deleted = n,
+            handed = handed.len(),
+            took = ?t0.elapsed(),
+            "recorded successes holding slots"
+        );
         if n > 0 {
             // Freed slots may have unblocked jobs for other runtimes too.
             client.inner.ready_gen.send_modify(|g| *g += 1);
