@@ -74,16 +74,18 @@ pub(crate) async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
         report.emit("enqueue", v, "call_p99", pct(&lat, 99.0), "ms", s);
         client.pool().close().await;
     }
-    // One by one, 10 callers at once (commits share fsyncs).
-    {
+    // One by one, 10 and 100 callers at once (their calls are coalesced
+    // into shared statements and commits).
+    for callers in [10u64, 100] {
         let (_, client) = fresh("bench_enqueue").await?;
         let n = opts.singles;
         let lat = Arc::new(Mutex::new(Vec::new()));
+        let before = client.coalesce_counts();
         let t = Instant::now();
         let mut hs = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..callers {
             let (c, lat) = (client.clone(), lat.clone());
-            let k = n / 10;
+            let k = n / callers;
             hs.push(tokio::spawn(async move {
                 for _ in 0..k {
                     let t0 = Instant::now();
@@ -97,21 +99,24 @@ pub(crate) async fn enqueue(report: &mut Report, opts: &Opts, ctx: &mut Ctx) -> 
             h.await??;
         }
         let secs = t.elapsed().as_secs_f64();
+        let after = client.coalesce_counts();
         let lat = lat.lock().unwrap().clone();
         let rate = lat.len() as f64 / secs;
-        let v = "enqueue, one by one, 10 callers";
+        let v = format!("enqueue, one by one, {callers} callers");
         rows.push(vec![
-            v.into(),
+            v.clone(),
             num(lat.len() as f64),
             num(secs),
             num(rate),
             num(pct(&lat, 50.0)),
             num(pct(&lat, 99.0)),
         ]);
-        let s = json!({"jobs": lat.len(), "callers": 10});
-        report.emit("enqueue", v, "throughput", rate, "jobs/s", s.clone());
-        report.emit("enqueue", v, "call_p50", pct(&lat, 50.0), "ms", s.clone());
-        report.emit("enqueue", v, "call_p99", pct(&lat, 99.0), "ms", s);
+        let batches = after.batches.saturating_sub(before.batches).max(1);
+        let s = json!({"jobs": lat.len(), "callers": callers,
+                       "jobs_per_commit": (after.jobs - before.jobs) as f64 / batches as f64});
+        report.emit("enqueue", &v, "throughput", rate, "jobs/s", s.clone());
+        report.emit("enqueue", &v, "call_p50", pct(&lat, 50.0), "ms", s.clone());
+        report.emit("enqueue", &v, "call_p99", pct(&lat, 99.0), "ms", s);
         client.pool().close().await;
     }
     // enqueue_many in chunks.

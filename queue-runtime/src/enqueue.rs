@@ -170,8 +170,7 @@ impl<T> EnqueueBuilder<T> {
     pub async fn enqueue(self, client: &Client) -> Result<JobId> {
         let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
-        let ids = client.insert(vec![job], now).await?;
-        Ok(ids[0])
+        client.insert_one(job, now).await
     }
 
     /// Inserts the job on `conn`, inside the caller's transaction: the job
@@ -355,7 +354,7 @@ impl Client {
                     .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
                     .await
             }
-            None => self.insert(jobs, now).await,
+            None => self.insert_and_wake(jobs, now).await,
         }
     }
 }
