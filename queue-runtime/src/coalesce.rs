@@ -21,9 +21,12 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use queue_core::JobId;
+use sqlx::MySql;
+use sqlx::pool::PoolConnection;
 use tokio::sync::oneshot;
 
 use crate::client::Client;
@@ -45,13 +48,25 @@ struct Waiting {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Waiting>,
+    /// Batches in flight (leaders and flush tasks). While fewer than
+    /// [`MAX_FLUSHES`], the queue is empty: a call then leads.
     flushing: usize,
 }
+
+/// A connection kept from the last batch for the next, so that a steady
+/// stream of enqueues skips the pool's ping on every acquire.
+type Spare = (PoolConnection<MySql>, Instant);
+
+/// How long a connection kept from a batch is reused without a ping.
+const SPARE_FRESH: Duration = Duration::from_secs(1);
 
 /// A client's coalescer.
 #[derive(Default)]
 pub(crate) struct Coalescer {
     state: Mutex<State>,
+    spare: Mutex<Option<Spare>>,
+    /// A reaper of the spare runs.
+    reaping: std::sync::atomic::AtomicBool,
     calls: AtomicU64,
     batches: AtomicU64,
 }
@@ -73,16 +88,26 @@ pub struct CoalesceCounts {
     pub batches: u64,
 }
 
+/// What a call does with its job.
+enum Role {
+    /// Insert it now, alone (the queue was empty).
+    Lead(TimedJob),
+    /// Wait for a batch in flight to take it.
+    Follow(oneshot::Receiver<Result<JobId>>),
+}
+
 impl Coalescer {
-    /// Queues `job`; true if the caller must start a flush.
-    fn push(&self, w: Waiting) -> bool {
+    /// Leads with `job` if fewer than [`MAX_FLUSHES`] batches are in
+    /// flight, or queues it for the next batch.
+    fn push(&self, job: TimedJob) -> Role {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.queue.push_back(w);
         if st.flushing < MAX_FLUSHES {
             st.flushing += 1;
-            true
+            Role::Lead(job)
         } else {
-            false
+            let (reply, rx) = oneshot::channel();
+            st.queue.push_back(Waiting { job, reply });
+            Role::Follow(rx)
         }
     }
 
@@ -90,7 +115,7 @@ impl Coalescer {
     fn next_batch(&self) -> Option<Vec<Waiting>> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.queue.is_empty() {
-            st.flushing -= 1;
+            st.flushing = st.flushing.saturating_sub(1);
             return None;
         }
         let mut batch = Vec::new();
@@ -105,6 +130,90 @@ impl Coalescer {
         }
         Some(batch)
     }
+
+    /// A connection for a batch: the spare if fresh, else one of the pool's.
+    async fn conn(&self, client: &Client) -> Result<PoolConnection<MySql>> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((conn, at)) = spare
+            && at.elapsed() < SPARE_FRESH
+        {
+            return Ok(conn);
+        }
+        Ok(client.pool().acquire().await?)
+    }
+
+    /// Keeps `conn` as the spare, and makes sure a reaper gives it back to
+    /// the pool once it is no longer fresh (so that the pool, and its
+    /// `close()`, get every connection back within about a second).
+    fn keep(&self, client: &Client, conn: PoolConnection<MySql>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.is_some() {
+            return;
+        }
+        *spare = Some((conn, Instant::now()));
+        if !self.reaping.swap(true, Ordering::SeqCst)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(reap(std::sync::Arc::downgrade(&client.inner)));
+        }
+    }
+}
+
+/// Gives the spare connection back to the pool once it is stale; ends
+/// when there is none.
+async fn reap(inner: std::sync::Weak<crate::client::Inner>) {
+    loop {
+        tokio::time::sleep(SPARE_FRESH).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let c = &inner.coalescer;
+        let mut spare = c.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= SPARE_FRESH)
+        {
+            spare.take();
+        }
+        if spare.is_none() {
+            c.reaping.store(false, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+/// A leader's hand-over: when its own batch is done (or its caller gave up
+/// waiting), the jobs queued meanwhile get a flush task, or the leader's
+/// place is given back.
+struct Handover(Client);
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let c = &self.0.inner.coalescer;
+        let more = {
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.queue.is_empty() {
+                st.flushing = st.flushing.saturating_sub(1);
+                false
+            } else {
+                true
+            }
+        };
+        if more {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(flush(self.0.clone()));
+                }
+                // No runtime (the caller's is shutting down): the queued
+                // calls cannot be served; they learn it from their channel.
+                Err(_) => {
+                    let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.queue.clear();
+                    st.flushing = st.flushing.saturating_sub(1);
+                }
+            }
+        }
+    }
 }
 
 impl Client {
@@ -116,22 +225,19 @@ impl Client {
         }
         self.check_schema(self.pool()).await?;
         self.store().check_sizes(std::slice::from_ref(&job)).await?;
-        let (reply, rx) = oneshot::channel();
         let c = &self.inner.coalescer;
         c.calls.fetch_add(1, Ordering::Relaxed);
-        if c.push(Waiting {
-            job: TimedJob { job, now },
-            reply,
-        }) {
-            // In a task of its own: a caller that gives up waiting does not
-            // strand the jobs of the others.
-            tokio::spawn(flush(self.clone()));
+        match c.push(TimedJob { job, now }) {
+            Role::Lead(job) => {
+                // The caller's own job alone, in the caller's task: no
+                // hand-off, no added latency. Jobs queued meanwhile are
+                // handed to a flush task when it is done.
+                let _handover = Handover(self.clone());
+                let mut results = run_batch(self, vec![job]).await;
+                results.pop().unwrap_or_else(|| Err(dropped()))
+            }
+            Role::Follow(rx) => rx.await.unwrap_or_else(|_| Err(dropped())),
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::Database(sqlx::Error::Protocol(
-                "the enqueue batch was dropped before it reported".into(),
-            )))
-        })
     }
 
     /// Counts of this client's coalesced enqueues. Not public API.
@@ -145,62 +251,73 @@ impl Client {
     }
 }
 
-/// Flushes batches until none waits.
+fn dropped() -> Error {
+    Error::Database(sqlx::Error::Protocol(
+        "the enqueue batch was dropped before it reported".into(),
+    ))
+}
+
+/// Flushes batches until none waits (a task of its own: a caller that
+/// gives up waiting does not strand the jobs of the others).
 async fn flush(client: Client) {
     while let Some(batch) = client.inner.coalescer.next_batch() {
-        client
-            .inner
-            .coalescer
-            .batches
-            .fetch_add(1, Ordering::Relaxed);
         let (jobs, replies): (Vec<TimedJob>, Vec<_>) =
             batch.into_iter().map(|w| (w.job, w.reply)).unzip();
-        let store = client.store();
-        let result = crate::store::retry_deadlocks(|| store.insert_coalesced(&jobs)).await;
-        let any_ready = jobs.iter().any(TimedJob::due);
-        let any_later = jobs.iter().any(|t| !t.due());
-        match result {
-            Ok(inserted) => {
-                for (reply, id) in replies.into_iter().zip(inserted.ids) {
-                    let _ = reply.send(Ok(id));
-                }
-                client.wake_sleepers(&inserted.sleepers);
-            }
-            Err(e) if jobs.len() > 1 && matches!(&e, Error::Database(sqlx::Error::Database(_))) => {
-                // The server rejected the batch (nothing committed): each
-                // job alone, so that only the one at fault fails.
-                tracing::debug!(error = %e, jobs = jobs.len(), "coalesced enqueue rejected; inserting one by one");
-                let each = jobs.into_iter().zip(replies).map(|(t, reply)| {
-                    let client = client.clone();
-                    async move {
-                        let r = client
-                            .insert_and_wake(vec![t.job], t.now)
-                            .await
-                            .map(|ids| ids[0]);
-                        let _ = reply.send(r);
-                    }
-                });
-                futures_util::future::join_all(each).await;
-            }
-            Err(e) => {
-                // The last caller gets the error itself, the others copies.
-                let mut replies = replies;
-                let last = replies.pop();
-                for reply in replies {
-                    let _ = reply.send(Err(copy_error(&e)));
-                }
-                if let Some(reply) = last {
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
-        if any_ready {
-            client.wake_ready();
-        }
-        if any_later {
-            client.inner.scheduled_gen.send_modify(|g| *g += 1);
+        for (reply, r) in replies.into_iter().zip(run_batch(&client, jobs).await) {
+            let _ = reply.send(r);
         }
     }
+}
+
+/// Inserts one batch; each job's result in order. Wakes this process's
+/// runtimes and the sleepers the commit read.
+async fn run_batch(client: &Client, jobs: Vec<TimedJob>) -> Vec<Result<JobId>> {
+    let c = &client.inner.coalescer;
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    let store = client.store();
+    let result = crate::store::retry_deadlocks(|| async {
+        let mut conn = c.conn(client).await?;
+        let r = store.insert_coalesced(&mut conn, &jobs).await;
+        if r.is_ok() {
+            c.keep(client, conn);
+        }
+        r
+    })
+    .await;
+    let any_ready = jobs.iter().any(TimedJob::due);
+    let any_later = jobs.iter().any(|t| !t.due());
+    let results = match result {
+        Ok(inserted) => {
+            client.wake_sleepers(&inserted.sleepers);
+            inserted.ids.into_iter().map(Ok).collect()
+        }
+        Err(e) if jobs.len() > 1 && matches!(&e, Error::Database(sqlx::Error::Database(_))) => {
+            // The server rejected the batch (nothing committed): each job
+            // alone, so that only the one at fault fails.
+            tracing::debug!(error = %e, jobs = jobs.len(), "coalesced enqueue rejected; inserting one by one");
+            let each = jobs.iter().map(|t| async move {
+                client
+                    .insert_and_wake(vec![t.job.clone()], t.now)
+                    .await
+                    .map(|ids| ids[0])
+            });
+            futures_util::future::join_all(each).await
+        }
+        Err(e) => {
+            // The last caller gets the error itself, the others copies.
+            let mut out: Vec<Result<JobId>> =
+                (1..jobs.len()).map(|_| Err(copy_error(&e))).collect();
+            out.push(Err(e));
+            out
+        }
+    };
+    if any_ready {
+        client.wake_ready();
+    }
+    if any_later {
+        client.inner.scheduled_gen.send_modify(|g| *g += 1);
+    }
+    results
 }
 
 /// A copy of `e` for each caller of a failed batch: the same kind (so that
@@ -234,67 +351,54 @@ fn copy_error(e: &Error) -> Error {
 mod tests {
     use super::*;
 
-    fn waiting(payload: usize) -> (Waiting, oneshot::Receiver<Result<JobId>>) {
-        let (reply, rx) = oneshot::channel();
-        let job = NewJob {
-            task: "t".into(),
-            queue: "q".into(),
-            priority: 2,
-            payload: "x".repeat(payload),
-            max_attempts: 1,
-            deadline_ms: None,
-            run_at: DateTime::<Utc>::UNIX_EPOCH,
-            unique_key: None,
-            concurrency_key: None,
-            concurrency_limit: None,
-            rate_key: None,
-        };
-        (
-            Waiting {
-                job: TimedJob {
-                    job,
-                    now: DateTime::<Utc>::UNIX_EPOCH,
-                },
-                reply,
+    fn job(payload: usize) -> TimedJob {
+        TimedJob {
+            job: NewJob {
+                task: "t".into(),
+                queue: "q".into(),
+                priority: 2,
+                payload: "x".repeat(payload),
+                max_attempts: 1,
+                deadline_ms: None,
+                run_at: DateTime::<Utc>::UNIX_EPOCH,
+                unique_key: None,
+                concurrency_key: None,
+                concurrency_limit: None,
+                rate_key: None,
             },
-            rx,
-        )
+            now: DateTime::<Utc>::UNIX_EPOCH,
+        }
     }
 
     #[test]
-    fn the_first_callers_flush_and_later_ones_wait_for_a_batch() {
+    fn the_first_callers_lead_and_later_ones_wait_for_a_batch() {
         let c = Coalescer::default();
-        let mut rxs = Vec::new();
-        let mut leads = Vec::new();
-        for _ in 0..5 {
-            let (w, rx) = waiting(10);
-            rxs.push(rx);
-            leads.push(c.push(w));
-        }
-        assert_eq!(leads, [true, true, false, false, false]);
-        assert_eq!(c.next_batch().map(|b| b.len()), Some(5));
+        let roles: Vec<bool> = (0..5)
+            .map(|_| matches!(c.push(job(10)), Role::Lead(_)))
+            .collect();
+        assert_eq!(roles, [true, true, false, false, false]);
+        assert_eq!(c.next_batch().map(|b| b.len()), Some(3));
         assert!(c.next_batch().is_none());
         assert!(c.next_batch().is_none());
         // Both flushes ended: the next caller leads again.
-        let (w, _rx) = waiting(10);
-        assert!(c.push(w));
+        assert!(matches!(c.push(job(10)), Role::Lead(_)));
     }
 
     #[test]
     fn batches_are_cut_by_rows_and_payload_bytes() {
         let c = Coalescer::default();
         let mut rxs = Vec::new();
-        for _ in 0..(MAX_BATCH + 3) {
-            let (w, rx) = waiting(1);
-            rxs.push(rx);
-            c.push(w);
+        for _ in 0..(MAX_FLUSHES + MAX_BATCH + 3) {
+            if let Role::Follow(rx) = c.push(job(1)) {
+                rxs.push(rx);
+            }
         }
         assert_eq!(c.next_batch().map(|b| b.len()), Some(MAX_BATCH));
         assert_eq!(c.next_batch().map(|b| b.len()), Some(3));
         for _ in 0..3 {
-            let (w, rx) = waiting(BATCH_PAYLOAD_BYTES / 2);
-            rxs.push(rx);
-            c.push(w);
+            if let Role::Follow(rx) = c.push(job(BATCH_PAYLOAD_BYTES / 2)) {
+                rxs.push(rx);
+            }
         }
         assert_eq!(c.next_batch().map(|b| b.len()), Some(2));
         assert_eq!(c.next_batch().map(|b| b.len()), Some(1));

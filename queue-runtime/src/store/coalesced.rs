@@ -39,7 +39,10 @@ pub(crate) const BATCH_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Batches of at most this many jobs go in one round trip, two statements
 /// per job; bigger ones in two, with one multi-row INSERT per table.
-pub(crate) const ONE_TRIP_MAX: usize = 16;
+/// Measured (docs/benchmarks.md): at 10 callers, batches of 2 to 10 went
+/// faster as two multi-row INSERTs in two round trips than as one round
+/// trip of two statements per job, so only a lone job takes one trip.
+pub(crate) const ONE_TRIP_MAX: usize = 1;
 
 /// A job with its own `now` (which decides whether it is due, and its
 /// creation time).
@@ -168,18 +171,21 @@ impl Store {
     /// jobs, two for more.
     /// On any error the transaction is rolled back (the connection is
     /// closed if that fails too) and nothing was inserted.
-    pub(crate) async fn insert_coalesced(&self, jobs: &[TimedJob]) -> Result<Inserted> {
+    pub(crate) async fn insert_coalesced(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::MySql>,
+        jobs: &[TimedJob],
+    ) -> Result<Inserted> {
         if jobs.is_empty() {
             return Ok(Inserted::default());
         }
-        let mut conn = self.pool.acquire().await?;
         let result = if jobs.len() <= ONE_TRIP_MAX {
-            self.insert_one_trip(&mut conn, jobs).await
+            self.insert_one_trip(conn, jobs).await
         } else {
-            self.insert_two_trips(&mut conn, jobs).await
+            self.insert_two_trips(conn, jobs).await
         };
         if result.is_err() {
-            let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
             if rolled_back.is_err() {
                 conn.close_on_drop();
             }
