@@ -60,7 +60,7 @@ async fn claim_rows(client: &Client, ids: &[JobId]) -> usize {
     .fetch_one(client.pool())
     .await
     .unwrap();
-    n as usize
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
