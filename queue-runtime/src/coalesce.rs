@@ -266,6 +266,9 @@ async fn flush(client: Client) {
         for (reply, r) in replies.into_iter().zip(run_batch(&client, jobs).await) {
             let _ = reply.send(r);
         }
+        // Let the callers just answered run first: those that enqueue
+        // again join the next batch instead of leading batches of one.
+        tokio::task::yield_now().await;
     }
 }
 
