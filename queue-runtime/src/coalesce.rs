@@ -168,7 +168,7 @@ impl Client {
     /// this client where it can be, and wakes runtimes.
     pub(crate) async fn insert_one(&self, job: NewJob, now: DateTime<Utc>) -> Result<JobId> {
         if !inlinable(&job) {
-            return Ok(self.insert_and_wake(vec![job], now).await?[0]);
+            return first(self.insert_and_wake(vec![job], now).await?);
         }
         self.check_schema(self.pool()).await?;
         self.store().check_sizes(std::slice::from_ref(&job)).await?;
@@ -196,6 +196,15 @@ impl Client {
             batches: c.batches.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The id of a one-job insert.
+fn first(ids: Vec<JobId>) -> Result<JobId> {
+    ids.first().copied().ok_or_else(|| {
+        Error::Database(sqlx::Error::Protocol(
+            "the insert returned no id".into(),
+        ))
+    })
 }
 
 fn dropped() -> Error {
@@ -265,7 +274,7 @@ async fn run_batch(
                 client
                     .insert_and_wake(vec![t.job.clone()], t.now)
                     .await
-                    .map(|ids| ids[0])
+                    .and_then(first)
             });
             futures_util::future::join_all(each).await
         }

@@ -160,7 +160,11 @@ impl<T> EnqueueBuilder<T> {
         self
     }
 
-    /// Inserts the job.
+    /// Inserts the job. Calls of one [`Client`] that overlap (many request
+    /// handlers enqueuing at once) share statements and a commit; a call
+    /// made alone is sent at once, as one round trip. Either way each call
+    /// gets its own id, or its own error. Runtimes of this process, and
+    /// idle runtimes of other processes serving the job's queue, are woken.
     ///
     /// # Errors
     /// [`Error::Encode`] if the payload cannot be encoded, [`Error::Database`]
