@@ -35,6 +35,10 @@ pub(crate) struct Inner {
     /// Set once the schema was found to be this build's (a failure is not
     /// remembered: the next call checks again).
     pub(crate) schema_checked: tokio::sync::OnceCell<()>,
+    /// Concurrent single enqueues, batched (`coalesce`).
+    pub(crate) coalescer: crate::coalesce::Coalescer,
+    /// Wake-ups of other processes' runtimes (`wakeup`).
+    pub(crate) wakeups: crate::wakeup::Wakeups,
 }
 
 impl std::fmt::Debug for Client {
@@ -103,6 +107,8 @@ impl Client {
                 paused_gen: watch::channel(0).0,
                 metrics: crate::metrics::Metrics::default(),
                 schema_checked: tokio::sync::OnceCell::new(),
+                coalescer: Default::default(),
+                wakeups: Default::default(),
             }),
         })
     }
@@ -127,6 +133,8 @@ impl Client {
                 schema_checked: tokio::sync::OnceCell::new_with(
                     self.inner.schema_checked.get().copied(),
                 ),
+                coalescer: Default::default(),
+                wakeups: Default::default(),
             }),
         }
     }
@@ -207,14 +215,34 @@ impl Client {
     }
 
     /// Inserts jobs built at `now` (the instant that decides which are due)
-    /// and wakes this process's runtimes.
-    pub(crate) async fn insert(&self, jobs: Vec<NewJob>, now: DateTime<Utc>) -> Result<Vec<JobId>> {
-        let any_ready = jobs.iter().any(|j| j.run_at <= now);
+    /// in one transaction on the prepared path, and wakes this process's
+    /// runtimes and (after a read of the sleeper registry, in a task of its
+    /// own) other processes' idle ones.
+    pub(crate) async fn insert_and_wake(
+        &self,
+        jobs: Vec<NewJob>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobId>> {
         let any_scheduled = jobs.iter().any(|j| j.run_at > now);
         self.check_schema(self.pool()).await?;
         let ids = self.store().insert_jobs(&jobs, now).await?;
-        if any_ready {
+        let mut queues: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.run_at <= now)
+            .map(|j| j.queue.clone())
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        if !queues.is_empty() {
             self.wake_ready();
+            let client = self.clone();
+            tokio::spawn(async move {
+                let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+                match client.store().sleepers(&queues, now).await {
+                    Ok(sleepers) => client.wake_sleepers(&sleepers),
+                    Err(e) => tracing::debug!(error = %e, "reading the sleeper registry failed"),
+                }
+            });
         }
         if any_scheduled {
             self.inner.scheduled_gen.send_modify(|g| *g += 1);

@@ -160,7 +160,11 @@ impl<T> EnqueueBuilder<T> {
         self
     }
 
-    /// Inserts the job.
+    /// Inserts the job. Calls of one [`Client`] that overlap (many request
+    /// handlers enqueuing at once) share statements and a commit; a call
+    /// made alone is sent at once, as one round trip. Either way each call
+    /// gets its own id, or its own error. Runtimes of this process, and
+    /// idle runtimes of other processes serving the job's queue, are woken.
     ///
     /// # Errors
     /// [`Error::Encode`] if the payload cannot be encoded, [`Error::Database`]
@@ -170,8 +174,7 @@ impl<T> EnqueueBuilder<T> {
     pub async fn enqueue(self, client: &Client) -> Result<JobId> {
         let now = crate::time::now(client.now())?;
         let job = self.into_new_job(now)?;
-        let ids = client.insert(vec![job], now).await?;
-        Ok(ids[0])
+        client.insert_one(job, now).await
     }
 
     /// Inserts the job on `conn`, inside the caller's transaction: the job
@@ -355,7 +358,7 @@ impl Client {
                     .insert_jobs_in(conn, &jobs, now, crate::store::INSERT_CHUNK)
                     .await
             }
-            None => self.insert(jobs, now).await,
+            None => self.insert_and_wake(jobs, now).await,
         }
     }
 }

@@ -38,6 +38,7 @@
 mod admin;
 mod client;
 pub mod clock;
+mod coalesce;
 mod connect;
 mod context;
 mod db;
@@ -53,6 +54,7 @@ mod task_ref;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+mod wakeup;
 
 pub use admin::{
     DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats, Waiting,

@@ -72,6 +72,8 @@ impl Inline {
             stop,
             hand_back: watch::channel(false).0,
             poll_interval: Duration::from_millis(500),
+            park: tokio::sync::watch::channel(None).0,
+            park_woken: tokio::sync::Notify::new(),
             lease: INLINE_LEASE,
             heartbeat: INLINE_LEASE / 3,
             prefetch: 0,

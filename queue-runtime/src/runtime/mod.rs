@@ -35,6 +35,7 @@ pub(crate) mod inline;
 mod monitor;
 mod outage;
 mod outcome;
+mod parker;
 mod producer;
 mod rescuer;
 
@@ -54,6 +55,7 @@ pub struct RuntimeBuilder {
     client: Client,
     settings: Settings,
     cron: bool,
+    wakeups: bool,
 }
 
 impl RuntimeBuilder {
@@ -144,6 +146,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether jobs enqueued by other processes wake this runtime at once
+    /// while it is idle (default true). An idle runtime then parks one
+    /// connection of its own (beside the pool) in `SELECT SLEEP(5)`,
+    /// registered in `queue_sleepers`; an enqueue that commits a job for
+    /// one of its queues ends that sleep with `KILL QUERY`. That needs no
+    /// privilege when both processes connect as the same database user,
+    /// and CONNECTION ADMIN (or SUPER) otherwise; without it, or through a
+    /// proxy that does not keep server connection ids (ProxySQL), the
+    /// runtime finds such jobs by polling, as with `false`. Jobs enqueued
+    /// in this process wake it either way.
+    pub fn cross_process_wakeups(mut self, enabled: bool) -> Self {
+        self.wakeups = enabled;
+        self
+    }
+
     /// Checks the settings, collects the program's tasks and starts the
     /// runtime.
     ///
@@ -195,6 +212,8 @@ impl RuntimeBuilder {
             stop: stop_rx,
             hand_back: watch::channel(false).0,
             poll_interval: settings.poll_interval,
+            park: watch::channel(None).0,
+            park_woken: tokio::sync::Notify::new(),
             lease: settings.lease,
             heartbeat: settings.heartbeat,
             prefetch: settings.prefetch,
@@ -212,6 +231,9 @@ impl RuntimeBuilder {
         background.push(tokio::spawn(monitor::monitor(shared.clone())));
         if self.cron {
             background.push(tokio::spawn(cron::scheduler(shared.clone())));
+        }
+        if self.wakeups {
+            background.push(tokio::spawn(parker::parker(shared.clone())));
         }
         let producer = tokio::spawn(producer::producer(shared.clone()));
         Ok(Runtime {
@@ -242,6 +264,7 @@ impl Runtime {
             client,
             settings: Settings::default(),
             cron: true,
+            wakeups: true,
         }
     }
 
@@ -355,6 +378,11 @@ pub(crate) struct Shared {
     /// Set when a shutdown's drain time is over: running handlers stop.
     hand_back: watch::Sender<bool>,
     pub(crate) poll_interval: Duration,
+    /// What the parker watches: `Some` while the producer waits idle.
+    park: watch::Sender<Option<Vec<crate::store::wake::Look>>>,
+    /// Signalled by the parker when another process's enqueue ended its
+    /// sleep (or its look found work).
+    park_woken: tokio::sync::Notify,
     lease: Duration,
     heartbeat: Duration,
     prefetch: usize,

@@ -499,8 +499,11 @@ impl Producer {
             // meanwhile are sent next round.
             self.idle = true;
             self.backlog = false;
+            self.park();
             tokio::select! {
                 _ = self.ready_rx.changed() => self.idle = false,
+                // Another process enqueued for one of its queues.
+                _ = self.shared.park_woken.notified() => self.idle = false,
                 _ = self.paused_rx.changed() => self.paused_read = None,
                 // A job of a queue at its limit ended: the queue has room.
                 _ = self.shared.slot_freed.notified(), if self.any_queue_full() => {}
@@ -603,7 +606,34 @@ impl Producer {
             self.idle = false;
             self.idle_wait = self.min_poll;
             self.failures.reset();
+            self.shared.park.send_if_modified(|w| w.take().is_some());
         }
+    }
+
+    /// Asks the parker to watch this runtime's queues that are not paused,
+    /// after their cursors, while it waits idle (`runtime/parker.rs`).
+    fn park(&self) {
+        let looks = super::parker::looks(
+            self.cursors
+                .iter()
+                .enumerate()
+                .filter(|(q, _)| !self.paused[*q])
+                .map(|(_, c)| {
+                    let t = c.peek();
+                    crate::store::wake::Look {
+                        queue: t.queue,
+                        last: t.last,
+                    }
+                }),
+        );
+        self.shared.park.send_if_modified(|w| {
+            if *w == looks {
+                false
+            } else {
+                *w = looks;
+                true
+            }
+        });
     }
 
     /// Hands back, without spending an attempt, the jobs that claims whose

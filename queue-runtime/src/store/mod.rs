@@ -13,6 +13,7 @@
 
 pub(crate) mod admin;
 mod claim;
+pub(crate) mod coalesced;
 mod cron;
 mod insert;
 pub(crate) mod limits;
@@ -21,6 +22,7 @@ pub(crate) mod migrate;
 mod outcome;
 #[cfg(feature = "testing")]
 mod testing;
+pub(crate) mod wake;
 
 use std::time::Duration;
 

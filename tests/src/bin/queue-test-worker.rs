@@ -5,6 +5,7 @@
 //! ```text
 //! QUEUE_TEST_DATABASE_URL=mysql://… queue-test-worker \
 //!     [--queue NAME]… [--concurrency N] [--prefetch N] [--lease-ms MS] [--heartbeat-ms MS] [--drain-ms MS]
+//!     [--poll-ms MS] [--wakeups on|off]
 //! ```
 //!
 //! It runs the tasks of `tests/faults/tasks.rs` (the test binary declares the
@@ -32,6 +33,8 @@ struct Args {
     lease: Option<Duration>,
     heartbeat: Option<Duration>,
     drain: Duration,
+    poll: Option<Duration>,
+    wakeups: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +48,8 @@ fn parse_args() -> Result<Args, String> {
         lease: None,
         heartbeat: None,
         drain: Duration::from_secs(5),
+        poll: None,
+        wakeups: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +70,8 @@ fn parse_args() -> Result<Args, String> {
             "--lease-ms" => args.lease = Some(Duration::from_millis(number()?)),
             "--heartbeat-ms" => args.heartbeat = Some(Duration::from_millis(number()?)),
             "--drain-ms" => args.drain = Duration::from_millis(number()?),
+            "--poll-ms" => args.poll = Some(Duration::from_millis(number()?)),
+            "--wakeups" => args.wakeups = value != "off",
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -114,7 +121,11 @@ async fn main() -> ExitCode {
     let mut builder = Runtime::builder(client)
         .concurrency(args.concurrency)
         .queues(args.queues.clone())
-        .cron(false);
+        .cron(false)
+        .cross_process_wakeups(args.wakeups);
+    if let Some(poll) = args.poll {
+        builder = builder.poll_interval(poll);
+    }
     if let Some(prefetch) = args.prefetch {
         builder = builder.prefetch(prefetch);
     }

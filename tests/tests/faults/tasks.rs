@@ -295,3 +295,30 @@ async fn record_start(ctx: &TaskContext, task: &str) -> Result<(), TaskError> {
     .await?;
     Ok(())
 }
+
+/// The table [`stamp`] writes: when each job's handler started, in
+/// microseconds since the Unix epoch (the wall clock of the worker's
+/// machine, the test's own).
+pub const STAMPS_DDL: &str = "CREATE TABLE IF NOT EXISTS stamps (
+    job_id      BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    enqueued_us BIGINT UNSIGNED NOT NULL,
+    started_us  BIGINT UNSIGNED NOT NULL
+)";
+
+/// Records its start time beside the enqueue time it carries (the
+/// cross-process wake-up tests, `tests/wakeups.rs`).
+#[task(name = "faults.stamp", queue = "wake", retries = 5)]
+pub async fn stamp(ctx: TaskContext, enqueued_us: u64) -> Result<(), TaskError> {
+    let started_us = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+    let pool = ctx.client().pool().clone();
+    let id = ctx.job_id().0;
+    persist(|| {
+        sqlx::query("INSERT IGNORE INTO stamps (job_id, enqueued_us, started_us) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(enqueued_us)
+            .bind(started_us)
+            .execute(&pool)
+    })
+    .await?;
+    Ok(())
+}

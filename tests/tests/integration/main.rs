@@ -4,6 +4,7 @@
 
 mod admin;
 mod claim;
+mod coalesce;
 mod connections;
 mod deadlines;
 mod keys;
