@@ -59,6 +59,17 @@ async fn blocked_jobs_are_visible_cancellable_and_get_the_slot_in_order() {
         let client = client.clone();
         async move { client.job(id).await.unwrap().map(|j| (j.state, j.waiting)) }
     };
+    // The two jobs were blocked at enqueue; the runtime's first claim may
+    // still be on its way (under load it takes longer than a stats call).
+    wait_until(
+        Duration::from_secs(20),
+        "the slot holders to start",
+        || async {
+            state(first).await.map(|s| s.0) == Some(JobState::Running)
+                && state(other).await.map(|s| s.0) == Some(JobState::Running)
+        },
+    )
+    .await;
     assert_eq!(state(first).await.unwrap().0, JobState::Running);
     assert_eq!(
         state(other).await.unwrap().0,
