@@ -200,11 +200,9 @@ impl Client {
 
 /// The id of a one-job insert.
 fn first(ids: Vec<JobId>) -> Result<JobId> {
-    ids.first().copied().ok_or_else(|| {
-        Error::Database(sqlx::Error::Protocol(
-            "the insert returned no id".into(),
-        ))
-    })
+    ids.first()
+        .copied()
+        .ok_or_else(|| Error::Database(sqlx::Error::Protocol("the insert returned no id".into())))
 }
 
 fn dropped() -> Error {
