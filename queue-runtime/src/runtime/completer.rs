@@ -62,6 +62,44 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
     }
 }
 
+/// Writes one attempt's outcome, `slot` being the concurrency key whose
+/// slot the job held: the one place where an `Ack` becomes SQL, for the
+/// acker's retries and deaths and for the inline runner
+/// (`queue_runtime::testing`). False if the write found the job no longer
+/// at its attempt (its lease was lost).
+pub(super) async fn write_outcome(
+    store: &crate::store::Store,
+    ack: &Ack,
+    slot: Option<&[u8]>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::error::Result<bool> {
+    match ack {
+        Ack::Complete { id, attempt } => Ok(match slot {
+            // The slot goes to the next blocked job of its key.
+            Some(key) => {
+                store
+                    .complete_slotted(&[(*id, *attempt, key.to_vec())], now, None)
+                    .await?
+                    .0
+            }
+            None => store.complete(&[(*id, *attempt)]).await?,
+        } > 0),
+        Ack::Retry {
+            id,
+            attempt,
+            run_at,
+            error,
+            refund,
+        } => {
+            store
+                .retry_later((*id, *attempt), *run_at, error, now, *refund, slot)
+                .await
+        }
+        Ack::Dead { id, attempt, error } => store.mark_dead(*id, *attempt, error, now, slot).await,
+        Ack::Stop | Ack::Pending => Ok(true),
+    }
+}
+
 /// Puts a success of a job without a concurrency slot where the next claim
 /// can take it (`Shared::pending_done`: it rides in the claim's
 /// transaction, see `Store::claim_ticket`); everything else in `batch`.
@@ -160,33 +198,7 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         let (recorded, _) = shared
             .outage
             .until_ok("recording an outcome", || async {
-                let now = client.now();
-                match &a {
-                    Ack::Retry {
-                        id,
-                        attempt,
-                        run_at,
-                        error,
-                        refund,
-                    } => {
-                        store
-                            .retry_later(
-                                (*id, *attempt),
-                                *run_at,
-                                error,
-                                now,
-                                *refund,
-                                slot.as_deref(),
-                            )
-                            .await
-                    }
-                    Ack::Dead { id, attempt, error } => {
-                        store
-                            .mark_dead(*id, *attempt, error, now, slot.as_deref())
-                            .await
-                    }
-                    _ => Ok(true),
-                }
+                write_outcome(store, &a, slot.as_deref(), client.now()).await
             })
             .await;
         if !recorded {

@@ -122,50 +122,20 @@ impl Inline {
         };
         let ack = executor::run_attempt(&self.shared, &job).await;
         let now = client.now();
+        completer::write_outcome(store, &ack, job.slot.as_deref(), now).await?;
         let outcome = match ack {
-            Ack::Complete { id, attempt } => {
-                match &job.slot {
-                    // The slot goes to the next blocked job of its key.
-                    Some(key) => {
-                        store
-                            .complete_slotted(&[(id, attempt, key.clone())], now, None)
-                            .await?;
-                    }
-                    None => {
-                        store.complete(&[(id, attempt)]).await?;
-                    }
-                }
-                InlineOutcome::Succeeded
-            }
+            Ack::Complete { .. } => InlineOutcome::Succeeded,
             Ack::Retry {
-                id,
-                attempt,
-                run_at,
                 error,
+                run_at,
                 refund,
-            } => {
-                store
-                    .retry_later(
-                        (id, attempt),
-                        run_at,
-                        &error,
-                        now,
-                        refund,
-                        job.slot.as_deref(),
-                    )
-                    .await?;
-                InlineOutcome::Retry {
-                    error,
-                    run_at,
-                    refund,
-                }
-            }
-            Ack::Dead { id, attempt, error } => {
-                store
-                    .mark_dead(id, attempt, &error, now, job.slot.as_deref())
-                    .await?;
-                InlineOutcome::Dead { error }
-            }
+                ..
+            } => InlineOutcome::Retry {
+                error,
+                run_at,
+                refund,
+            },
+            Ack::Dead { error, .. } => InlineOutcome::Dead { error },
             // An attempt never ends in `Stop`.
             Ack::Stop | Ack::Pending => return Ok(None),
         };

@@ -123,8 +123,6 @@ pub(crate) struct TaskCount {
 }
 
 impl Store {
-    /// The jobs counted by queue, state and task: one statement that scans
-    /// every job (a row per combination that has jobs).
     /// Semaphores that are in use or have blocked jobs, and rate windows
     /// of the last day; at most 1,000 of each.
     pub(crate) async fn limit_rows(
@@ -172,6 +170,9 @@ impl Store {
         Ok((sems, rates))
     }
 
+    /// The jobs counted by queue, state, task and whether a rate limit
+    /// deferred them: one statement that scans every job (a row per
+    /// combination that has jobs).
     pub(crate) async fn count_jobs(&self) -> Result<Vec<TaskCount>> {
         let rows = self
             .q(

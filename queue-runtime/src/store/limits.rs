@@ -352,11 +352,7 @@ impl Store {
                     hex_list(rate_keys.keys())
                 ),
             ];
-            let text = lock
-                .iter()
-                .map(|s| self.limited(s))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let text = self.batch(&lock);
             for r in sqlx::raw_sql(AssertSqlSafe(text))
                 .fetch_all(&mut *conn)
                 .await?
@@ -477,11 +473,7 @@ impl Store {
                 "SELECT concurrency_key, running, lim FROM queue_semaphores WHERE concurrency_key IN ({list})"
             ),
         ];
-        let text = lock
-            .iter()
-            .map(|s| self.limited(s))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let text = self.batch(&lock);
         let mut semaphores = BTreeMap::new();
         for r in sqlx::raw_sql(AssertSqlSafe(text))
             .fetch_all(&mut *conn)
@@ -536,11 +528,7 @@ impl Store {
             ));
         }
         if !writes.is_empty() {
-            let text = writes
-                .iter()
-                .map(|s| self.limited(s))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let text = self.batch(&writes);
             sqlx::raw_sql(AssertSqlSafe(text))
                 .execute(&mut *conn)
                 .await?;
@@ -725,12 +713,15 @@ impl Store {
         tail: Option<&str>,
     ) -> Result<Vec<ClaimedJob>> {
         let mut handed = Vec::new();
-        let mut text: Vec<String> = writes.iter().map(|s| self.limited(s)).collect();
-        text.extend(tail.map(str::to_owned));
+        let text = match (self.batch(writes), tail) {
+            (w, Some(t)) if w.is_empty() => t.to_owned(),
+            (w, Some(t)) => format!("{w}; {t}"),
+            (w, None) => w,
+        };
         if text.is_empty() {
             return Ok(handed);
         }
-        for r in sqlx::raw_sql(AssertSqlSafe(text.join("; ")))
+        for r in sqlx::raw_sql(AssertSqlSafe(text))
             .fetch_all(&mut *conn)
             .await?
         {

@@ -195,6 +195,16 @@ impl Store {
         self.flavor.limit_statement(text, STATEMENT_LIMIT).0
     }
 
+    /// One round trip's text: each statement with the runtime's limit,
+    /// separated by `;` (a multi-statement batch for `sqlx::raw_sql`).
+    fn batch(&self, statements: &[String]) -> String {
+        statements
+            .iter()
+            .map(|s| self.limited(s))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn q(&self, text: &str) -> Query<'static, MySql, MySqlArguments> {
         sqlx::query(self.sql(text))
     }
