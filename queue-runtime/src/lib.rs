@@ -218,6 +218,20 @@ pub mod __private {
         )
     }
 
+    /// The same as [`pick_blocked_sql`] for a release that does not hold the
+    /// semaphores' lock, reading each key in `after` past its cursor
+    /// `(priority, job id)`, for plan tests.
+    pub fn pick_blocked_fast_sql(freed: &[(&[u8], u32)], after: &[(&[u8], u8, u64)]) -> String {
+        crate::store::limits::pick_blocked_after_sql(
+            &freed.iter().map(|(k, n)| (k.to_vec(), *n)).collect(),
+            &after
+                .iter()
+                .map(|(k, p, id)| (k.to_vec(), (*p, *id)))
+                .collect(),
+            true,
+        )
+    }
+
     /// Checks at compile time that a handler's error converts into a `TaskError`.
     pub fn assert_handler_result<E: Into<TaskError>>(_: &Result<(), E>) {}
 }

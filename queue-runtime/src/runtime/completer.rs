@@ -15,11 +15,18 @@ const ACK_LINGER_SLOTTED: Duration = Duration::from_micros(300);
 /// Outcomes taken from the queue per write at most (the store cuts the
 /// DELETE into statements of `FENCE_CHUNK` jobs).
 const ACK_BATCH: usize = 1000;
+/// Transactions recording successes of slot holders in flight at once: a
+/// freed slot's next job waits for its predecessor's transaction, so while
+/// one commits the next batch is already on its way (each locks only the
+/// blocked jobs it hands on, skipping the others' locked ones; none locks
+/// the semaphore of a key whose freed slots all went to blocked jobs).
+const SLOTTED_IN_FLIGHT: usize = 4;
 
 /// Writes outcomes. Successes are batched: whatever has arrived since the
 /// last write goes in one DELETE.
 pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
     let mut stop = false;
+    let mut slotted_writes = tokio::task::JoinSet::new();
     while !stop {
         let Some(first) = rx.recv().await else { break };
         let slotted = match &first {
@@ -58,7 +65,79 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
                 stash(&shared, a, &mut batch);
             }
         }
-        write_acks(&shared, batch).await;
+        let (slotted, rest) = split_slotted(&shared, batch);
+        if !slotted.is_empty() {
+            while slotted_writes.len() >= SLOTTED_IN_FLIGHT {
+                slotted_writes.join_next().await;
+            }
+            let s = shared.clone();
+            slotted_writes.spawn(async move { write_slotted(&s, slotted).await });
+        }
+        write_acks(&shared, rest).await;
+        // Reap the finished ones.
+        while slotted_writes.try_join_next().is_some() {}
+    }
+    while slotted_writes.join_next().await.is_some() {}
+}
+
+/// Successes of jobs holding a concurrency slot: id, attempt, key.
+type Slotted = Vec<(JobId, u32, Vec<u8>)>;
+
+/// Takes the successes of slot holders out of `batch`.
+fn split_slotted(shared: &Shared, batch: Vec<Ack>) -> (Slotted, Vec<Ack>) {
+    let mut slotted = Vec::new();
+    let mut rest = Vec::new();
+    for a in batch {
+        match a {
+            Ack::Complete { id, attempt } => match shared.slot_of(id, attempt) {
+                Some(key) => slotted.push((id, attempt, key)),
+                None => rest.push(a),
+            },
+            other => rest.push(other),
+        }
+    }
+    (slotted, rest)
+}
+
+/// Records successes of jobs holding concurrency slots, releasing the
+/// slots, and starts the jobs handed the freed slots.
+async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
+    let client = &shared.client;
+    let store = client.store();
+    let t0 = std::time::Instant::now();
+    let batch_len = slotted.len();
+    let (n, handed) = shared
+        .outage
+        .until_ok("recording successes", || {
+            let now = client.now();
+            let handoff = shared.handoff(now, slotted.len());
+            let slotted = &slotted;
+            async move { store.complete_slotted(slotted, now, handoff.as_ref()).await }
+        })
+        .await
+        .0;
+    tracing::trace!(
+        batch = batch_len,
+        deleted = n,
+        handed = handed.len(),
+        took = ?t0.elapsed(),
+        "recorded successes holding slots"
+    );
+    if n > 0 {
+        // Freed slots may have unblocked jobs for other runtimes too.
+        client.inner.ready_gen.send_modify(|g| *g += 1);
+    }
+    for (id, attempt, _) in &slotted {
+        shared.finished(*id, *attempt);
+    }
+    // Jobs handed the freed slots start here at once.
+    for job in handed {
+        match shared.queues.iter().position(|q| *q == job.queue) {
+            Some(i) => super::executor::spawn_job(shared, job, i),
+            None => {
+                tracing::error!(job.id = %job.id, "a job handed a slot is of a queue this runtime does not serve; left to its lease")
+            }
+        }
     }
 }
 
@@ -118,53 +197,15 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     let store = client.store();
     // The successes no claim has taken meanwhile.
     let mut done = shared.take_successes(usize::MAX);
-    let mut slotted = Vec::new();
     let mut others = Vec::new();
     for a in batch {
         match a {
             Ack::Complete { id, attempt } => match shared.slot_of(id, attempt) {
-                Some(key) => slotted.push((id, attempt, key)),
+                Some(key) => write_slotted(shared, vec![(id, attempt, key)]).await,
                 None => done.push((id, attempt)),
             },
             Ack::Stop | Ack::Pending => {}
             other => others.push(other),
-        }
-    }
-    if !slotted.is_empty() {
-        let t0 = std::time::Instant::now();
-        let batch_len = slotted.len();
-        let (n, handed) = shared
-            .outage
-            .until_ok("recording successes", || {
-                let now = client.now();
-                let handoff = shared.handoff(now, slotted.len());
-                let slotted = &slotted;
-                async move { store.complete_slotted(slotted, now, handoff.as_ref()).await }
-            })
-            .await
-            .0;
-        tracing::trace!(
-            batch = batch_len,
-            deleted = n,
-            handed = handed.len(),
-            took = ?t0.elapsed(),
-            "recorded successes holding slots"
-        );
-        if n > 0 {
-            // Freed slots may have unblocked jobs for other runtimes too.
-            client.inner.ready_gen.send_modify(|g| *g += 1);
-        }
-        for (id, attempt, _) in &slotted {
-            shared.finished(*id, *attempt);
-        }
-        // Jobs handed the freed slots start here at once.
-        for job in handed {
-            match shared.queues.iter().position(|q| *q == job.queue) {
-                Some(i) => super::executor::spawn_job(shared, job, i),
-                None => {
-                    tracing::error!(job.id = %job.id, "a job handed a slot is of a queue this runtime does not serve; left to its lease")
-                }
-            }
         }
     }
     if !done.is_empty() {

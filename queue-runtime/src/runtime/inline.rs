@@ -56,6 +56,7 @@ impl Inline {
         let shared = Arc::new(Shared {
             client: client.clone(),
             limits: registry.limits(),
+            blocked_cursors: Default::default(),
             paused: Vec::new(),
             pending_done: Mutex::new(Vec::new()),
             concurrency: 1,

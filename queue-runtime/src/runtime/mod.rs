@@ -193,6 +193,7 @@ impl RuntimeBuilder {
         let shared = Arc::new(Shared {
             client: self.client.clone(),
             limits: registry.limits(),
+            blocked_cursors: Default::default(),
             registry,
             owner,
             queues,
@@ -354,6 +355,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// The limits of the registry's tasks, for the claim.
     pub(crate) limits: crate::store::limits::LimitTable,
+    /// Where this runtime's releases read blocked jobs from, per key.
+    blocked_cursors: Arc<crate::store::limits::BlockedCursors>,
     pub(crate) owner: String,
     pub(crate) queues: Vec<String>,
     semaphore: Arc<Semaphore>,
@@ -440,6 +443,7 @@ impl Shared {
             owner: self.owner.clone(),
             lease_until: crate::time::clamp(crate::clock::add(now, self.lease)),
             queues,
+            cursors: self.blocked_cursors.clone(),
         })
     }
 

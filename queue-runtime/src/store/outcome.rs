@@ -34,9 +34,13 @@ impl Store {
     }
 
     /// Deletes succeeded jobs that hold a concurrency slot (each only while
-    /// still at its attempt) and releases their slots, in one transaction
-    /// of three round trips in the common case (every job still at its
-    /// attempt): the DELETE, then [`Store::release_slots`]'s two.
+    /// still at its attempt) and hands their slots on, in one transaction
+    /// of two round trips in the common case (every job still at its
+    /// attempt, a blocked job waiting for each freed slot): the DELETE with
+    /// the locking pick of the next blocked jobs (past `handoff`'s cursors),
+    /// then the hand-overs with the COMMIT, without the semaphores' lock.
+    /// Slots nobody took are released under that lock
+    /// ([`Store::release_slots`]), in a third round trip.
     pub(crate) async fn complete_slotted(
         &self,
         done: &[(JobId, u32, Vec<u8>)],
@@ -51,16 +55,27 @@ impl Store {
                 let mut conn = self.pool.acquire().await?;
                 let result = async {
                     // Fast path, two round trips: the DELETE together with
-                    // the release's reads (as if every job was still at its
-                    // attempt), then the release's writes with the COMMIT.
+                    // the locking pick of the next blocked jobs of each key
+                    // and an unlocked look at the semaphores (as if every
+                    // job was still at its attempt), then the hand-overs
+                    // with the COMMIT. A freed slot that a blocked job takes
+                    // leaves its semaphore's count unchanged, so the hot
+                    // semaphore row of a busy key is not locked at all, and
+                    // several of these transactions commit side by side.
                     let mut all = std::collections::BTreeMap::new();
                     for (_, _, key) in part {
                         *all.entry(key.clone()).or_insert(0u32) += 1;
                     }
+                    let after = handoff.map_or_else(Default::default, |h| h.cursors.after(all.keys()));
                     let sql = format!(
-                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}",
+                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}; {}",
                         self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
-                        self.release_reads(&all)
+                        self.limited(&super::limits::pick_blocked_after_sql(&all, &after, true)),
+                        self.limited(&format!(
+                            "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
+                             WHERE concurrency_key IN ({})",
+                            super::limits::hex_list(all.keys())
+                        )),
                     );
                     let mut n = 0;
                     let mut rows = Vec::new();
@@ -75,10 +90,53 @@ impl Store {
                         }
                     }
                     if n as usize == part.len() {
-                        let plan = self.release_plan(&rows, &all, now, handoff)?;
-                        let jobs = self
-                            .release_write(&mut conn, &plan.writes, Some("COMMIT"))
-                            .await?;
+                        let (semaphores, waiting) =
+                            super::limits::read_release_rows(&rows, handoff)?;
+                        let fast = super::limits::fast_release(
+                            &semaphores,
+                            &waiting,
+                            &all,
+                            handoff.map_or(0, |h| h.room),
+                        );
+                        if let Some(h) = handoff {
+                            h.cursors.advance(&fast.moved);
+                        }
+                        let mut writes = fast.writes(handoff, now);
+                        if fast.rest.is_empty() {
+                            let jobs = self.release_write(&mut conn, &writes, Some("COMMIT")).await?;
+                            return Ok::<_, crate::error::Error>((n, jobs));
+                        }
+                        // Slots no blocked job took (or a semaphore with
+                        // room beyond them): released under the semaphores'
+                        // lock, after the hand-overs above.
+                        writes.push(self.release_reads(&fast.rest));
+                        let mut jobs = Vec::new();
+                        let mut reads = Vec::new();
+                        for r in sqlx::raw_sql(AssertSqlSafe(self.batch(&writes)))
+                            .fetch_all(&mut *conn)
+                            .await?
+                        {
+                            // The hand-overs' read has the claim's columns;
+                            // the release's reads start with a 0/1 tag.
+                            if r.columns().len() == super::claim::CLAIMED_COLUMNS {
+                                match super::claim::decode_claimed(&r) {
+                                    Ok(job) => jobs.push(job),
+                                    Err(e) => tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease"),
+                                }
+                            } else {
+                                reads.push(r);
+                            }
+                        }
+                        let rest_handoff = handoff.map(|h| HandOff {
+                            room: h.room.saturating_sub(fast.direct.len()),
+                            ..h.clone()
+                        });
+                        let plan =
+                            self.release_plan(&reads, &fast.rest, now, rest_handoff.as_ref())?;
+                        jobs.extend(
+                            self.release_write(&mut conn, &plan.writes, Some("COMMIT"))
+                                .await?,
+                        );
                         return Ok::<_, crate::error::Error>((n, jobs));
                     }
                     let held: std::collections::HashSet<u64> = {

@@ -231,14 +231,35 @@ async fn the_pick_of_blocked_jobs_reads_the_primary_key_without_filesort() {
             .unwrap();
     }
     let key = |k: u32| format!("tests.limits.planned\u{1f}{k}").into_bytes();
-    let (k1, k2, k3) = (key(1), key(2), key(3));
-    for freed in [
-        vec![(&k1[..], 1u32)],
-        vec![(&k1[..], 3)],
-        vec![(&k1[..], 1), (&k2[..], 1), (&k3[..], 2)],
-        vec![(&k1[..], 0)],
+    let (k1, k2, k3, k4, k5) = (key(1), key(2), key(3), key(4), key(5));
+    // The first blocked job of key 1 (cursors read past it).
+    let first: u64 =
+        sqlx::query_scalar("SELECT MIN(job_id) FROM queue_blocked WHERE concurrency_key = ?")
+            .bind(&k1)
+            .fetch_one(client.pool())
+            .await
+            .unwrap();
+    let ones = vec![
+        (&k1[..], 1u32),
+        (&k2[..], 1),
+        (&k3[..], 1),
+        (&k4[..], 1),
+        (&k5[..], 1),
+    ];
+    for (freed, after) in [
+        (vec![(&k1[..], 1u32)], vec![]),
+        (vec![(&k1[..], 3)], vec![]),
+        (vec![(&k1[..], 1), (&k2[..], 1), (&k3[..], 2)], vec![]),
+        (vec![(&k1[..], 0)], vec![]),
+        // The fast path: past a cursor, and many keys in one statement.
+        (vec![(&k1[..], 3)], vec![(&k1[..], 2u8, first)]),
+        (ones.clone(), vec![]),
     ] {
-        let sql = queue_runtime::__private::pick_blocked_sql(&freed);
+        let sql = if after.is_empty() && freed.len() < 5 {
+            queue_runtime::__private::pick_blocked_sql(&freed)
+        } else {
+            queue_runtime::__private::pick_blocked_fast_sql(&freed, &after)
+        };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .fetch_all(client.pool())
             .await
