@@ -55,6 +55,8 @@ mod task_ref;
 pub mod testing;
 pub mod time;
 mod wakeup;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use admin::{
     DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats, Waiting,

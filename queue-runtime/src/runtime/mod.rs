@@ -32,7 +32,7 @@ mod executor;
 mod heartbeat;
 #[cfg(feature = "testing")]
 pub(crate) mod inline;
-mod monitor;
+pub(crate) mod monitor;
 mod outage;
 mod outcome;
 mod parker;
