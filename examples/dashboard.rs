@@ -44,7 +44,10 @@ fn usage() -> ! {
 
 fn args() -> Args {
     let mut a = Args {
-        port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3030),
+        port: std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(3030),
         prefix: None,
         database: "queue_demo".to_owned(),
         read_only: false,
@@ -52,11 +55,18 @@ fn args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--port" => a.port = it.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| usage()),
+            "--port" => {
+                a.port = it
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--prefix" => {
                 let p = it.next().unwrap_or_else(|| usage());
                 if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') {
-                    eprintln!("--prefix must start with `/` and not end with one, e.g. /admin/queue");
+                    eprintln!(
+                        "--prefix must start with `/` and not end with one, e.g. /admin/queue"
+                    );
                     usage();
                 }
                 a.prefix = Some(p);

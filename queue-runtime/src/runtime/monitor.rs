@@ -60,7 +60,9 @@ pub(super) fn purge_lag_suspected(
     base_p99: Duration,
     base_hll: u64,
 ) -> bool {
-    p99 >= base_p99 * 2 && p99 > Duration::from_millis(5) && hll > base_hll.saturating_add(PURGE_LAG_HISTORY)
+    p99 >= base_p99 * 2
+        && p99 > Duration::from_millis(5)
+        && hll > base_hll.saturating_add(PURGE_LAG_HISTORY)
 }
 
 #[cfg(test)]

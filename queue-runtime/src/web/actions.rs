@@ -51,9 +51,20 @@ pub(super) async fn post(
     }
     let form = params::pairs(&body);
     if let Err(why) = st.csrf.check(&headers, params::first(&form, "csrf")) {
-        return pages::error(&st, &here, StatusCode::FORBIDDEN, &format!("Refused: {why}."));
+        return pages::error(
+            &st,
+            &here,
+            StatusCode::FORBIDDEN,
+            &format!("Refused: {why}."),
+        );
     }
-    let mut back = back_path(params::first(&form, "back")).to_owned();
+    let mut back = match back_path(params::first(&form, "back")).split_once('?') {
+        Some((path, query)) => match params::without_flash(query) {
+            q if q.is_empty() => path.to_owned(),
+            q => format!("{path}?{q}"),
+        },
+        None => back_path(params::first(&form, "back")).to_owned(),
+    };
     let bad = |msg: String| pages::error(&st, &here, StatusCode::BAD_REQUEST, &msg);
     let client = &st.client;
     let done: Result<Flash, Error> = match action.as_str() {
@@ -91,7 +102,11 @@ pub(super) async fn post(
                 Err(e) => return bad(e),
             };
             client.cancel(id).await.map(|done| {
-                let kind = if done { FlashKind::Cancelled } else { FlashKind::NotCancelled };
+                let kind = if done {
+                    FlashKind::Cancelled
+                } else {
+                    FlashKind::NotCancelled
+                };
                 if done && back.starts_with("/jobs/") {
                     back = "/jobs".to_owned();
                 }
@@ -107,7 +122,11 @@ pub(super) async fn post(
             } else {
                 client.resume_queue(queue).await
             };
-            let kind = if action == "pause" { FlashKind::Paused } else { FlashKind::Resumed };
+            let kind = if action == "pause" {
+                FlashKind::Paused
+            } else {
+                FlashKind::Resumed
+            };
             r.map(|()| Flash::new(kind, queue))
         }
         _ => return pages::error(&st, &here, StatusCode::NOT_FOUND, "No such action."),
@@ -145,7 +164,14 @@ mod tests {
     #[test]
     fn forms_send_the_browser_back_within_the_dashboard_only() {
         assert_eq!(back_path(Some("/jobs?state=dead")), "/jobs?state=dead");
-        for evil in ["//evil.example/", "/\\evil.example", "https://evil.example", "", "/a b", "/\r\nX: y"] {
+        for evil in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil.example",
+            "",
+            "/a b",
+            "/\r\nX: y",
+        ] {
             assert_eq!(back_path(Some(evil)), "/", "{evil:?}");
         }
         assert_eq!(back_path(None), "/");

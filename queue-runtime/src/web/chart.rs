@@ -60,7 +60,12 @@ fn nice_ceiling(n: u64) -> u64 {
 /// The chart of `minutes` (oldest first, one entry per minute).
 pub(super) fn throughput(minutes: &[[u64; 4]]) -> Markup {
     let n = minutes.len().max(2);
-    let peak = minutes.iter().flat_map(|m| m.iter()).copied().max().unwrap_or(0);
+    let peak = minutes
+        .iter()
+        .flat_map(|m| m.iter())
+        .copied()
+        .max()
+        .unwrap_or(0);
     let top = nice_ceiling(peak.max(1));
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
@@ -148,7 +153,10 @@ mod tests {
         assert_eq!(nice_ceiling(u64::MAX), u64::MAX);
         let svg = throughput(&[[0, 0, 0, 0], [4, 3, 1, 0]]).into_string();
         assert_eq!(svg.matches("<polyline").count(), 4);
-        assert!(svg.contains("4 started, 3 succeeded, 1 failed, 0 dead"), "{svg}");
+        assert!(
+            svg.contains("4 started, 3 succeeded, 1 failed, 0 dead"),
+            "{svg}"
+        );
         // An empty hour still draws.
         assert!(throughput(&[]).into_string().contains("<svg"));
     }

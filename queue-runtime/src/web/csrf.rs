@@ -45,11 +45,17 @@ impl Csrf {
 
     /// Whether a `POST` with these headers and this form token may act;
     /// `Err` says why not.
-    pub(super) fn check(&self, headers: &HeaderMap, form_token: Option<&str>) -> Result<(), &'static str> {
+    pub(super) fn check(
+        &self,
+        headers: &HeaderMap,
+        form_token: Option<&str>,
+    ) -> Result<(), &'static str> {
         same_origin(headers)?;
         match form_token {
             Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Ok(()),
-            Some(_) => Err("the form's CSRF token is not this dashboard's (reload the page and try again)"),
+            Some(_) => {
+                Err("the form's CSRF token is not this dashboard's (reload the page and try again)")
+            }
             None => Err("the form has no CSRF token"),
         }
     }
@@ -129,8 +135,15 @@ mod tests {
         let t = Some("0123456789abcdef");
         let ok = [
             headers(&[("sec-fetch-site", "same-origin")]),
-            headers(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")]),
-            headers(&[("origin", "https://ops.example"), ("host", "10.0.0.5"), ("x-forwarded-host", "ops.example")]),
+            headers(&[
+                ("origin", "http://127.0.0.1:8080"),
+                ("host", "127.0.0.1:8080"),
+            ]),
+            headers(&[
+                ("origin", "https://ops.example"),
+                ("host", "10.0.0.5"),
+                ("x-forwarded-host", "ops.example"),
+            ]),
         ];
         for h in &ok {
             assert!(c.check(h, t).is_ok(), "{h:?}");
@@ -138,7 +151,10 @@ mod tests {
         let refused = [
             headers(&[("sec-fetch-site", "cross-site")]),
             headers(&[("sec-fetch-site", "same-site")]),
-            headers(&[("origin", "http://evil.example"), ("host", "127.0.0.1:8080")]),
+            headers(&[
+                ("origin", "http://evil.example"),
+                ("host", "127.0.0.1:8080"),
+            ]),
             headers(&[("origin", "null"), ("host", "127.0.0.1:8080")]),
         ];
         for h in &refused {
@@ -151,6 +167,9 @@ mod tests {
         assert!(Csrf::from_key("short").is_none());
         assert!(Csrf::from_key("has a space in it!").is_none());
         assert!(Csrf::from_key(&"x".repeat(257)).is_none());
-        assert_eq!(Csrf::from_key("0123456789abcdef").unwrap().token(), "0123456789abcdef");
+        assert_eq!(
+            Csrf::from_key("0123456789abcdef").unwrap().token(),
+            "0123456789abcdef"
+        );
     }
 }

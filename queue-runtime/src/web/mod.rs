@@ -175,9 +175,12 @@ impl Here {
     /// `path` (absolute within the router, starting with `/`) under the
     /// prefix the router is mounted at.
     fn href(&self, path: &str) -> String {
-        if path == "/" && !self.base.is_empty() {
+        if !self.base.is_empty()
+            && let Some(rest) = path.strip_prefix('/')
+            && (rest.is_empty() || rest.starts_with('?'))
+        {
             // `nest("/jobs", …)` serves its root at "/jobs", not "/jobs/".
-            return self.base.clone();
+            return format!("{}{rest}", self.base);
         }
         format!("{}{path}", self.base)
     }
@@ -242,7 +245,10 @@ fn page_response(status: StatusCode, html: String) -> Response {
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
-            (header::REFERRER_POLICY, HeaderValue::from_static("same-origin")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("same-origin"),
+            ),
         ],
         html,
     )

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
@@ -233,7 +234,7 @@ fn counts_row(p: &Page<'_>, name: Option<&str>, c: &QueueCounts, paused: Option<
                         (p.action("resume", &[("queue", q)], "Resume", q, false))
                     }
                     (Some(false), Some(q)) => {
-                        span.badge { "running" } " "
+                        span.badge { "active" } " "
                         (p.action("pause", &[("queue", q)], "Pause", q, false))
                     }
                     _ => {}
@@ -374,10 +375,13 @@ pub(super) async fn job(
     State(st): State<AppState>,
     here: Here,
     uri: Uri,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let p = page(&st, &here, &uri);
-    let id = match params::job_id(&id) {
+    let id = match id
+        .map_err(|e| e.body_text())
+        .and_then(|Path(id)| params::job_id(&id))
+    {
         Ok(id) => id,
         Err(e) => return error(&st, &here, StatusCode::BAD_REQUEST, &e),
     };
@@ -388,7 +392,9 @@ pub(super) async fn job(
                 &st,
                 &here,
                 StatusCode::NOT_FOUND,
-                &format!("No job {id}: it never existed, succeeded (succeeded jobs are deleted), was cancelled or was purged."),
+                &format!(
+                    "No job {id}: it never existed, succeeded (succeeded jobs are deleted), was cancelled or was purged."
+                ),
             );
         }
         Err(e) => return failed(&st, &here, &e),
@@ -444,7 +450,10 @@ pub(super) async fn job(
         h2 { "Payload" }
         pre.payload { (pretty(&job.payload)) }
     };
-    page_response(StatusCode::OK, p.render(&format!("Job {id}"), Nav::Jobs, body))
+    page_response(
+        StatusCode::OK,
+        p.render(&format!("Job {id}"), Nav::Jobs, body),
+    )
 }
 
 /// `/recurring`.
@@ -477,7 +486,10 @@ pub(super) async fn recurring(State(st): State<AppState>, here: Here, uri: Uri) 
             }
         }
     };
-    page_response(StatusCode::OK, p.render("Recurring tasks", Nav::Recurring, body))
+    page_response(
+        StatusCode::OK,
+        p.render("Recurring tasks", Nav::Recurring, body),
+    )
 }
 
 /// Jobs started, succeeded, failed and dead per minute over the last hour.

@@ -84,7 +84,11 @@ impl JobsQuery {
             None => DEFAULT_LIMIT,
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => return Err(format!("invalid limit `{v}`: expected a number from 1 to {MAX_LIMIT}")),
+                _ => {
+                    return Err(format!(
+                        "invalid limit `{v}`: expected a number from 1 to {MAX_LIMIT}"
+                    ));
+                }
             },
         };
         let text = |key: &str| -> Result<Option<String>, String> {
@@ -182,7 +186,11 @@ impl Flash {
         let pairs = pairs(query.as_bytes());
         let code = first(&pairs, "flash")?;
         let kind = FlashKind::ALL.iter().find(|(_, c)| *c == code)?.0;
-        let arg: String = first(&pairs, "arg").unwrap_or("").chars().take(200).collect();
+        let arg: String = first(&pairs, "arg")
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
         Some(Flash { kind, arg })
     }
 
@@ -215,7 +223,9 @@ impl Flash {
                 format!("Job {a} was not cancelled: it is running, dead or gone.")
             }
             FlashKind::RanNow => format!("Job {a} is ready to run now."),
-            FlashKind::NotRunNow => format!("Job {a} is not scheduled (any more): nothing to run now."),
+            FlashKind::NotRunNow => {
+                format!("Job {a} is not scheduled (any more): nothing to run now.")
+            }
             FlashKind::Deleted => format!("Deleted job {a}."),
             FlashKind::NotDeleted => format!("Job {a} was not deleted: it is running or gone."),
             FlashKind::Paused => format!("Paused queue {a}."),
@@ -243,7 +253,15 @@ mod tests {
         );
         assert_eq!(q.to_query(), "state=dead&queue=mail&after=17&limit=20");
         assert_eq!(JobsQuery::parse("").unwrap().limit, DEFAULT_LIMIT);
-        for bad in ["state=zombie", "after=-1", "after=x", "limit=0", "limit=501", "limit=1e3", "after=99999999999999999999999"] {
+        for bad in [
+            "state=zombie",
+            "after=-1",
+            "after=x",
+            "limit=0",
+            "limit=501",
+            "limit=1e3",
+            "after=99999999999999999999999",
+        ] {
             assert!(JobsQuery::parse(bad).is_err(), "{bad}");
         }
         // Not UTF-8, stray percent signs: read, not a panic.
@@ -257,6 +275,9 @@ mod tests {
         assert_eq!(back, f);
         assert_eq!(back.text(), "Paused queue mail & <b>.");
         assert_eq!(Flash::parse("flash=pwned&arg=x"), None);
-        assert_eq!(without_flash("state=dead&flash=retried&arg=3"), "state=dead");
+        assert_eq!(
+            without_flash("state=dead&flash=retried&arg=3"),
+            "state=dead"
+        );
     }
 }
