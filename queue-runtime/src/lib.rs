@@ -87,6 +87,11 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../docs/guide.md")]
 struct GuideDoctests;
 
+/// The dashboard guide's code, compiled as doc tests so that it cannot drift.
+#[cfg(all(doctest, feature = "web"))]
+#[doc = include_str!("../../docs/dashboard.md")]
+struct DashboardDoctests;
+
 /// Support for the code `#[task]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
