@@ -11,10 +11,10 @@ use queue_core::{JobId, JobState, Schedule};
 use crate::client::Client;
 use crate::error::{Error, Result};
 
-pub use crate::store::admin::{DeadJob, JobInfo, Waiting};
+pub use crate::store::admin::{AttemptError, DeadJob, JobInfo, Waiting};
 
 /// Job counts of one queue (or of all queues).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
     /// Waiting to be claimed.
     pub ready: u64,
@@ -51,7 +51,7 @@ impl QueueCounts {
 }
 
 /// What `client.stats()` reports.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Stats {
     /// Counts per queue.
     pub queues: BTreeMap<String, QueueCounts>,
@@ -86,7 +86,7 @@ pub struct Stats {
 
 /// One concurrency or rate limit as the database counts it now
 /// ([`Stats::limits`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LimitStatus {
     /// The task's stored name.
     pub task: String,
@@ -107,7 +107,7 @@ pub struct LimitStatus {
 }
 
 /// The kind of a [`LimitStatus`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LimitKind {
     /// `#[task(concurrency = N)]`.
     Concurrency,
@@ -122,7 +122,7 @@ pub enum LimitKind {
 }
 
 /// A recurring task as the database knows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct RecurringTask {
     /// The task's stored name.
     pub task: String,
@@ -298,7 +298,7 @@ impl Client {
     /// If the database cannot be written.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
         let now = crate::time::now(self.now())?;
-        self.store().cancel(id, now).await
+        self.store().cancel(id, now, false).await
     }
 
     /// Deletes dead jobs that died more than `older_than` ago. Returns how many.
@@ -351,7 +351,7 @@ impl Client {
 }
 
 /// `queue` if it is a valid queue name.
-fn valid_queue(queue: &str) -> Result<()> {
+pub(crate) fn valid_queue(queue: &str) -> Result<()> {
     queue_core::validate_queue_name(queue)
         .map_err(|e| crate::error::Error::InvalidArgument(e.to_string()))
 }

@@ -46,6 +46,7 @@ mod enqueue;
 mod error;
 pub mod flavor;
 mod metrics;
+mod operator;
 mod registry;
 mod runtime;
 mod settings;
@@ -59,7 +60,8 @@ mod wakeup;
 pub mod web;
 
 pub use admin::{
-    DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats, Waiting,
+    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats,
+    Waiting,
 };
 pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -68,6 +70,10 @@ pub use context::TaskContext;
 pub use db::{Db, DbTransaction};
 pub use enqueue::EnqueueBuilder;
 pub use error::{Error, Result};
+pub use operator::{
+    DEFAULT_PAGE, JobFilter, JobPage, JobSummary, MAX_PAGE, MinuteCounts, RUNTIME_LIVE,
+    RuntimeInfo, THROUGHPUT_KEPT,
+};
 pub use queue_core::{
     Backoff, CatchUp, Deadline, DeadlineExceeded, JobId, JobState, Priority, Schedule, TaskError,
     TaskErrorKind, TaskOptions,
@@ -222,6 +228,29 @@ pub mod __private {
     pub fn pick_blocked_sql(freed: &[(&[u8], u32)]) -> String {
         crate::store::limits::pick_blocked_sql(
             &freed.iter().map(|(k, n)| (k.to_vec(), *n)).collect(),
+        )
+    }
+
+    /// The statements of a job listing (`Client::jobs`), for plan tests:
+    /// the window scan over ids `[low, high)`, and the read of the
+    /// filter's state's own index below `high` (if it has one).
+    pub fn list_jobs_sql(
+        filter: &crate::JobFilter,
+        low: u64,
+        high: u64,
+    ) -> (String, Option<String>) {
+        let f = crate::store::operator::ListFilter {
+            state: filter.state,
+            queue: filter.queue.clone(),
+            task: filter.task.clone(),
+            before: Some(high),
+            limit: 50,
+        };
+        (
+            crate::store::operator::list_window_sql(&f, low, high, 50),
+            filter
+                .state
+                .and_then(|s| crate::store::operator::list_index_sql(s, high)),
         )
     }
 

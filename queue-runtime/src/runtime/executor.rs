@@ -6,6 +6,7 @@ use super::*;
 use crate::context::TaskContext;
 use crate::error::Error;
 use crate::store::ClaimedJob;
+use crate::store::operator::Event;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use queue_core::{Deadline, TaskError, TaskErrorKind};
@@ -60,6 +61,7 @@ impl LogLimiter {
 /// Starts a claimed job of the served queue at index `queue`: at once in a
 /// free slot, or when one frees (a prefetched job).
 pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
+    shared.count(&job.queue, &job.task, Event::Started);
     shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let permit = match shared.semaphore.clone().try_acquire_owned() {
         Ok(p) => Some(p),
@@ -184,8 +186,21 @@ pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
     report(&shared, &job, ack);
 }
 
+/// Counts an attempt's outcome for the per-minute counts (a hand-back,
+/// which spends no attempt, is not counted).
+pub(super) fn count_outcome(shared: &Shared, job: &ClaimedJob, ack: &Ack) {
+    let event = match ack {
+        Ack::Complete { .. } => Event::Succeeded,
+        Ack::Retry { refund: false, .. } => Event::Failed,
+        Ack::Dead { .. } => Event::Dead,
+        Ack::Retry { refund: true, .. } | Ack::Stop | Ack::Pending => return,
+    };
+    shared.count(&job.queue, &job.task, event);
+}
+
 /// Hands an outcome to the acker, marking the job as reported.
 pub(super) fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
+    count_outcome(shared, job, &ack);
     if let Some(f) = shared
         .in_flight
         .lock()

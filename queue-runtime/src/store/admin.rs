@@ -17,7 +17,7 @@ use crate::time::At;
 const PURGE_BATCH: u64 = 1000;
 
 /// A dead job, as `client.dead_jobs()` lists it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DeadJob {
     /// The job's id.
     pub id: JobId,
@@ -36,7 +36,7 @@ pub struct DeadJob {
 }
 
 /// One job as stored, for inspection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct JobInfo {
     /// The job's id.
     pub id: JobId,
@@ -62,10 +62,69 @@ pub struct JobInfo {
     /// for a concurrency slot, or scheduled for the rate window in which
     /// it holds a reserved start.
     pub waiting: Option<Waiting>,
+    /// Every failed attempt's error, oldest first: the last 20 failed
+    /// attempts only (older ones are dropped), each text cut at 2,000
+    /// characters ([`last_error`](Self::last_error) keeps the whole last
+    /// one). Hand-backs that did not spend an attempt (a shutdown, a task
+    /// the runtime does not declare) are not in it.
+    pub errors: Vec<AttemptError>,
+    /// The runtime running it (its [`Runtime::owner`](crate::Runtime::owner)),
+    /// while it is running.
+    pub lease_owner: Option<String>,
+    /// When its lease ends, while it is running.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When its row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One failed attempt of a job ([`JobInfo::errors`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptError {
+    /// The attempt's number (1-based; it starts again from 1 after
+    /// [`Client::retry_dead`](crate::Client::retry_dead)).
+    pub attempt: u32,
+    /// When the failure was recorded.
+    pub at: DateTime<Utc>,
+    /// The error's text (at most 2,000 characters).
+    pub error: String,
+}
+
+/// The error history as stored (a JSON array, see migration 0007);
+/// entries that do not decode are skipped, text that is no JSON array is
+/// no history.
+pub(crate) fn parse_errors(stored: Option<&str>) -> Vec<AttemptError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        attempt: u32,
+        at: String,
+        error: String,
+    }
+    let Some(text) = stored else {
+        return Vec::new();
+    };
+    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(text) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<Stored>(v).ok())
+        .filter_map(|e| {
+            Some(AttemptError {
+                attempt: e.attempt,
+                at: DateTime::parse_from_rfc3339(&e.at)
+                    .ok()?
+                    .with_timezone(&Utc),
+                error: e.error,
+            })
+        })
+        .collect()
 }
 
 /// The limit a job waits for ([`JobInfo::waiting`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Waiting {
     /// Blocked: its task's concurrency limit (for its key, if the task has
     /// `concurrency_key`) is full. It moves to ready, holding a slot, when
@@ -264,18 +323,21 @@ impl Store {
         Ok(true)
     }
 
-    /// Deletes a job if it is ready, scheduled or blocked; returns whether
-    /// it did. A slot the job held goes to the next blocked job of its key.
-    pub(crate) async fn cancel(&self, id: JobId, now: DateTime<Utc>) -> Result<bool> {
+    /// Deletes a job if it is ready, scheduled or blocked (or dead too,
+    /// with `dead`); returns whether it did. A slot the job held goes to
+    /// the next blocked job of its key.
+    pub(crate) async fn cancel(&self, id: JobId, now: DateTime<Utc>, dead: bool) -> Result<bool> {
         super::retry_deadlocks(|| async {
             let mut tx = self.begin().await?;
             let row = self
                 .q("SELECT state, IF(slot = 1, concurrency_key, NULL), concurrency_key, priority \
-                    FROM queue_jobs WHERE id = ? AND state IN (?, ?, ?) FOR UPDATE")
+                    FROM queue_jobs WHERE id = ? AND state IN (?, ?, ?, ?) FOR UPDATE")
                 .bind(id.0)
                 .bind(JobState::Ready.as_u8())
                 .bind(JobState::Scheduled.as_u8())
                 .bind(JobState::Blocked.as_u8())
+                // A state no job has stands in for dead when it is not asked.
+                .bind(if dead { JobState::Dead.as_u8() } else { u8::MAX })
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
@@ -370,7 +432,8 @@ impl Store {
         let row = self
             .q(
                 "SELECT id, task, queue, priority, state, attempts, max_attempts, run_at, \
-                last_error, payload, concurrency_key, rate_key, rate_window FROM queue_jobs WHERE id = ?",
+                last_error, payload, concurrency_key, rate_key, rate_window, errors, lease_owner, \
+                lease_expires_at, created_at, updated_at FROM queue_jobs WHERE id = ?",
             )
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -405,6 +468,15 @@ impl Store {
             run_at: crate::time::stored(&r, 7)?,
             last_error: r.try_get(8)?,
             payload: r.try_get(9)?,
+            errors: parse_errors(r.try_get::<Option<String>, _>(13)?.as_deref()),
+            lease_owner: r.try_get(14)?,
+            lease_expires_at: r
+                .try_get::<Option<chrono::NaiveDateTime>, _>(15)
+                .ok()
+                .flatten()
+                .map(|t| t.and_utc()),
+            created_at: crate::time::stored(&r, 16)?,
+            updated_at: crate::time::stored(&r, 17)?,
         }))
     }
 }
