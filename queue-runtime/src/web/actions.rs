@@ -96,21 +96,43 @@ pub(super) async fn post(
             }
             retry_each(client, &ids).await
         }
-        "cancel" => {
+        "retry-all" => {
+            let task = params::first(&form, "task")
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            client
+                .retry_dead_all(task)
+                .await
+                .map(|n| Flash::new(FlashKind::Retried, n))
+        }
+        "cancel" | "delete" | "run-now" => {
             let id = match one_id(&form) {
                 Ok(id) => id,
                 Err(e) => return bad(e),
             };
-            client.cancel(id).await.map(|done| {
-                let kind = if done {
-                    FlashKind::Cancelled
-                } else {
-                    FlashKind::NotCancelled
-                };
-                if done && back.starts_with("/jobs/") {
+            let (done, yes, no) = match action.as_str() {
+                "cancel" => (
+                    client.cancel(id).await,
+                    FlashKind::Cancelled,
+                    FlashKind::NotCancelled,
+                ),
+                "delete" => (
+                    client.delete_job(id).await,
+                    FlashKind::Deleted,
+                    FlashKind::NotDeleted,
+                ),
+                _ => (
+                    client.run_now(id).await,
+                    FlashKind::RanNow,
+                    FlashKind::NotRunNow,
+                ),
+            };
+            done.map(|done| {
+                // The job's own page is gone once it is: back to the list.
+                if done && action != "run-now" && back.starts_with("/jobs/") {
                     back = "/jobs".to_owned();
                 }
-                Flash::new(kind, id)
+                Flash::new(if done { yes } else { no }, id)
             })
         }
         "pause" | "resume" => {

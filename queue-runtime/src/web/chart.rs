@@ -1,7 +1,6 @@
 //! The throughput chart: an inline SVG drawn on the server, one line per
 //! outcome, one point per minute.
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
 use maud::{Markup, html};
 
 /// The series drawn, in the order of a point's counts, with their CSS class.
@@ -18,30 +17,6 @@ const LEFT: f64 = 44.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 8.0;
 const BOTTOM: f64 = 22.0;
-
-/// Counts per minute over the `minutes` minutes that end with the minute of
-/// `now`: minutes without a point count zero, points outside are ignored.
-pub(super) fn buckets(
-    points: impl IntoIterator<Item = (DateTime<Utc>, [u64; 4])>,
-    now: DateTime<Utc>,
-    minutes: usize,
-) -> Vec<[u64; 4]> {
-    let mut out = vec![[0u64; 4]; minutes];
-    let last = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
-    for (at, counts) in points {
-        let back = (last - at.duration_trunc(Duration::minutes(1)).unwrap_or(at)).num_minutes();
-        let Ok(back) = usize::try_from(back) else {
-            continue;
-        };
-        if back < minutes {
-            let slot = &mut out[minutes - 1 - back];
-            for (s, c) in slot.iter_mut().zip(counts) {
-                *s += c;
-            }
-        }
-    }
-    out
-}
 
 /// A round number at least `n` (1, 2, 5 × a power of ten).
 fn nice_ceiling(n: u64) -> u64 {
@@ -123,26 +98,6 @@ pub(super) fn throughput(minutes: &[[u64; 4]]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn minutes_fall_into_their_bucket() {
-        let now = "2030-01-01T12:00:30Z".parse::<DateTime<Utc>>().unwrap();
-        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-        let b = buckets(
-            [
-                (at("2030-01-01T12:00:00Z"), [1, 2, 3, 4]),
-                (at("2030-01-01T11:59:00Z"), [5, 0, 0, 0]),
-                (at("2030-01-01T11:00:00Z"), [9, 9, 9, 9]), // 60 minutes back: outside
-                (at("2030-01-01T12:01:00Z"), [9, 9, 9, 9]), // the future: outside
-            ],
-            now,
-            60,
-        );
-        assert_eq!(b.len(), 60);
-        assert_eq!(b[59], [1, 2, 3, 4]);
-        assert_eq!(b[58], [5, 0, 0, 0]);
-        assert_eq!(b.iter().map(|m| m[0]).sum::<u64>(), 6);
-    }
 
     #[test]
     fn the_scale_is_round_and_the_svg_has_a_line_per_series() {

@@ -79,6 +79,7 @@ use crate::client::Client;
 mod actions;
 mod chart;
 mod csrf;
+mod lists;
 mod pages;
 mod params;
 
@@ -141,8 +142,10 @@ impl Dashboard {
         });
         Router::new()
             .route("/", get(pages::overview))
+            .route("/jobs", get(lists::jobs))
             .route("/jobs/{id}", get(pages::job))
             .route("/recurring", get(pages::recurring))
+            .route("/runtimes", get(lists::runtimes))
             .route("/assets/dashboard.css", get(stylesheet))
             .route("/actions/{action}", post(actions::post))
             .fallback(pages::not_found)

@@ -492,17 +492,53 @@ pub(super) async fn recurring(State(st): State<AppState>, here: Here, uri: Uri) 
     )
 }
 
-/// Jobs started, succeeded, failed and dead per minute over the last hour.
+/// Jobs started, succeeded, failed and dead per minute over the last hour,
+/// cluster-wide (oldest first).
 async fn throughput_minutes(client: &crate::Client) -> crate::Result<Vec<[u64; 4]>> {
-    Ok(chart::buckets([], client.now(), 60))
+    Ok(client
+        .throughput(Duration::from_secs(3600))
+        .await?
+        .iter()
+        .map(|m| [m.started, m.succeeded, m.failed, m.dead])
+        .collect())
 }
 
-/// The job's times and lease, beyond what `JobInfo` always had.
-fn job_extra(_job: &crate::JobInfo, _now: DateTime<Utc>) -> Markup {
-    html! {}
+/// The job's times and lease.
+fn job_extra(job: &crate::JobInfo, now: DateTime<Utc>) -> Markup {
+    html! {
+        dt { "enqueued" } dd { (at(job.created_at, now)) }
+        dt { "updated" } dd { (at(job.updated_at, now)) }
+        @if let Some(owner) = &job.lease_owner {
+            dt { "lease owner" } dd { code { (owner) } }
+        }
+        @if let Some(until) = job.lease_expires_at {
+            dt { "lease until" } dd { (at(until, now)) }
+        }
+    }
 }
 
-/// Every attempt's error.
-fn job_errors(_job: &crate::JobInfo, _now: DateTime<Utc>) -> Markup {
-    html! {}
+/// Every failed attempt's error, oldest first.
+fn job_errors(job: &crate::JobInfo, now: DateTime<Utc>) -> Markup {
+    html! {
+        h2 { "Attempts" }
+        @if job.errors.is_empty() {
+            p.empty { "No failed attempt recorded." }
+        } @else {
+            table.attempts {
+                thead { tr { th.num { "attempt" } th { "failed at" } th { "error" } } }
+                tbody {
+                    @for e in &job.errors {
+                        tr {
+                            td.num { (e.attempt) }
+                            td { (at(e.at, now)) }
+                            td { pre.error { (e.error) } }
+                        }
+                    }
+                }
+            }
+            @if job.errors.len() >= 20 {
+                p.note { "Only the last 20 failed attempts are kept." }
+            }
+        }
+    }
 }

@@ -114,11 +114,51 @@ async fn a_browser_pauses_a_queue_and_retries_a_dead_job() {
             .contains("Put 1 dead job(s) back to run.")
     );
 
+    // The list of dead jobs: check the other one, retry the selection.
+    session.goto(&format!("{base}/jobs?state=dead")).await;
+    session.screenshot(&screenshots().join("jobs.png")).await;
+    let other = seeded.dead_too;
+    session
+        .click(&format!(r#"input[type="checkbox"][value="{other}"]"#))
+        .await;
+    session
+        .click(r#"button[data-action="retry-selected"]"#)
+        .await;
+    wait_for_url(&session, "flash=retried").await;
+    assert_eq!(
+        stored_state(&client, other).await,
+        Some((0, 0)),
+        "ready, attempts reset"
+    );
+    assert!(
+        session.source().await.contains("No job matches."),
+        "no dead job left"
+    );
+
+    // Run the scheduled job now: ready, in its (paused) queue.
+    let scheduled = seeded.scheduled;
+    assert_eq!(stored_state(&client, scheduled).await.map(|s| s.0), Some(1));
+    session.goto(&format!("{base}/jobs/{scheduled}")).await;
+    session
+        .click(&format!(
+            r#"button[data-action="run-now"][data-target="{scheduled}"]"#
+        ))
+        .await;
+    wait_for_url(&session, "flash=ran-now").await;
+    assert_eq!(stored_state(&client, scheduled).await.map(|s| s.0), Some(0));
+
+    // The live runtime is listed.
+    session.goto(&format!("{base}/runtimes")).await;
+    let page = session.source().await;
+    assert!(
+        page.contains("web-work"),
+        "the runtime serving web-work:\n{page}"
+    );
+
     // The running and blocked jobs' pages show their state.
     for (id, state) in [
         (seeded.running, "running"),
         (seeded.blocked, "blocked"),
-        (seeded.scheduled, "scheduled"),
         (seeded.ready, "ready"),
     ] {
         session.goto(&format!("{base}/jobs/{id}")).await;

@@ -341,3 +341,150 @@ async fn bad_ids_and_paths_are_answered_not_panicked_on() {
     assert_eq!(stored_state(&client, ready).await, Some((0, 0)));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_list_pages_by_id_and_refuses_bad_filters() {
+    let (db, client) = setup().await;
+    let mut ids = idle::enqueue_many(&client, (0..5).map(|i| format!("u{i}@example.com")))
+        .await
+        .unwrap();
+    let app = app(&client, false);
+    for bad in [
+        "state=zombie",
+        "limit=0",
+        "limit=100000",
+        "after=x",
+        "after=-3",
+        "queue=not%20a%20queue",
+        "task=%20",
+    ] {
+        let (status, body) = get(&app, &format!("{PREFIX}/jobs?{bad}")).await;
+        // An empty (or blank) filter is no filter; everything else here is refused.
+        if bad == "task=%20" {
+            assert_eq!(status, StatusCode::OK, "{bad}: {body}");
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        }
+    }
+    // Two a page, newest first, following the "next page" links.
+    let mut seen = Vec::new();
+    let mut url = format!("{PREFIX}/jobs?queue=web-idle&limit=2");
+    for _ in 0..10 {
+        let (status, html) = get(&app, &url).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {html}");
+        let mut on_page: Vec<(usize, JobId)> = ids
+            .iter()
+            .filter_map(|id| {
+                html.find(&format!("href=\"{PREFIX}/jobs/{id}\""))
+                    .map(|at| (at, *id))
+            })
+            .collect();
+        on_page.sort();
+        assert!(on_page.len() <= 2, "two a page: {on_page:?}");
+        seen.extend(on_page.into_iter().map(|(_, id)| id));
+        let next = attrs(&html, "href")
+            .into_iter()
+            .find(|h| h.contains("after="))
+            .filter(|_| html.contains("rel=\"next\""));
+        match next {
+            Some(next) => {
+                assert!(!next.contains("offset"), "{next}");
+                url = next.replace("&amp;", "&");
+            }
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "every job once, newest first");
+    // Read-only: no checkboxes or retry buttons on the dead list.
+    dead_job(&client).await;
+    let (_, html) = get(&app, &format!("{PREFIX}/jobs?state=dead")).await;
+    assert!(html.contains("type=\"checkbox\""), "{html}");
+    assert!(html.contains("data-action=\"retry-all\""), "{html}");
+    let (_, html) = get(
+        &Router::new().nest(
+            PREFIX,
+            web::Dashboard::new(client.clone()).read_only(true).router(),
+        ),
+        &format!("{PREFIX}/jobs?state=dead"),
+    )
+    .await;
+    assert!(!html.contains("type=\"checkbox\""), "{html}");
+    assert!(!html.contains("retry-all"), "{html}");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_all_run_now_and_delete_change_the_tables() {
+    let (db, client) = setup().await;
+    let dead = [dead_job(&client).await, dead_job(&client).await];
+    let scheduled = idle::with("later@example.com".to_owned())
+        .delay(std::time::Duration::from_secs(3600))
+        .enqueue(&client)
+        .await
+        .unwrap();
+    let doomed = idle::enqueue(&client, "gone@example.com".into())
+        .await
+        .unwrap();
+    let app = app(&client, false);
+    let (_, html) = get(&app, PREFIX).await;
+    let token = csrf_token(&html);
+    let act = |action: &str, form: String| {
+        post(
+            &format!("{PREFIX}/actions/{action}"),
+            &format!("{form}&csrf={token}"),
+        )
+    };
+
+    let (status, location, _) = send(
+        &app,
+        act(
+            "retry-all",
+            "task=web.fails&back=%2Fjobs%3Fstate%3Ddead".into(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.unwrap(),
+        format!("{PREFIX}/jobs?state=dead&flash=retried&arg=2")
+    );
+    for id in dead {
+        assert_eq!(stored_state(&client, id).await, Some((0, 0)));
+    }
+
+    let (_, location, _) = send(
+        &app,
+        act(
+            "run-now",
+            format!("id={scheduled}&back=%2Fjobs%2F{scheduled}"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        location.unwrap(),
+        format!("{PREFIX}/jobs/{scheduled}?flash=ran-now&arg={scheduled}")
+    );
+    assert_eq!(stored_state(&client, scheduled).await, Some((0, 0)));
+    let (_, location, _) = send(&app, act("run-now", format!("id={scheduled}"))).await;
+    assert_eq!(
+        location.unwrap(),
+        format!("{PREFIX}?flash=not-run-now&arg={scheduled}"),
+        "not scheduled any more"
+    );
+
+    let (_, location, _) = send(
+        &app,
+        act("delete", format!("id={doomed}&back=%2Fjobs%2F{doomed}")),
+    )
+    .await;
+    assert_eq!(
+        location.unwrap(),
+        format!("{PREFIX}/jobs?flash=deleted&arg={doomed}"),
+        "its page is gone: to the list"
+    );
+    assert_eq!(stored_state(&client, doomed).await, None);
+    let (status, _) = get(&app, &format!("{PREFIX}/jobs/{doomed}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    db.drop_db().await;
+}

@@ -59,6 +59,8 @@ pub(crate) struct Seeded {
     pub(crate) blocked: JobId,
     /// Dead after two failed attempts.
     pub(crate) dead: JobId,
+    /// Another one.
+    pub(crate) dead_too: JobId,
     /// The runtime running `running` (and holding `blocked` back).
     pub(crate) runtime: Runtime,
 }
@@ -76,14 +78,15 @@ pub(crate) async fn seed(client: &Client) -> Seeded {
         .unwrap();
 
     let dead = fails::enqueue(client, 7).await.unwrap();
+    let dead_too = fails::enqueue(client, 8).await.unwrap();
     let failing = Runtime::builder(client.clone())
         .queues(["web-fail"])
         .start()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(15), "the failing job is dead", || {
+    wait_until(Duration::from_secs(15), "the failing jobs are dead", || {
         let client = client.clone();
-        async move { client.stats().await.unwrap().total.dead == 1 }
+        async move { client.stats().await.unwrap().total.dead == 2 }
     })
     .await;
     failing.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -118,6 +121,7 @@ pub(crate) async fn seed(client: &Client) -> Seeded {
         running,
         blocked,
         dead,
+        dead_too,
         runtime,
     }
 }
