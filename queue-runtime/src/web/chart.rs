@@ -32,6 +32,15 @@ fn nice_ceiling(n: u64) -> u64 {
     }
 }
 
+/// Half of a round number, as the middle gridline's label ("2.5").
+fn half(top: u64) -> String {
+    if top.is_multiple_of(2) {
+        (top / 2).to_string()
+    } else {
+        format!("{}.5", top / 2)
+    }
+}
+
 /// The chart of `minutes` (oldest first, one entry per minute).
 pub(super) fn throughput(minutes: &[[u64; 4]]) -> Markup {
     let n = minutes.len().max(2);
@@ -76,9 +85,7 @@ pub(super) fn throughput(minutes: &[[u64; 4]]) -> Markup {
                     line.grid x1=(LEFT) x2=(WIDTH - RIGHT) y1=(TOP + plot_h * frac) y2=(TOP + plot_h * frac) {}
                 }
                 text.axis x=(LEFT - 4.0) y=(TOP + 4.0) text-anchor="end" { (top) }
-                @if top >= 2 {
-                    text.axis x=(LEFT - 4.0) y=(TOP + plot_h / 2.0 + 4.0) text-anchor="end" { (top / 2) }
-                }
+                text.axis x=(LEFT - 4.0) y=(TOP + plot_h / 2.0 + 4.0) text-anchor="end" { (half(top)) }
                 text.axis x=(LEFT - 4.0) y=(TOP + plot_h + 4.0) text-anchor="end" { "0" }
                 text.axis x=(LEFT) y=(HEIGHT - 6.0) { "−" (minutes.len()) " min" }
                 text.axis x=(WIDTH - RIGHT) y=(HEIGHT - 6.0) text-anchor="end" { "now" }
@@ -106,6 +113,7 @@ mod tests {
             [1, 1, 5, 10, 10, 20, 50, 1000]
         );
         assert_eq!(nice_ceiling(u64::MAX), u64::MAX);
+        assert_eq!([1, 2, 5, 10].map(half), ["0.5", "1", "2.5", "5"]);
         let svg = throughput(&[[0, 0, 0, 0], [4, 3, 1, 0]]).into_string();
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(
