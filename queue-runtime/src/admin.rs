@@ -31,10 +31,43 @@ pub struct QueueCounts {
     /// Of `scheduled`: held back by their task's rate limit until the
     /// window in which they hold a reserved start.
     pub rate_limited: u64,
-    /// The counts are lower bounds: the queue (or the table) holds more
-    /// jobs than [`Client::stats`] counts one by one, so each count is "at
-    /// least" (see [`Stats::exact`]). `false`: every count is exact.
-    pub at_least: bool,
+    /// Which counts are lower bounds ("at least"): their state has more
+    /// jobs than [`Client::stats`] counts one by one (see
+    /// [`Stats::exact`]). All `false`: every count is exact.
+    pub at_least: LowerBounds,
+}
+
+/// Which counts of a [`QueueCounts`] are lower bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LowerBounds {
+    /// `ready` is at least that.
+    pub ready: bool,
+    /// `scheduled` (and `rate_limited`) is at least that.
+    pub scheduled: bool,
+    /// `running` is at least that.
+    pub running: bool,
+    /// `dead` is at least that.
+    pub dead: bool,
+    /// `blocked` is at least that.
+    pub blocked: bool,
+}
+
+impl LowerBounds {
+    /// Whether any count is a lower bound.
+    pub fn any(&self) -> bool {
+        self.ready || self.scheduled || self.running || self.dead || self.blocked
+    }
+
+    fn set(&mut self, state: JobState) {
+        match state {
+            JobState::Ready => self.ready = true,
+            JobState::Scheduled => self.scheduled = true,
+            JobState::Running => self.running = true,
+            JobState::Dead => self.dead = true,
+            JobState::Blocked => self.blocked = true,
+            _ => {}
+        }
+    }
 }
 
 impl QueueCounts {
@@ -91,7 +124,7 @@ pub struct Stats {
     /// the table, [`Client::stats`] counts at most 10,000 jobs of each
     /// state (and of each queue's ready jobs) and reads the queue and task
     /// of at most 1,000 of them: counts past those caps are lower bounds,
-    /// flagged by [`QueueCounts::at_least`], and `unknown_tasks` counts
+    /// flagged in [`QueueCounts::at_least`], and `unknown_tasks` counts
     /// only the jobs it read.
     pub exact: bool,
     /// InnoDB's estimate of the number of jobs (its table statistics:
@@ -260,12 +293,12 @@ impl Client {
         for (queue, n) in &b.ready {
             let counts = stats.queues.entry(queue.clone()).or_default();
             counts.ready = (*n).min(READY_CAP as u64);
-            counts.at_least |= *n > READY_CAP as u64;
+            counts.at_least.ready = *n > READY_CAP as u64;
         }
         // The other states: per queue from the rows read (a state with
         // more rows than were read is a lower bound everywhere); their
         // totals from their indexes.
-        let mut cut = false;
+        let mut cut = Vec::new();
         for state in [
             JobState::Scheduled,
             JobState::Running,
@@ -279,7 +312,9 @@ impl Client {
                 .filter(|(i, c)| c.state == state && !b.ready_sampled.contains(i))
                 .map(|(_, c)| c.jobs)
                 .sum();
-            cut |= read > SAMPLE as u64;
+            if read > SAMPLE as u64 {
+                cut.push(state);
+            }
         }
         for (i, count) in b.sample.into_iter().enumerate() {
             if b.ready_sampled.contains(&i) {
@@ -300,13 +335,17 @@ impl Client {
                 JobState::Blocked => stats.total.blocked = n,
                 _ => {}
             }
-            stats.total.at_least |= *counted > STATE_CAP as u64;
+            if *counted > STATE_CAP as u64 {
+                stats.total.at_least.set(*state);
+            }
         }
         stats.total.ready = stats.queues.values().map(|q| q.ready).sum();
+        stats.total.at_least.ready = stats.queues.values().any(|q| q.at_least.ready);
         for counts in stats.queues.values_mut() {
-            counts.at_least |= cut;
+            for state in &cut {
+                counts.at_least.set(*state);
+            }
         }
-        stats.total.at_least |= cut || stats.queues.values().any(|q| q.at_least);
         Ok(())
     }
 

@@ -58,8 +58,8 @@ pub mod time;
 mod wakeup;
 
 pub use admin::{
-    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats,
-    Waiting,
+    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, LowerBounds, QueueCounts,
+    RecurringTask, Stats, Waiting,
 };
 pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
