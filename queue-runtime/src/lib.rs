@@ -52,6 +52,7 @@ mod runtime;
 mod settings;
 mod store;
 mod task_ref;
+mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use queue_runtime::{Client, Runtime, TaskError, task};
 use serde_json::Value;
-use sqlx::Connection;
+
+mod support;
+use support::{database, drop_database};
 
 #[task(queue = "cli", name = "tests.cli.job")]
 async fn cli_job(n: u32) -> Result<(), TaskError> {
@@ -18,64 +20,6 @@ async fn cli_job(n: u32) -> Result<(), TaskError> {
 async fn served(n: u32) -> Result<(), TaskError> {
     let _ = n;
     Ok(())
-}
-
-/// The server's URL: `DATABASE_URL`, else the private server of
-/// `scripts/db.sh` (started if needed).
-fn server_url() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && !url.trim().is_empty()
-    {
-        return url.trim().to_owned();
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let out = Command::new("bash")
-        .arg(root.join("scripts/db.sh"))
-        .arg("ensure")
-        .current_dir(&root)
-        .output()
-        .expect("run scripts/db.sh");
-    assert!(
-        out.status.success(),
-        "set DATABASE_URL or let scripts/db.sh start a server: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `url` naming `database` instead of its own.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let query = rest[end..].find('?').map_or("", |i| &rest[end + i..]);
-    format!("{scheme}://{}/{database}{query}", &rest[..end])
-}
-
-/// A fresh database (dropped by [`drop_database`]) and its URL.
-async fn database() -> (String, String) {
-    let server = server_url();
-    let name = format!("qt_{:08x}", fastrand::u32(..));
-    let mut conn = sqlx::MySqlConnection::connect(&with_database(&server, ""))
-        .await
-        .expect("connect to the test server");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    (name.clone(), with_database(&server, &name))
-}
-
-async fn drop_database(name: &str) {
-    let mut conn = sqlx::MySqlConnection::connect(&with_database(&server_url(), ""))
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
 }
 
 /// Runs `queue args…` with `DATABASE_URL` set to `url` (or unset).
