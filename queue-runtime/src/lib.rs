@@ -52,6 +52,7 @@ mod runtime;
 mod settings;
 mod store;
 mod task_ref;
+mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
@@ -60,8 +61,8 @@ mod wakeup;
 pub mod web;
 
 pub use admin::{
-    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats,
-    Waiting,
+    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, LowerBounds, QueueCounts,
+    RecurringTask, Stats, Waiting,
 };
 pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};

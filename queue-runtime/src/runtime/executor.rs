@@ -127,6 +127,7 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
             slot,
         },
     );
+    crate::telemetry::in_flight(1);
 }
 
 /// A job's slot: released when the job's task ends, however it ends, and
@@ -272,9 +273,12 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         Ok(fut) => fut,
         Err(p) => Box::pin(std::future::ready(Err(TaskError::panic(panic_message(p))))),
     };
-    if let Ok(lag) = (client.now() - job.run_at).to_std() {
+    let lag = (client.now() - job.run_at).to_std().ok();
+    if let Some(lag) = lag {
         client.inner.metrics.record_start_lag(lag);
     }
+    crate::telemetry::started(&job.queue, &job.task, lag);
+    let began = Instant::now();
     let fut = AssertUnwindSafe(Deadline::scope(deadline, fut)).catch_unwind();
     let mut hand_back = shared.hand_back.subscribe();
     let stop_at = deadline.map(|d| d.expires_at() + DEADLINE_GRACE);
@@ -309,6 +313,16 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         &reg.options.backoff,
         &mut fastrand::Rng::new(),
     );
+    let counted = match &decision {
+        outcome::Decision::Complete => Some(crate::telemetry::Attempt::Succeeded),
+        outcome::Decision::Retry { refund: false, .. } => Some(crate::telemetry::Attempt::Retried),
+        outcome::Decision::Dead { .. } => Some(crate::telemetry::Attempt::Dead),
+        // Handed back at shutdown: no attempt spent.
+        outcome::Decision::Retry { refund: true, .. } => None,
+    };
+    if let Some(counted) = counted {
+        crate::telemetry::attempt(&job.queue, &job.task, counted, Some(began.elapsed()));
+    }
     Ack::new(id, attempt, decision, client.now())
 }
 

@@ -541,6 +541,7 @@ impl Shared {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id).is_some_and(|f| f.attempt == attempt) {
             map.remove(&id);
+            crate::telemetry::in_flight(-1);
         }
     }
 

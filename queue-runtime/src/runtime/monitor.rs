@@ -24,6 +24,7 @@ pub(super) async fn monitor(shared: Arc<Shared>) {
         let Some(hll) = shared.client.history_list_length().await else {
             continue;
         };
+        crate::telemetry::history_list_length(hll);
         tracing::debug!(claim_p50 = ?p50, claim_p99 = ?p99, history_list_length = hll, "claim health");
         let (base_p99, base_hll) = *baseline.get_or_insert((p99, hll));
         if purge_lag_suspected(p99, hll, base_p99, base_hll) {

@@ -128,6 +128,7 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
                     crate::store::operator::Event::Failed
                 };
                 shared.count(&r.queue, &r.task, event);
+                crate::telemetry::rescued(&r.queue, &r.task, r.dead);
             }
             if !rescued.is_empty() {
                 tracing::warn!(requeued, buried, "took back jobs whose lease expired");

@@ -206,27 +206,37 @@ pub(super) fn jobs_link(p: &Page<'_>, state: Option<JobState>, queue: Option<&st
 }
 
 /// A count linking to the jobs it counts (a zero links nowhere).
-fn count_cell(p: &Page<'_>, n: u64, state: Option<JobState>, queue: Option<&str>) -> Markup {
+fn count_cell(
+    p: &Page<'_>,
+    n: u64,
+    at_least: bool,
+    state: Option<JobState>,
+    queue: Option<&str>,
+) -> Markup {
     html! {
-        td.num.zero[n == 0] {
+        td.num.zero[n == 0] title=[at_least.then_some("at least: past the cap stats() counts to")] {
+            @if at_least { "≥" }
             @if n == 0 { "0" } @else { a href=(jobs_link(p, state, queue)) { (n) } }
         }
     }
 }
 
 fn counts_row(p: &Page<'_>, name: Option<&str>, c: &QueueCounts, paused: Option<bool>) -> Markup {
+    let l = c.at_least;
     html! {
         tr.paused[paused == Some(true)] {
             th scope="row" {
                 @if let Some(name) = name { (name) } @else { "all queues" }
             }
-            (count_cell(p, c.ready, Some(JobState::Ready), name))
-            (count_cell(p, c.scheduled, Some(JobState::Scheduled), name))
-            (count_cell(p, c.running, Some(JobState::Running), name))
-            (count_cell(p, c.blocked, Some(JobState::Blocked), name))
-            td.num.zero[c.rate_limited == 0] title="Scheduled by a rate limit (counted among scheduled)" { (c.rate_limited) }
-            (count_cell(p, c.dead, Some(JobState::Dead), name))
-            (count_cell(p, c.total(), None, name))
+            (count_cell(p, c.ready, l.ready, Some(JobState::Ready), name))
+            (count_cell(p, c.scheduled, l.scheduled, Some(JobState::Scheduled), name))
+            (count_cell(p, c.running, l.running, Some(JobState::Running), name))
+            (count_cell(p, c.blocked, l.blocked, Some(JobState::Blocked), name))
+            td.num.zero[c.rate_limited == 0] title="Scheduled by a rate limit (counted among scheduled)" {
+                @if l.scheduled { "≥" } (c.rate_limited)
+            }
+            (count_cell(p, c.dead, l.dead, Some(JobState::Dead), name))
+            (count_cell(p, c.total(), l.any(), None, name))
             td {
                 @match (paused, name) {
                     (Some(true), Some(q)) => {
@@ -288,6 +298,12 @@ pub(super) async fn overview(State(st): State<AppState>, here: Here, uri: Uri) -
                         }
                     }
                     tfoot { (counts_row(&p, None, &stats.total, None)) }
+                }
+                @if !stats.exact {
+                    p.note {
+                        "More than 10,000 jobs: counts marked ≥ are lower bounds (each state is counted up to 10,000)."
+                        @if let Some(n) = stats.estimated_jobs { " InnoDB estimates about " (n) " jobs in all." }
+                    }
                 }
             }
         }

@@ -646,3 +646,64 @@ async fn a_runtime_writes_its_counts_as_it_goes() {
     assert_eq!(names, BTreeSet::from(["tests.ops.listed".to_owned()]));
     db.drop_db().await;
 }
+
+/// Past 10,000 jobs, `stats()` counts from indexes with caps, and says
+/// which counts are lower bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_of_a_big_table_are_capped_and_say_so() {
+    let (db, client) = setup().await;
+    let small = client.stats().await.unwrap();
+    assert!(small.exact && small.estimated_jobs.is_none());
+    sqlx::query(
+        "INSERT INTO queue_jobs (task, queue, priority, state, payload, attempts, max_attempts, run_at, created_at, updated_at) \
+         SELECT 'bulk', 'big', 2, 0, '1', 0, 4, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) FROM seq_1_to_30000",
+    )
+    .execute(client.pool())
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO queue_ready (queue, priority, job_id) SELECT 'big', 2, id FROM queue_jobs ORDER BY id")
+        .execute(client.pool())
+        .await
+        .unwrap();
+    listed::with(1)
+        .queue("small")
+        .enqueue(&client)
+        .await
+        .unwrap();
+    let dead = listed::enqueue_many(&client, 0..3).await.unwrap();
+    kill(&client, &dead).await;
+    for n in 0..5 {
+        listed::with(n)
+            .queue("small")
+            .delay(Duration::from_secs(600))
+            .enqueue(&client)
+            .await
+            .unwrap();
+    }
+    crate::insert_raw_job(&client, "ghost.task", "small", "1", None).await;
+
+    let s = client.stats().await.unwrap();
+    assert!(!s.exact);
+    assert!(s.estimated_jobs.is_some());
+    let big = s.queues["big"];
+    assert_eq!((big.ready, big.at_least.ready), (10_000, true));
+    assert!(!big.at_least.scheduled && !big.at_least.dead);
+    let small = s.queues["small"];
+    assert_eq!(
+        (
+            small.ready,
+            small.scheduled,
+            small.running,
+            small.dead,
+            small.at_least.any()
+        ),
+        (2, 5, 0, 0, false)
+    );
+    assert_eq!(s.queues["ops"].dead, 3);
+    assert_eq!(s.total.ready, 10_002);
+    assert_eq!((s.total.scheduled, s.total.dead), (5, 3));
+    assert!(s.total.at_least.ready && !s.total.at_least.dead);
+    assert_eq!(s.unknown_tasks.get("ghost.task"), Some(&1));
+    assert_eq!(s.unknown_tasks.get("bulk"), Some(&200), "the jobs read");
+    db.drop_db().await;
+}
