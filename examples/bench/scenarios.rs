@@ -1419,7 +1419,14 @@ pub(crate) async fn admin(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> R
             .start()
             .await?;
         let first = client.jobs(&JobFilter::default()).await?;
-        let deep = JobId(first.jobs.last().map_or(0, |j| j.id.0).saturating_sub(n - 1_000).max(1));
+        let deep = JobId(
+            first
+                .jobs
+                .last()
+                .map_or(0, |j| j.id.0)
+                .saturating_sub(n - 1_000)
+                .max(1),
+        );
         let cases: Vec<(&str, JobFilter)> = vec![
             ("jobs() first page", JobFilter::default()),
             (
@@ -1458,14 +1465,16 @@ pub(crate) async fn admin(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> R
         runtime.shutdown(Duration::from_secs(5)).await?;
         let exact = client.stats().await?.exact;
         for (name, (p50, p95)) in measure {
-            rows.push(vec![
-                int(n),
-                name.to_owned(),
-                num(p50),
-                num(p95),
-            ]);
+            rows.push(vec![int(n), name.to_owned(), num(p50), num(p95)]);
             let s = json!({"jobs": n, "runs": runs, "stats_exact": exact});
-            report.emit("admin", &format!("{name} at {n}"), "p50", p50, "ms", s.clone());
+            report.emit(
+                "admin",
+                &format!("{name} at {n}"),
+                "p50",
+                p50,
+                "ms",
+                s.clone(),
+            );
             report.emit("admin", &format!("{name} at {n}"), "p95", p95, "ms", s);
         }
         println!("(admin: {n} jobs enqueued in {fill_s:.1} s; stats exact: {exact})");
@@ -1535,7 +1544,14 @@ pub(crate) async fn admin(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> R
             polls.load(Ordering::SeqCst).to_string(),
         ]);
         let s = json!({"jobs": n, "concurrency": 10, "round": round});
-        report.emit("admin", &format!("drain, {variant}"), "throughput", rate, "jobs/s", s);
+        report.emit(
+            "admin",
+            &format!("drain, {variant}"),
+            "throughput",
+            rate,
+            "jobs/s",
+            s,
+        );
         client.pool().close().await;
         drop_db("bench_admin").await;
     }
