@@ -223,7 +223,7 @@ impl Client {
     /// 10,000 each, and the queue and task of the first 1,000 jobs of each
     /// state and 200 ready jobs of each queue; [`Stats::exact`] is then
     /// `false`, and counts past a cap are lower bounds
-    /// ([`QueueCounts::at_least`]). About 10–15 ms at 1,000,000 jobs
+    /// ([`QueueCounts::at_least`]). About 7–15 ms at 1,000,000 jobs
     /// (docs/operations.md).
     ///
     /// The ready count of a large queue counts claim-index rows: a ready
