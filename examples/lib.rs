@@ -45,3 +45,27 @@ pub async fn demo_database(name: &str) -> Result<String, sqlx::Error> {
         .await?;
     Ok(format!("{base}/{name}"))
 }
+
+/// The URL of the database named `name` on the examples' server, created
+/// if it does not exist but otherwise kept as it is (the dashboard reads the
+/// demo's database while the demo fills it).
+///
+/// # Errors
+/// If the server cannot be reached or the database cannot be created.
+pub async fn existing_database(name: &str) -> Result<String, sqlx::Error> {
+    assert!(
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "a plain database name"
+    );
+    let url = database_url();
+    let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
+    let mut conn =
+        <sqlx::MySqlConnection as sqlx::Connection>::connect(&format!("{base}/")).await?;
+    // Safe: `name` is checked above to be a plain identifier.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE IF NOT EXISTS `{name}`"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(format!("{base}/{name}"))
+}

@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Scenarios: `enqueue`, `ceiling`, `throughput`, `latency`, `idle`,
-//! `memory`, `churn`, or `all` (the default), in that order. Each prints a
+//! `memory`, `delay`, `churn`, `limits`, `admin` (the operator's reads at
+//! 10,000 and 1,000,000 jobs, and a drain polled by a dashboard), or `all`
+//! (the default), in that order. Each prints a
 //! Markdown table and one JSON line per result (`grep '^{'` keeps only
 //! those); the run ends with the issue's targets, each measured in this run.
 //!
@@ -78,6 +80,7 @@ const SCENARIOS: &[&str] = &[
     "delay",
     "churn",
     "limits",
+    "admin",
 ];
 
 fn usage() -> ! {
@@ -213,6 +216,7 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
             "delay" => scenarios::delay(&mut report, &opts, &mut ctx).await,
             "churn" => churn::churn(&mut report, &opts, &mut ctx).await,
             "limits" => scenarios::limits(&mut report, &opts, &mut ctx).await,
+            "admin" => scenarios::admin(&mut report, &opts, &mut ctx).await,
             _ => unreachable!(),
         };
         if let Err(e) = r {

@@ -1346,3 +1346,219 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
     drop_db("bench_limits").await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+
+/// Median and p95 (ms) of `runs` calls of `f`, after one warm-up call.
+async fn call_ms<F, Fut, T>(runs: usize, mut f: F) -> Res<(f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = queue_runtime::Result<T>>,
+{
+    f().await?;
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f().await?;
+        v.push(ms(t.elapsed()));
+    }
+    v.sort_by(f64::total_cmp);
+    Ok((pct(&v, 50.0), pct(&v, 95.0)))
+}
+
+/// `admin`: what the operator's reads cost at 10,000 and 1,000,000 queued
+/// jobs (`stats`, `jobs` first and deep pages and filtered ones,
+/// `throughput(1h)`, `runtimes`), and what a dashboard polling them every
+/// 2 s costs a draining runtime.
+pub(crate) async fn admin(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> Res<()> {
+    use queue_runtime::{JobFilter, JobId, JobState};
+    let sizes: &[u64] = if opts.quick {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 1_000_000]
+    };
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let (_url, client) = fresh("bench_admin").await?;
+        let t = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(5_000);
+            tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
+            left -= k;
+        }
+        let fill_s = t.elapsed().as_secs_f64();
+        // A few jobs of a rare task and a few dead ones, among the many.
+        for _ in 0..3 {
+            tasks::timed::enqueue(&client, 0).await?;
+        }
+        let mut conn = MySqlConnection::connect(&_url).await?;
+        sqlx::query(
+            "UPDATE queue_jobs SET state = 3, dead_at = UTC_TIMESTAMP(6), last_error = 'x' \
+             WHERE id IN (SELECT id FROM (SELECT id FROM queue_jobs ORDER BY id LIMIT 5) t)",
+        )
+        .execute(&mut conn)
+        .await?;
+        // A day of counts, as a busy cluster leaves it: 1,440 minutes x 5
+        // queues x 4 tasks.
+        sqlx::query(
+            "INSERT INTO queue_throughput (minute, queue, task, started, succeeded, failed, dead) \
+             SELECT DATE_FORMAT(UTC_TIMESTAMP() - INTERVAL (seq DIV 20) MINUTE, '%Y-%m-%d %H:%i:00'), \
+             CONCAT('q', seq % 5), CONCAT('task', (seq DIV 5) % 4), 100, 98, 1, 1 FROM seq_0_to_28799",
+        )
+        .execute(&mut conn)
+        .await?;
+        sqlx::query("ANALYZE TABLE queue_jobs, queue_ready")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        // One live runtime for runtimes() (serving no job of these).
+        let runtime = Runtime::builder(client.clone())
+            .queues(["nothing"])
+            .cron(false)
+            .start()
+            .await?;
+        let first = client.jobs(&JobFilter::default()).await?;
+        let deep = JobId(
+            first
+                .jobs
+                .last()
+                .map_or(0, |j| j.id.0)
+                .saturating_sub(n - 1_000)
+                .max(1),
+        );
+        let cases: Vec<(&str, JobFilter)> = vec![
+            ("jobs() first page", JobFilter::default()),
+            (
+                "jobs() deep page (1,000 from the end)",
+                JobFilter {
+                    after: Some(deep),
+                    ..Default::default()
+                },
+            ),
+            (
+                "jobs(state = dead)",
+                JobFilter {
+                    state: Some(JobState::Dead),
+                    ..Default::default()
+                },
+            ),
+            (
+                "jobs(task = a rare task): one call",
+                JobFilter {
+                    task: Some("bench.timed".into()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let runs = 30;
+        let mut measure = Vec::new();
+        measure.push(("stats()", call_ms(runs, || client.stats()).await?));
+        for (name, filter) in &cases {
+            measure.push((name, call_ms(runs, || client.jobs(filter)).await?));
+        }
+        measure.push((
+            "throughput(1h)",
+            call_ms(runs, || client.throughput(Duration::from_secs(3600))).await?,
+        ));
+        measure.push(("runtimes()", call_ms(runs, || client.runtimes()).await?));
+        runtime.shutdown(Duration::from_secs(5)).await?;
+        let exact = client.stats().await?.exact;
+        for (name, (p50, p95)) in measure {
+            rows.push(vec![int(n), name.to_owned(), num(p50), num(p95)]);
+            let s = json!({"jobs": n, "runs": runs, "stats_exact": exact});
+            report.emit(
+                "admin",
+                &format!("{name} at {n}"),
+                "p50",
+                p50,
+                "ms",
+                s.clone(),
+            );
+            report.emit("admin", &format!("{name} at {n}"), "p95", p95, "ms", s);
+        }
+        println!("(admin: {n} jobs enqueued in {fill_s:.1} s; stats exact: {exact})");
+        client.pool().close().await;
+        drop_db("bench_admin").await;
+    }
+    table(
+        "### admin: operator reads, call time on localhost (server time + one or two round trips), 30 calls each",
+        &["queued jobs", "call", "p50 ms", "p95 ms"],
+        &rows,
+    );
+
+    // Draining with and without a dashboard polling every 2 s, alternated.
+    let n = if opts.quick { 20_000 } else { opts.jobs };
+    let mut drain_rows = Vec::new();
+    for (round, polled) in [(1, false), (1, true), (2, false), (2, true)] {
+        let (_url, client) = fresh("bench_admin").await?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(5_000);
+            tasks::noop::enqueue_many(&client, std::iter::repeat_n((), k as usize)).await?;
+            left -= k;
+        }
+        tasks::reset();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let polls = Arc::new(AtomicU64::new(0));
+        let poller = polled.then(|| {
+            let client = client.clone();
+            let stop = stop.clone();
+            let polls = polls.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = client.stats().await;
+                    let _ = client.jobs(&JobFilter::default()).await;
+                    let _ = client.throughput(Duration::from_secs(3600)).await;
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            })
+        });
+        let rt = Runtime::builder(client.clone())
+            .concurrency(10)
+            .queues(["bench"])
+            .cron(false)
+            .start()
+            .await?;
+        wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
+        let end = now_us();
+        rt.shutdown(Duration::from_secs(10)).await?;
+        stop.store(true, Ordering::SeqCst);
+        if let Some(p) = poller {
+            let _ = p.await;
+        }
+        let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
+        let rate = n as f64 / secs;
+        let variant = if polled {
+            "stats()+jobs()+throughput(1h) every 2 s"
+        } else {
+            "no polling"
+        };
+        drain_rows.push(vec![
+            round.to_string(),
+            variant.to_owned(),
+            int(n),
+            num(secs),
+            num(rate),
+            polls.load(Ordering::SeqCst).to_string(),
+        ]);
+        let s = json!({"jobs": n, "concurrency": 10, "round": round});
+        report.emit(
+            "admin",
+            &format!("drain, {variant}"),
+            "throughput",
+            rate,
+            "jobs/s",
+            s,
+        );
+        client.pool().close().await;
+        drop_db("bench_admin").await;
+    }
+    table(
+        "### admin: no-op jobs drained by one runtime (concurrency 10), with and without a dashboard polling",
+        &["round", "variant", "jobs", "s", "jobs/s", "polls"],
+        &drain_rows,
+    );
+    Ok(())
+}

@@ -164,6 +164,21 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Serializes as its lowercase name ([`JobState::as_str`]).
+impl Serialize for JobState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Deserializes from its lowercase name ([`JobState::as_str`]).
+impl<'de> Deserialize<'de> for JobState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The error of parsing a [`JobState`] from text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -238,6 +253,12 @@ mod tests {
         assert_eq!(JobState::Blocked.as_u8(), 4);
         assert_eq!(JobState::from_u8(5), None);
         assert_eq!(JobState::from_u8(255), None);
+        assert_eq!(serde_json::to_string(&JobState::Dead).unwrap(), "\"dead\"");
+        assert_eq!(
+            serde_json::from_str::<JobState>("\"blocked\"").unwrap(),
+            JobState::Blocked
+        );
+        assert!(serde_json::from_str::<JobState>("\"gone\"").is_err());
         assert_eq!(
             "Dead".parse::<JobState>().unwrap_err().to_string(),
             "unknown job state `Dead`: expected `ready`, `scheduled`, `running`, `dead` or `blocked`"

@@ -46,18 +46,23 @@ mod enqueue;
 mod error;
 pub mod flavor;
 mod metrics;
+mod operator;
 mod registry;
 mod runtime;
 mod settings;
 mod store;
 mod task_ref;
+mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
 mod wakeup;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use admin::{
-    DeadJob, JobInfo, LimitKind, LimitStatus, QueueCounts, RecurringTask, Stats, Waiting,
+    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, LowerBounds, QueueCounts,
+    RecurringTask, Stats, Waiting,
 };
 pub use client::Client;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -66,6 +71,10 @@ pub use context::TaskContext;
 pub use db::{Db, DbTransaction};
 pub use enqueue::EnqueueBuilder;
 pub use error::{Error, Result};
+pub use operator::{
+    DEFAULT_PAGE, JobFilter, JobPage, JobSummary, MAX_PAGE, MinuteCounts, RUNTIME_LIVE,
+    RuntimeInfo, THROUGHPUT_KEPT,
+};
 pub use queue_core::{
     Backoff, CatchUp, Deadline, DeadlineExceeded, JobId, JobState, Priority, Schedule, TaskError,
     TaskErrorKind, TaskOptions,
@@ -84,6 +93,11 @@ struct ReadmeDoctests;
 #[cfg(all(doctest, feature = "testing"))]
 #[doc = include_str!("../../docs/guide.md")]
 struct GuideDoctests;
+
+/// The dashboard guide's code, compiled as doc tests so that it cannot drift.
+#[cfg(all(doctest, feature = "web"))]
+#[doc = include_str!("../../docs/dashboard.md")]
+struct DashboardDoctests;
 
 /// Support for the code `#[task]` generates. Not public API.
 #[doc(hidden)]
@@ -229,6 +243,29 @@ pub mod __private {
                 .map(|(k, p, id)| (k.to_vec(), (*p, *id)))
                 .collect(),
             true,
+        )
+    }
+
+    /// The statements of a job listing (`Client::jobs`), for plan tests:
+    /// the window scan over ids `[low, high)`, and the read of the
+    /// filter's state's own index below `high` (if it has one).
+    pub fn list_jobs_sql(
+        filter: &crate::JobFilter,
+        low: u64,
+        high: u64,
+    ) -> (String, Option<String>) {
+        let f = crate::store::operator::ListFilter {
+            state: filter.state,
+            queue: filter.queue.clone(),
+            task: filter.task.clone(),
+            before: Some(high),
+            limit: 50,
+        };
+        (
+            crate::store::operator::list_window_sql(&f, low, high, 50),
+            filter
+                .state
+                .and_then(|s| crate::store::operator::list_index_sql(s, high)),
         )
     }
 

@@ -22,13 +22,48 @@ const ACK_BATCH: usize = 1000;
 /// the semaphore of a key whose freed slots all went to blocked jobs).
 const SLOTTED_IN_FLIGHT: usize = 4;
 
+/// How long per-minute counts wait, at most, for an acknowledgement to
+/// carry them before they are written alone.
+const TALLY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes the per-minute counts in a statement of their own: when they
+/// have waited [`TALLY_EVERY`] (or at once with `now`). Counts that cannot
+/// be written are kept for the next try.
+async fn flush_tally(shared: &Arc<Shared>, now: bool) {
+    let tally = {
+        let mut t = shared.tally();
+        if t.is_empty() || (!now && t.age() < TALLY_EVERY) {
+            return;
+        }
+        std::mem::take(&mut *t)
+    };
+    let sent = std::time::Instant::now();
+    let written = shared.client.store().add_throughput(&tally).await;
+    shared
+        .outage
+        .track("writing per-minute counts", sent, &written);
+    if written.is_err() {
+        shared.tally().merge(tally);
+    }
+}
+
 /// Writes outcomes. Successes are batched: whatever has arrived since the
 /// last write goes in one DELETE.
 pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
     let mut stop = false;
     let mut slotted_writes = tokio::task::JoinSet::new();
     while !stop {
-        let Some(first) = rx.recv().await else { break };
+        // Counts waiting to be written get a write of their own within
+        // TALLY_EVERY when no acknowledgement comes to carry them.
+        let counting = !shared.tally().is_empty();
+        let first = tokio::select! {
+            a = rx.recv() => a,
+            _ = tokio::time::sleep(TALLY_EVERY), if counting => {
+                flush_tally(&shared, true).await;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
         let slotted = match &first {
             Ack::Complete { id, attempt } => shared.slot_of(*id, *attempt).is_some(),
             _ => false,
@@ -78,6 +113,8 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
         while slotted_writes.try_join_next().is_some() {}
     }
     while slotted_writes.join_next().await.is_some() {}
+    // The last per-minute counts, whatever their age.
+    flush_tally(&shared, true).await;
 }
 
 /// Successes of jobs holding a concurrency slot: id, attempt, key.
@@ -208,11 +245,17 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
             other => others.push(other),
         }
     }
+    let mut tally_written = false;
     if !done.is_empty() {
+        // The per-minute counts ride in the successes' transaction.
+        let tally = std::mem::take(&mut *shared.tally());
         let (n, retried) = shared
             .outage
-            .until_ok("recording successes", || store.complete(&done))
+            .until_ok("recording successes", || {
+                store.complete_tallied(&done, &tally)
+            })
             .await;
+        tally_written = true;
         let mut lost = done.len() - (n as usize).min(done.len());
         if lost > 0 && retried {
             // An earlier try may have deleted them with its reply lost:
@@ -252,5 +295,10 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
         if let Some((id, attempt)) = id {
             shared.finished(id, attempt);
         }
+    }
+    if !tally_written {
+        // Counts of this batch's retries and deaths (or older ones) go now
+        // in one statement if they waited long enough.
+        flush_tally(shared, false).await;
     }
 }

@@ -6,6 +6,7 @@ use super::*;
 use crate::context::TaskContext;
 use crate::error::Error;
 use crate::store::ClaimedJob;
+use crate::store::operator::Event;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use queue_core::{Deadline, TaskError, TaskErrorKind};
@@ -60,6 +61,7 @@ impl LogLimiter {
 /// Starts a claimed job of the served queue at index `queue`: at once in a
 /// free slot, or when one frees (a prefetched job).
 pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
+    shared.count(&job.queue, &job.task, Event::Started);
     shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let permit = match shared.semaphore.clone().try_acquire_owned() {
         Ok(p) => Some(p),
@@ -125,6 +127,7 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
             slot,
         },
     );
+    crate::telemetry::in_flight(1);
 }
 
 /// A job's slot: released when the job's task ends, however it ends, and
@@ -184,8 +187,21 @@ pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
     report(&shared, &job, ack);
 }
 
+/// Counts an attempt's outcome for the per-minute counts (a hand-back,
+/// which spends no attempt, is not counted).
+pub(super) fn count_outcome(shared: &Shared, job: &ClaimedJob, ack: &Ack) {
+    let event = match ack {
+        Ack::Complete { .. } => Event::Succeeded,
+        Ack::Retry { refund: false, .. } => Event::Failed,
+        Ack::Dead { .. } => Event::Dead,
+        Ack::Retry { refund: true, .. } | Ack::Stop | Ack::Pending => return,
+    };
+    shared.count(&job.queue, &job.task, event);
+}
+
 /// Hands an outcome to the acker, marking the job as reported.
 pub(super) fn report(shared: &Shared, job: &ClaimedJob, ack: Ack) {
+    count_outcome(shared, job, &ack);
     if let Some(f) = shared
         .in_flight
         .lock()
@@ -257,9 +273,12 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         Ok(fut) => fut,
         Err(p) => Box::pin(std::future::ready(Err(TaskError::panic(panic_message(p))))),
     };
-    if let Ok(lag) = (client.now() - job.run_at).to_std() {
+    let lag = (client.now() - job.run_at).to_std().ok();
+    if let Some(lag) = lag {
         client.inner.metrics.record_start_lag(lag);
     }
+    crate::telemetry::started(&job.queue, &job.task, lag);
+    let began = Instant::now();
     let fut = AssertUnwindSafe(Deadline::scope(deadline, fut)).catch_unwind();
     let mut hand_back = shared.hand_back.subscribe();
     let stop_at = deadline.map(|d| d.expires_at() + DEADLINE_GRACE);
@@ -294,6 +313,16 @@ pub(super) async fn run_attempt(shared: &Arc<Shared>, job: &ClaimedJob) -> Ack {
         &reg.options.backoff,
         &mut fastrand::Rng::new(),
     );
+    let counted = match &decision {
+        outcome::Decision::Complete => Some(crate::telemetry::Attempt::Succeeded),
+        outcome::Decision::Retry { refund: false, .. } => Some(crate::telemetry::Attempt::Retried),
+        outcome::Decision::Dead { .. } => Some(crate::telemetry::Attempt::Dead),
+        // Handed back at shutdown: no attempt spent.
+        outcome::Decision::Retry { refund: true, .. } => None,
+    };
+    if let Some(counted) = counted {
+        crate::telemetry::attempt(&job.queue, &job.task, counted, Some(began.elapsed()));
+    }
     Ack::new(id, attempt, decision, client.now())
 }
 

@@ -81,6 +81,8 @@ impl Inline {
             adaptive_prefetch: false,
             finished_total: std::sync::atomic::AtomicU64::new(0),
             outage: Outage::default(),
+            tally: Mutex::new(Default::default()),
+            started_at: crate::time::clamp(client.now()),
         });
         Ok(Inline { shared })
     }
@@ -121,9 +123,18 @@ impl Inline {
                 Box::pin(self.run_next(queue)).await?
             });
         };
+        self.shared.count(
+            &job.queue,
+            &job.task,
+            crate::store::operator::Event::Started,
+        );
         let ack = executor::run_attempt(&self.shared, &job).await;
         let now = client.now();
         completer::write_outcome(store, &ack, job.slot.as_deref(), now).await?;
+        // The counts are written at once here: a test reads them next.
+        executor::count_outcome(&self.shared, &job, &ack);
+        let tally = std::mem::take(&mut *self.shared.tally());
+        store.add_throughput(&tally).await?;
         let outcome = match ack {
             Ack::Complete { .. } => InlineOutcome::Succeeded,
             Ack::Retry {

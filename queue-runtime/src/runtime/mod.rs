@@ -32,7 +32,7 @@ mod executor;
 mod heartbeat;
 #[cfg(feature = "testing")]
 pub(crate) mod inline;
-mod monitor;
+pub(crate) mod monitor;
 mod outage;
 mod outcome;
 mod parker;
@@ -222,7 +222,20 @@ impl RuntimeBuilder {
             finished_total: std::sync::atomic::AtomicU64::new(0),
             concurrency: settings.concurrency,
             outage: Outage::default(),
+            tally: Mutex::new(Default::default()),
+            started_at: crate::time::clamp(self.client.now()),
         });
+        // In the registry before the first claim; a failure is logged and
+        // the rescuer's next beat tries again.
+        let sent = Instant::now();
+        let registered = shared
+            .client
+            .store()
+            .beat_runtime(&shared.registry_row())
+            .await;
+        shared
+            .outage
+            .track("registering the runtime", sent, &registered);
         tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
         let mut background = Vec::new();
         let acker = tokio::spawn(completer::acker(shared.clone(), ack_rx));
@@ -327,6 +340,20 @@ impl Runtime {
         for b in self.background.drain(..) {
             b.abort();
         }
+        // Counts the acker could not write (the database was away) are lost.
+        let tally = std::mem::take(&mut *self.shared.tally());
+        if let Err(e) = self.shared.client.store().add_throughput(&tally).await {
+            tracing::debug!(error = %e, "per-minute counts not written at shutdown");
+        }
+        if let Err(e) = self
+            .shared
+            .client
+            .store()
+            .unregister_runtime(&self.shared.owner)
+            .await
+        {
+            tracing::warn!(error = %e, "could not remove the runtime from queue_runtimes; it expires");
+        }
         tracing::info!(owner = %self.shared.owner, "queue runtime stopped");
         if remaining > 0 {
             return Err(Error::Shutdown(format!(
@@ -397,6 +424,11 @@ pub(crate) struct Shared {
     /// Jobs run at once at most.
     concurrency: usize,
     pub(crate) outage: Outage,
+    /// Per-minute counts not yet written (`queue_throughput`): the acker
+    /// writes them with its next acknowledgement, or alone within a second.
+    tally: Mutex<crate::store::operator::Tally>,
+    /// When the runtime started (its row in `queue_runtimes`).
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -447,6 +479,35 @@ impl Shared {
         })
     }
 
+    /// The per-minute counts not yet written.
+    pub(crate) fn tally(&self) -> std::sync::MutexGuard<'_, crate::store::operator::Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts an event of a job of `queue` and `task`, now.
+    pub(crate) fn count(&self, queue: &str, task: &str, event: crate::store::operator::Event) {
+        let now = self.client.now();
+        self.tally().add(now, queue, task, event);
+    }
+
+    /// This runtime's row in `queue_runtimes`, as of now.
+    pub(crate) fn registry_row(&self) -> crate::store::operator::RuntimeRow {
+        crate::store::operator::RuntimeRow {
+            owner: self.owner.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            queues: self.queues.clone(),
+            concurrency: u32::try_from(self.concurrency).unwrap_or(u32::MAX),
+            in_flight: self
+                .in_flight
+                .lock()
+                .map(|m| u32::try_from(m.len()).unwrap_or(u32::MAX))
+                .unwrap_or(0),
+            started_at: self.started_at,
+            heartbeat_at: crate::time::clamp(self.client.now()),
+        }
+    }
+
     /// Queues a success for the next claim or the acker.
     pub(super) fn push_success(&self, id: JobId, attempt: u32) {
         self.pending_done
@@ -484,6 +545,7 @@ impl Shared {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id).is_some_and(|f| f.attempt == attempt) {
             map.remove(&id);
+            crate::telemetry::in_flight(-1);
         }
     }
 
@@ -500,6 +562,21 @@ impl Shared {
         }
         self.stopping()
     }
+}
+
+/// This machine's host name: `HOSTNAME`, else the kernel's, else "unknown".
+fn host_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().chars().take(255).collect::<String>())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned())
+    })
+    .clone()
 }
 
 struct InFlight {

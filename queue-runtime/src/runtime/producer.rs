@@ -588,6 +588,7 @@ impl Producer {
             .inner
             .metrics
             .record_claim(done.sent.elapsed());
+        crate::telemetry::claim(&shared.queues[done.queue], done.sent.elapsed());
         tracing::trace!(queue = %shared.queues[done.queue], wanted, got = jobs.len(), "claimed");
         for job in jobs {
             super::executor::spawn_job(shared, job, done.queue);

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 
 /// How often a runtime looks for ready jobs missing from the claim index.
 pub(super) const HEAL_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often a runtime refreshes its row in `queue_runtimes`.
+pub(super) const REGISTRY_BEAT: Duration = Duration::from_secs(10);
+/// A registry row without a heartbeat for this long is a runtime that
+/// died: deleted by the hourly pass.
+const REGISTRY_STALE: Duration = Duration::from_secs(600);
+/// Per-minute counts are kept this long (a day, and an hour of margin).
+const COUNTS_KEPT: Duration = Duration::from_secs(25 * 3600);
+
 /// How often a runtime with limited tasks looks for blocked jobs whose
 /// semaphore has room nobody handed them (a raised limit).
 const UNBLOCK_INTERVAL: Duration = Duration::from_secs(30);
@@ -20,7 +28,22 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
     let mut last_full = Instant::now();
     let mut last_heal: Option<Instant> = None;
     let mut last_unblock: Option<Instant> = None;
+    let mut last_beat = Instant::now();
     loop {
+        if last_beat.elapsed() >= REGISTRY_BEAT {
+            // The runtime's own row: one upsert every 10 s (it comes back
+            // if a long outage let another runtime prune it).
+            last_beat = Instant::now();
+            let sent = Instant::now();
+            let beat = shared
+                .client
+                .store()
+                .beat_runtime(&shared.registry_row())
+                .await;
+            shared
+                .outage
+                .track("refreshing the runtime registry", sent, &beat);
+        }
         let now = shared.client.now();
         // Look at leases that expired since the last pass (with a margin);
         // the whole index now and then, and at start.
@@ -39,7 +62,7 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
         let store = shared.client.store();
         let sent = Instant::now();
         let pass = match store.any_expired(now, since).await {
-            Ok(false) => Ok((0, 0)),
+            Ok(false) => Ok(Vec::new()),
             Ok(true) => {
                 store
                     .rescue_expired(now, since, &|lease| rescue(lease, now))
@@ -65,6 +88,16 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
             shared
                 .outage
                 .track("pruning idle limit rows", sent, &pruned);
+            let sent = Instant::now();
+            let pruned = store
+                .prune_operator_rows(
+                    crate::clock::sub(now, REGISTRY_STALE),
+                    crate::clock::sub(now, COUNTS_KEPT),
+                )
+                .await;
+            shared
+                .outage
+                .track("pruning stale runtimes and old counts", sent, &pruned);
             if let Ok(n @ 1..) = healed {
                 tracing::warn!(
                     jobs = n,
@@ -84,9 +117,20 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
                 shared.client.inner.ready_gen.send_modify(|g| *g += 1);
             }
         }
-        if let Ok((requeued, buried)) = pass {
+        if let Ok(rescued) = pass {
             last_ok = Some(now);
-            if requeued + buried > 0 {
+            let buried = rescued.iter().filter(|r| r.dead).count();
+            let requeued = rescued.len() - buried;
+            for r in &rescued {
+                let event = if r.dead {
+                    crate::store::operator::Event::Dead
+                } else {
+                    crate::store::operator::Event::Failed
+                };
+                shared.count(&r.queue, &r.task, event);
+                crate::telemetry::rescued(&r.queue, &r.task, r.dead);
+            }
+            if !rescued.is_empty() {
                 tracing::warn!(requeued, buried, "took back jobs whose lease expired");
                 shared.client.inner.ready_gen.send_modify(|g| *g += 1);
             }

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{ReadyOrder, Store};
 use crate::error::Result;
@@ -17,7 +17,7 @@ use crate::time::At;
 const PURGE_BATCH: u64 = 1000;
 
 /// A dead job, as `client.dead_jobs()` lists it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DeadJob {
     /// The job's id.
     pub id: JobId,
@@ -36,7 +36,7 @@ pub struct DeadJob {
 }
 
 /// One job as stored, for inspection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct JobInfo {
     /// The job's id.
     pub id: JobId,
@@ -62,10 +62,69 @@ pub struct JobInfo {
     /// for a concurrency slot, or scheduled for the rate window in which
     /// it holds a reserved start.
     pub waiting: Option<Waiting>,
+    /// Every failed attempt's error, oldest first: the last 20 failed
+    /// attempts only (older ones are dropped), each text cut at 2,000
+    /// characters ([`last_error`](Self::last_error) keeps the whole last
+    /// one). Hand-backs that did not spend an attempt (a shutdown, a task
+    /// the runtime does not declare) are not in it.
+    pub errors: Vec<AttemptError>,
+    /// The runtime running it (its [`Runtime::owner`](crate::Runtime::owner)),
+    /// while it is running.
+    pub lease_owner: Option<String>,
+    /// When its lease ends, while it is running.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When its row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One failed attempt of a job ([`JobInfo::errors`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptError {
+    /// The attempt's number (1-based; it starts again from 1 after
+    /// [`Client::retry_dead`](crate::Client::retry_dead)).
+    pub attempt: u32,
+    /// When the failure was recorded.
+    pub at: DateTime<Utc>,
+    /// The error's text (at most 2,000 characters).
+    pub error: String,
+}
+
+/// The error history as stored (a JSON array, see migration 0007);
+/// entries that do not decode are skipped, text that is no JSON array is
+/// no history.
+pub(crate) fn parse_errors(stored: Option<&str>) -> Vec<AttemptError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        attempt: u32,
+        at: String,
+        error: String,
+    }
+    let Some(text) = stored else {
+        return Vec::new();
+    };
+    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(text) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<Stored>(v).ok())
+        .filter_map(|e| {
+            Some(AttemptError {
+                attempt: e.attempt,
+                at: DateTime::parse_from_rfc3339(&e.at)
+                    .ok()?
+                    .with_timezone(&Utc),
+                error: e.error,
+            })
+        })
+        .collect()
 }
 
 /// The limit a job waits for ([`JobInfo::waiting`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Waiting {
     /// Blocked: its task's concurrency limit (for its key, if the task has
     /// `concurrency_key`) is full. It moves to ready, holding a slot, when
@@ -109,6 +168,33 @@ pub(crate) struct LimitRow {
     pub waiting: u64,
     /// Rate only: the window's length and its start.
     pub window: Option<(u64, DateTime<Utc>)>,
+}
+
+/// Jobs counted one by one per state at most, by [`Store::count_bounded`]
+/// (a queue's claim-index rows; each other state's index entries).
+pub(crate) const READY_CAP: usize = 10_000;
+/// See [`READY_CAP`].
+pub(crate) const STATE_CAP: usize = 10_000;
+/// Jobs of each state (but ready) whose queue and task are read.
+pub(crate) const SAMPLE: usize = 1_000;
+/// Jobs at the head of each queue's claim index whose task is read.
+pub(crate) const READY_SAMPLE: usize = 200;
+
+/// What [`Store::count_bounded`] counted.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bounded {
+    /// Per queue: its claim-index rows, up to `READY_CAP + 1`.
+    pub ready: Vec<(String, u64)>,
+    /// Per state (scheduled, running, dead, blocked): its jobs, up to
+    /// `STATE_CAP + 1`.
+    pub totals: Vec<(JobState, u64)>,
+    /// Jobs per queue, task and state among those read: up to
+    /// `SAMPLE + 1` of each state, `READY_SAMPLE` of each queue's ready ones.
+    pub sample: Vec<TaskCount>,
+    /// Which entries of `sample` are of the ready samples.
+    pub ready_sampled: Vec<usize>,
+    /// InnoDB's estimate of the rows of `queue_jobs`.
+    pub estimated_jobs: Option<u64>,
 }
 
 /// How many jobs of one task are in one state in one queue.
@@ -198,6 +284,137 @@ impl Store {
         Ok(counts)
     }
 
+    /// Whether `queue_jobs` holds at most `n` rows: counts at most `n + 1`
+    /// entries of a narrow index (every row has one), whatever the size.
+    pub(crate) async fn jobs_at_most(&self, n: usize) -> Result<bool> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM queue_jobs FORCE INDEX (queue_jobs_dead) LIMIT {}) t",
+            n + 1
+        );
+        let count: i64 = sqlx::raw_sql(AssertSqlSafe(self.limited(&sql)))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX) <= n)
+    }
+
+    /// The queues with rows in the claim index (sentinels count), one
+    /// primary-key seek each (a loose index scan written out: the servers
+    /// scan the whole index for `DISTINCT queue`); at most `max`.
+    pub(crate) async fn ready_queues(&self, max: usize) -> Result<Vec<String>> {
+        let mut queues: Vec<String> = Vec::new();
+        while queues.len() < max {
+            let next: Option<String> = self
+                .q("SELECT queue FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue > ? ORDER BY queue LIMIT 1")
+                .bind(queues.last().map_or("", String::as_str))
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            match next {
+                Some(q) => queues.push(q),
+                None => break,
+            }
+        }
+        Ok(queues)
+    }
+
+    /// The bounded counts of [`Bounded`], in one round trip: for each of
+    /// `queues`, its claim-index rows (up to `READY_CAP + 1`) and the tasks
+    /// of its first `READY_SAMPLE` of them; for scheduled, running, dead
+    /// and blocked jobs, their number (up to `STATE_CAP + 1`, from the
+    /// state's index alone) and the queue and task of the first `SAMPLE`.
+    pub(crate) async fn count_bounded(&self, queues: &[String]) -> Result<Bounded> {
+        use super::coalesced::text_literal;
+        let mut statements = Vec::new();
+        for q in queues {
+            let q = text_literal(q);
+            statements.push(format!(
+                "SELECT 0, COUNT(*), {q}, NULL, 0, 0 FROM (SELECT 1 FROM queue_ready FORCE INDEX (PRIMARY) \
+                 WHERE queue = {q} AND seq > 0 LIMIT {}) t",
+                READY_CAP + 1
+            ));
+            statements.push(format!(
+                "SELECT 1, COUNT(*), j.queue, j.task, CAST(j.state AS SIGNED), CAST(j.rate_window IS NOT NULL AS SIGNED) FROM \
+                 (SELECT job_id FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = {q} AND seq > 0 \
+                 LIMIT {READY_SAMPLE}) r JOIN queue_jobs j ON j.id = r.job_id \
+                 GROUP BY j.queue, j.task, j.state, j.rate_window IS NOT NULL"
+            ));
+        }
+        for state in [JobState::Scheduled, JobState::Running, JobState::Dead] {
+            let (index, cond) = match state {
+                JobState::Scheduled => ("queue_jobs_scheduled", "scheduled_at IS NOT NULL"),
+                JobState::Running => ("queue_jobs_lease", "lease_expires_at IS NOT NULL"),
+                _ => ("queue_jobs_dead", "dead_at IS NOT NULL"),
+            };
+            let n = state.as_u8();
+            statements.push(format!(
+                "SELECT 2, COUNT(*), NULL, NULL, {n}, 0 FROM (SELECT 1 FROM queue_jobs FORCE INDEX ({index}) \
+                 WHERE {cond} LIMIT {}) t",
+                STATE_CAP + 1
+            ));
+            statements.push(format!(
+                "SELECT 3, COUNT(*), queue, task, {n}, CAST(rate_deferred AS SIGNED) FROM (SELECT queue, task, \
+                 rate_window IS NOT NULL AS rate_deferred FROM queue_jobs FORCE INDEX ({index}) \
+                 WHERE {cond} AND state = {n} LIMIT {}) t GROUP BY queue, task, rate_deferred",
+                SAMPLE + 1
+            ));
+        }
+        let blocked = JobState::Blocked.as_u8();
+        statements.push(format!(
+            "SELECT 2, COUNT(*), NULL, NULL, {blocked}, 0 FROM (SELECT 1 FROM queue_blocked LIMIT {}) t",
+            STATE_CAP + 1
+        ));
+        statements.push(format!(
+            "SELECT 3, COUNT(*), j.queue, j.task, {blocked}, 0 FROM (SELECT job_id FROM queue_blocked LIMIT {}) b \
+             JOIN queue_jobs j ON j.id = b.job_id GROUP BY j.queue, j.task",
+            SAMPLE + 1
+        ));
+        statements.push(
+            "SELECT 4, CAST(TABLE_ROWS AS SIGNED), NULL, NULL, 0, 0 FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_jobs'"
+                .to_owned(),
+        );
+        let rows = sqlx::raw_sql(AssertSqlSafe(self.batch(&statements)))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Bounded::default();
+        for r in rows {
+            let kind: i64 = r.try_get(0)?;
+            let n = r
+                .try_get::<Option<i64>, _>(1)?
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0);
+            let state = || -> Result<JobState> {
+                Ok(
+                    JobState::from_u8(r.try_get::<i64, _>(4)?.try_into().unwrap_or(u8::MAX))
+                        .unwrap_or(JobState::Dead),
+                )
+            };
+            match kind {
+                0 => out.ready.push((r.try_get(2)?, n)),
+                2 => out.totals.push((state()?, n)),
+                4 => out.estimated_jobs = Some(n),
+                _ => {
+                    if n == 0 {
+                        continue;
+                    }
+                    out.sample.push(TaskCount {
+                        queue: r.try_get(2)?,
+                        state: state()?,
+                        task: r.try_get(3)?,
+                        jobs: n,
+                        rate_deferred: r.try_get::<i64, _>(5)? != 0,
+                    });
+                    if kind == 1 {
+                        out.ready_sampled.push(out.sample.len() - 1);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// InnoDB's history list length, from `information_schema.INNODB_METRICS`;
     /// `None` when the server does not expose it (or cannot be asked).
     pub(crate) async fn history_list_length(&self) -> Option<u64> {
@@ -264,18 +481,21 @@ impl Store {
         Ok(true)
     }
 
-    /// Deletes a job if it is ready, scheduled or blocked; returns whether
-    /// it did. A slot the job held goes to the next blocked job of its key.
-    pub(crate) async fn cancel(&self, id: JobId, now: DateTime<Utc>) -> Result<bool> {
+    /// Deletes a job if it is ready, scheduled or blocked (or dead too,
+    /// with `dead`); returns whether it did. A slot the job held goes to
+    /// the next blocked job of its key.
+    pub(crate) async fn cancel(&self, id: JobId, now: DateTime<Utc>, dead: bool) -> Result<bool> {
         super::retry_deadlocks(|| async {
             let mut tx = self.begin().await?;
             let row = self
                 .q("SELECT state, IF(slot = 1, concurrency_key, NULL), concurrency_key, priority \
-                    FROM queue_jobs WHERE id = ? AND state IN (?, ?, ?) FOR UPDATE")
+                    FROM queue_jobs WHERE id = ? AND state IN (?, ?, ?, ?) FOR UPDATE")
                 .bind(id.0)
                 .bind(JobState::Ready.as_u8())
                 .bind(JobState::Scheduled.as_u8())
                 .bind(JobState::Blocked.as_u8())
+                // A state no job has stands in for dead when it is not asked.
+                .bind(if dead { JobState::Dead.as_u8() } else { u8::MAX })
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
@@ -370,7 +590,8 @@ impl Store {
         let row = self
             .q(
                 "SELECT id, task, queue, priority, state, attempts, max_attempts, run_at, \
-                last_error, payload, concurrency_key, rate_key, rate_window FROM queue_jobs WHERE id = ?",
+                last_error, payload, concurrency_key, rate_key, rate_window, errors, lease_owner, \
+                lease_expires_at, created_at, updated_at FROM queue_jobs WHERE id = ?",
             )
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -405,6 +626,15 @@ impl Store {
             run_at: crate::time::stored(&r, 7)?,
             last_error: r.try_get(8)?,
             payload: r.try_get(9)?,
+            errors: parse_errors(r.try_get::<Option<String>, _>(13)?.as_deref()),
+            lease_owner: r.try_get(14)?,
+            lease_expires_at: r
+                .try_get::<Option<chrono::NaiveDateTime>, _>(15)
+                .ok()
+                .flatten()
+                .map(|t| t.and_utc()),
+            created_at: crate::time::stored(&r, 16)?,
+            updated_at: crate::time::stored(&r, 17)?,
         }))
     }
 }

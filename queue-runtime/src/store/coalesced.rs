@@ -189,6 +189,8 @@ impl Store {
             if rolled_back.is_err() {
                 conn.close_on_drop();
             }
+        } else {
+            crate::telemetry::enqueued(jobs.iter().map(|t| &t.job));
         }
         result
     }

@@ -104,7 +104,9 @@ impl Store {
         }
         // Checked once, before the transaction begins, not on every try.
         self.check_sizes(jobs).await?;
-        retry_deadlocks(|| self.try_insert_jobs(jobs, now, INSERT_CHUNK)).await
+        let ids = retry_deadlocks(|| self.try_insert_jobs(jobs, now, INSERT_CHUNK)).await?;
+        crate::telemetry::enqueued(jobs);
+        Ok(ids)
     }
 
     async fn try_insert_jobs(
@@ -130,7 +132,10 @@ impl Store {
         chunk: usize,
     ) -> Result<Vec<JobId>> {
         self.check_sizes(jobs).await?;
-        self.insert_checked_in(tx, jobs, now, chunk).await
+        let ids = self.insert_checked_in(tx, jobs, now, chunk).await?;
+        // Counted when inserted, whether or not the caller's transaction commits.
+        crate::telemetry::enqueued(jobs);
+        Ok(ids)
     }
 
     /// [`Store::insert_jobs_in`] for jobs whose sizes were checked.

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use queue_core::{JobId, JobState};
 use sqlx::Row;
 
+use super::outcome::{append_error, history_time};
 use super::{LIMITED, ReadyOrder, Store, bind_ids, placeholders, retry_deadlocks};
 use crate::error::Result;
 use crate::time::At;
@@ -36,6 +37,15 @@ pub(crate) enum Rescue {
     Dead { error: String },
 }
 
+/// A job the rescuer took back.
+#[derive(Debug, Clone)]
+pub(crate) struct Rescued {
+    pub queue: String,
+    pub task: String,
+    /// Dead (no attempts left), rather than retried.
+    pub dead: bool,
+}
+
 /// How long a ready job waits, unchanged, before a missing claim-index
 /// row is made for it.
 const HEAL_AFTER: Duration = Duration::from_secs(60);
@@ -46,21 +56,20 @@ const DISPATCH_BATCH: usize = 500;
 impl Store {
     /// Takes back running jobs whose lease expired at or before `now`
     /// (looking only at leases after `since`, when given), each as `decide`
-    /// says: back to ready (or scheduled) or dead. Returns (retried, dead).
+    /// says: back to ready (or scheduled) or dead. Returns each job taken
+    /// back.
     pub(crate) async fn rescue_expired(
         &self,
         now: DateTime<Utc>,
         since: Option<DateTime<Utc>>,
         decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
-    ) -> Result<(u64, u64)> {
-        let mut retried = 0;
-        let mut dead = 0;
+    ) -> Result<Vec<Rescued>> {
+        let mut all = Vec::new();
         loop {
-            let (r, d, more) = retry_deadlocks(|| self.try_rescue(now, since, decide)).await?;
-            retried += r;
-            dead += d;
+            let (jobs, more) = retry_deadlocks(|| self.try_rescue(now, since, decide)).await?;
+            all.extend(jobs);
             if !more {
-                return Ok((retried, dead));
+                return Ok(all);
             }
         }
     }
@@ -70,10 +79,10 @@ impl Store {
         now: DateTime<Utc>,
         since: Option<DateTime<Utc>>,
         decide: &(dyn Fn(&ExpiredLease) -> Rescue + Sync),
-    ) -> Result<(u64, u64, bool)> {
+    ) -> Result<(Vec<Rescued>, bool)> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT id, attempts, max_attempts, IF(slot = 1, concurrency_key, NULL) \
+            "SELECT id, attempts, max_attempts, IF(slot = 1, concurrency_key, NULL), queue, task \
              FROM queue_jobs FORCE INDEX (queue_jobs_lease) \
              WHERE lease_expires_at > ? AND lease_expires_at <= ? \
              ORDER BY lease_expires_at LIMIT {RESCUE_BATCH} FOR UPDATE SKIP LOCKED"
@@ -99,21 +108,31 @@ impl Store {
         let more = leases.len() == RESCUE_BATCH;
         // Jobs with the same decision are written by one statement.
         let mut groups: std::collections::BTreeMap<Rescue, Vec<u64>> = Default::default();
-        for lease in &leases {
-            groups.entry(decide(lease)).or_default().push(lease.id.0);
+        let decisions: Vec<Rescue> = leases.iter().map(decide).collect();
+        for (lease, d) in leases.iter().zip(&decisions) {
+            groups.entry(d.clone()).or_default().push(lease.id.0);
         }
-        let (mut retried, mut dead) = (0, 0);
+        let mut rescued = Vec::with_capacity(rows.len());
+        for (r, d) in rows.iter().zip(&decisions) {
+            rescued.push(Rescued {
+                queue: r.try_get(4)?,
+                task: r.try_get(5)?,
+                dead: matches!(d, Rescue::Dead { .. }),
+            });
+        }
         for (rescue, ids) in groups {
             let list = placeholders(ids.len());
             let q = match &rescue {
                 Rescue::Retry { run_at, error } => {
-                    retried += ids.len() as u64;
                     let due = *run_at <= now;
                     let sql = format!(
-                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})"
+                        "UPDATE queue_jobs SET {}, state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         run_at = ?, scheduled_at = ?, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})",
+                        append_error()
                     );
                     self.q(&sql)
+                        .bind(history_time(now))
+                        .bind(error.as_str())
                         .bind(
                             if due {
                                 JobState::Ready
@@ -128,13 +147,15 @@ impl Store {
                         .bind(At(now))
                 }
                 Rescue::Dead { error } => {
-                    dead += ids.len() as u64;
                     // A dead job releases its unique key.
                     let sql = format!(
-                        "UPDATE queue_jobs SET state = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})"
+                        "UPDATE queue_jobs SET {}, state = ?, lease_expires_at = NULL, lease_owner = NULL, \
+                         dead_at = ?, unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 WHERE id IN ({list})",
+                        append_error()
                     );
                     self.q(&sql)
+                        .bind(history_time(now))
+                        .bind(error.as_str())
                         .bind(JobState::Dead.as_u8())
                         .bind(At(now))
                         .bind(error.as_str())
@@ -149,7 +170,7 @@ impl Store {
         }
         self.release_slots(&mut tx, &freed, now).await?;
         tx.commit().await?;
-        Ok((retried, dead, more))
+        Ok((rescued, more))
     }
 
     /// Puts ready jobs that have no row in the claim index back in it;

@@ -157,6 +157,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0006_sleepers.sql"),
         applied: &[Applied::Idempotent],
     },
+    Migration {
+        version: 7,
+        name: "operators",
+        sql: include_str!("../../migrations/0007_operators.sql"),
+        applied: &[
+            Applied::Idempotent,
+            Applied::Idempotent,
+            Applied::Column {
+                table: "queue_jobs",
+                column: "errors",
+            },
+        ],
+    },
 ];
 
 /// The newest schema version this build ships.
@@ -369,7 +382,7 @@ mod tests {
         for (version, m) in (1..).zip(MIGRATIONS) {
             assert_eq!(m.version, version, "{}", m.name);
         }
-        assert_eq!(KNOWN, 6);
+        assert_eq!(KNOWN, 7);
     }
 
     /// Every statement has a probe, and each probe tests what its statement
@@ -445,10 +458,10 @@ mod tests {
 
     #[test]
     fn the_verdict_follows_the_recorded_versions() {
-        assert!(verdict(&[1, 2, 3, 4, 5, 6]).is_ok());
-        assert!(verdict(&[4, 3, 6, 5, 1, 2]).is_ok());
+        assert!(verdict(&[1, 2, 3, 4, 5, 6, 7]).is_ok());
+        assert!(verdict(&[4, 3, 7, 6, 5, 1, 2]).is_ok());
         let too_old = |v: &[i64]| match verdict(v) {
-            Err(Error::SchemaTooOld { found, known: 6 }) => found,
+            Err(Error::SchemaTooOld { found, known: 7 }) => found,
             other => panic!("{v:?}: {other:?}"),
         };
         assert_eq!(too_old(&[]), 0);
@@ -459,9 +472,10 @@ mod tests {
         assert_eq!(too_old(&[2, 3]), 0);
         assert_eq!(too_old(&[1, 2, 3, 4]), 4);
         assert_eq!(too_old(&[1, 2, 3, 4, 5]), 5);
+        assert_eq!(too_old(&[1, 2, 3, 4, 5, 6]), 6);
         assert!(matches!(
-            verdict(&[1, 2, 3, 4, 5, 6, 7]),
-            Err(Error::SchemaTooNew { found: 7, known: 6 })
+            verdict(&[1, 2, 3, 4, 5, 6, 7, 8]),
+            Err(Error::SchemaTooNew { found: 8, known: 7 })
         ));
         assert!(matches!(
             verdict(&[999]),

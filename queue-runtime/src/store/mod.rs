@@ -8,6 +8,7 @@
 //! - `limits`: concurrency semaphores, blocked jobs and rate windows;
 //! - `maintenance`: rescue of expired leases, dispatch of due jobs, healing;
 //! - `admin`: the client's inspection and repair statements;
+//! - `operator`: the runtime registry, per-minute counts, job listings;
 //! - `cron`: the `queue_cron` rows of recurring tasks;
 //! - `migrate`: the schema and its check.
 
@@ -19,6 +20,7 @@ mod insert;
 pub(crate) mod limits;
 mod maintenance;
 pub(crate) mod migrate;
+pub(crate) mod operator;
 mod outcome;
 #[cfg(feature = "testing")]
 mod testing;

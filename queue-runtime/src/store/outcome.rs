@@ -14,7 +14,33 @@ use crate::time::At;
 
 /// Jobs per fenced statement at most (complete, heartbeat, count): keeps
 /// each statement's text and its row locks small.
-const FENCE_CHUNK: usize = 500;
+pub(crate) const FENCE_CHUNK: usize = 500;
+
+/// Failed attempts kept in a job's error history (`queue_jobs.errors`):
+/// the last ones.
+pub(crate) const ERROR_HISTORY: usize = 20;
+
+/// Characters of each error text kept in the history (`last_error` keeps
+/// the whole last one).
+pub(crate) const ERROR_HISTORY_TEXT: usize = 2000;
+
+/// The assignment that appends a failed attempt to a job's error history,
+/// dropping the oldest entry past [`ERROR_HISTORY`]: for the UPDATE that
+/// records a retry or a death, placed first in its `SET` (it reads
+/// `attempts` before any other assignment changes it). Two parameters: the
+/// time as RFC 3339 text ([`history_time`]) and the error's text.
+pub(crate) fn append_error() -> String {
+    format!(
+        "errors = JSON_REMOVE(JSON_ARRAY_APPEND(COALESCE(errors, '[]'), '$', \
+         JSON_OBJECT('attempt', attempts, 'at', ?, 'error', LEFT(?, {ERROR_HISTORY_TEXT}))), \
+         IF(JSON_LENGTH(COALESCE(errors, '[]')) >= {ERROR_HISTORY}, '$[0]', '$[{ERROR_HISTORY}]'))"
+    )
+}
+
+/// A time as the error history stores it.
+pub(crate) fn history_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
 
 impl Store {
     /// Deletes succeeded jobs, each only while still at its attempt.
@@ -228,12 +254,18 @@ impl Store {
         let due = run_at <= now;
         retry_deadlocks(|| async {
             let mut tx = self.begin().await?;
-            let res = self
-                .q(
-                    "UPDATE queue_jobs SET state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
-                     lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ?, slot = 0 \
-                     WHERE id = ? AND attempts = ? AND state = ?",
-                )
+            // A hand-back (refunded) is no failed attempt: not in the history.
+            let history = if refund_attempt { String::new() } else { format!("{}, ", append_error()) };
+            let sql = format!(
+                "UPDATE queue_jobs SET {history}state = ?, run_at = ?, scheduled_at = ?, lease_expires_at = NULL, \
+                 lease_owner = NULL, last_error = ?, attempts = attempts - ?, updated_at = ?, slot = 0 \
+                 WHERE id = ? AND attempts = ? AND state = ?"
+            );
+            let mut q = self.q(&sql);
+            if !refund_attempt {
+                q = q.bind(history_time(now)).bind(error);
+            }
+            let res = q
                 .bind(if due { JobState::Ready.as_u8() } else { JobState::Scheduled.as_u8() })
                 .bind(At(run_at))
                 .bind(if due { None } else { Some(At(run_at)) })
@@ -273,11 +305,16 @@ impl Store {
         slot: Option<&[u8]>,
     ) -> Result<bool> {
         // A dead job releases its unique key, and its slot.
-        let sql = "UPDATE queue_jobs SET state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
-                   unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 \
-                   WHERE id = ? AND attempts = ? AND state = ?";
+        let sql = format!(
+            "UPDATE queue_jobs SET {}, state = ?, dead_at = ?, lease_expires_at = NULL, lease_owner = NULL, \
+             unique_key = NULL, last_error = ?, updated_at = ?, slot = 0 \
+             WHERE id = ? AND attempts = ? AND state = ?",
+            append_error()
+        );
         let update = || {
-            self.q(sql)
+            self.q(&sql)
+                .bind(history_time(now))
+                .bind(error)
                 .bind(JobState::Dead.as_u8())
                 .bind(At(now))
                 .bind(error)

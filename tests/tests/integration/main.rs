@@ -10,6 +10,7 @@ mod deadlines;
 mod keys;
 mod limits;
 mod migrations;
+mod operator;
 mod outcomes;
 mod pause;
 mod priority;

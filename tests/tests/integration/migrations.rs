@@ -31,7 +31,7 @@ async fn assert_schema_is_current(client: &Client) {
             .fetch_all(client.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     let paused_table: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.TABLES \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_paused'",
@@ -57,6 +57,22 @@ async fn assert_schema_is_current(client: &Client) {
     .await
     .unwrap();
     assert_eq!(limit_columns, 5, "the flow-control columns exist");
+    let operator_tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME IN ('queue_runtimes', 'queue_throughput')",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(operator_tables, 2, "the operator tables exist");
+    let errors_column: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'queue_jobs' AND COLUMN_NAME = 'errors'",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(errors_column, 1, "the error history column exists");
     let column_type: String = sqlx::query_scalar(
         "SELECT COLUMN_TYPE FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_jobs' AND COLUMN_NAME = 'unique_key'",
@@ -90,7 +106,7 @@ async fn assert_schema_is_current(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_migration_runs_again_when_its_bookkeeping_row_is_lost() {
     let (db, client) = setup().await;
-    for version in [1_i64, 2, 3, 4, 5, 6] {
+    for version in [1_i64, 2, 3, 4, 5, 6, 7] {
         // The process died after the migration's DDL, before its row.
         sqlx::query("DELETE FROM queue_schema_migrations WHERE version = ?")
             .bind(version)
@@ -244,7 +260,7 @@ async fn a_schema_newer_than_the_code_is_refused_by_start_and_enqueue() {
             e,
             Error::SchemaTooNew {
                 found: 999,
-                known: 6
+                known: 7
             }
         )
     };
@@ -274,7 +290,7 @@ async fn an_unmigrated_or_older_schema_asks_for_migrate() {
     let db = TestDb::new().await;
     let client = Client::connect(&db.url).await.unwrap();
     let asks_for_migrate = |e: &Error| {
-        matches!(e, Error::SchemaTooOld { known: 6, .. })
+        matches!(e, Error::SchemaTooOld { known: 7, .. })
             && e.to_string().contains("run Client::migrate()")
     };
 
