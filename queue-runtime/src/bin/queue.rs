@@ -162,6 +162,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("queue: {e}");
+            if e.contains("1146 (42S02)") {
+                // A database the runtime's tables are not in yet.
+                eprintln!(
+                    "queue: hint: is this the right database? `queue migrate` creates the tables"
+                );
+            }
             ExitCode::FAILURE
         }
     }
