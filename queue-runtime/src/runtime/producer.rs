@@ -205,6 +205,18 @@ impl Producer {
                 }
                 continue;
             }
+            if !self.shared.galera_synced() {
+                // A Galera node that is not Synced (see `runtime::galera`):
+                // claim nothing; the watcher's next read may clear it.
+                if self
+                    .shared
+                    .sleep_or_stop(super::galera::GALERA_EVERY / 4)
+                    .await
+                {
+                    break;
+                }
+                continue;
+            }
             if let Some(free) = self.claim_window() {
                 if self.idle_look_finds_nothing().await {
                     continue;
