@@ -156,7 +156,10 @@ impl RuntimeBuilder {
     /// and CONNECTION ADMIN (or SUPER) otherwise; without it, or through a
     /// proxy that does not keep server connection ids (ProxySQL), the
     /// runtime finds such jobs by polling, as with `false`. Jobs enqueued
-    /// in this process wake it either way.
+    /// in this process wake it either way. On a MariaDB Galera node they
+    /// are off whatever this says: connection ids are per node, so a
+    /// `KILL QUERY` from an enqueuer on another node would hit an
+    /// unrelated statement there.
     pub fn cross_process_wakeups(mut self, enabled: bool) -> Self {
         self.wakeups = enabled;
         self
@@ -262,7 +265,16 @@ impl RuntimeBuilder {
         if self.cron {
             background.push(tokio::spawn(cron::scheduler(shared.clone())));
         }
-        if self.wakeups {
+        if self.wakeups && galera.is_some() {
+            // A sleeper is woken by `KILL QUERY <its connection id>` sent by
+            // the enqueuer on *its* connection's server; on a Galera cluster
+            // connection ids are per node, so an enqueuer on another node
+            // would end some unrelated statement there (measured: an
+            // enqueue failing with 1317 "Query execution was interrupted").
+            tracing::info!(
+                "cross-process wake-ups are off on a Galera cluster (connection ids are per node): jobs enqueued by other processes are found by polling"
+            );
+        } else if self.wakeups {
             background.push(tokio::spawn(parker::parker(shared.clone())));
         }
         if galera.is_some() {

@@ -562,8 +562,16 @@ impl Producer {
                 Ok(claimed) => {
                     let lost = done.acks.len() as u64 - claimed.acked.min(done.acks.len() as u64);
                     if lost > 0 {
+                        let jobs: Vec<String> = done
+                            .acks
+                            .iter()
+                            .take(20)
+                            .map(|(id, attempt)| format!("{}/{attempt}", id.0))
+                            .collect();
                         tracing::warn!(
                             lost,
+                            carried = done.acks.len(),
+                            ?jobs,
                             "some successes were not recorded: their lease had expired and another runtime took them"
                         );
                     }
