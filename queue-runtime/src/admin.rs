@@ -130,6 +130,37 @@ pub struct Stats {
     /// InnoDB's estimate of the number of jobs (its table statistics:
     /// often 10–50 % off), when the counts are not exact; `None` otherwise.
     pub estimated_jobs: Option<u64>,
+    /// The Galera node this client's connection reached, when the server
+    /// is a MariaDB Galera node (`wsrep_on`); `None` otherwise.
+    pub galera: Option<GaleraStatus>,
+}
+
+/// What a MariaDB Galera node says of itself ([`Stats::galera`]). A
+/// runtime claims through a node only while it is [`synced`](Self::synced).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GaleraStatus {
+    /// `wsrep_cluster_size`: nodes in the cluster component this node is in.
+    pub cluster_size: u32,
+    /// `wsrep_local_state_comment`: `Synced`, `Donor/Desynced`, `Joining`,
+    /// `Joined`, `Initialized`…
+    pub local_state: String,
+    /// `wsrep_cluster_status`: `Primary`, or `non-Primary` for a node cut
+    /// off from the majority.
+    pub cluster_status: String,
+    /// `wsrep_local_cert_failures`: local transactions that failed
+    /// certification since the node started (lost races at commit).
+    pub cert_failures: u64,
+    /// `wsrep_local_bf_aborts`: local transactions aborted while they ran
+    /// by a replicated write set (lost races before commit).
+    pub bf_aborts: u64,
+}
+
+impl GaleraStatus {
+    /// Whether the node serves claims: Synced, in the primary component.
+    pub fn synced(&self) -> bool {
+        self.local_state == "Synced" && self.cluster_status == "Primary"
+    }
 }
 
 /// Tables of at most this many jobs are counted exactly by `stats()`.
@@ -246,6 +277,7 @@ impl Client {
         stats.claim_latency = self.inner.metrics.claim_latency();
         stats.start_lag = self.inner.metrics.start_lag();
         stats.history_list_length = self.history_list_length().await;
+        stats.galera = self.store().galera_status().await;
         stats.paused_queues = self.paused_queues().await?;
         let now = crate::time::clamp(self.now());
         let (sems, rates) = self.store().limit_rows(now).await?;

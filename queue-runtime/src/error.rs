@@ -142,6 +142,9 @@ pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     ) || matches!(
         sql_error_number(e),
-        Some(1927 | 2006 | 2013 | 1053 | 1077 | 1078 | 1079 | 1080)
+        // 1047: a Galera node outside the primary component (or still
+        // joining) refuses every statement with "WSREP has not yet prepared
+        // node for application use": for this client, the server is away.
+        Some(1927 | 2006 | 2013 | 1053 | 1077 | 1078 | 1079 | 1080 | 1047)
     )
 }

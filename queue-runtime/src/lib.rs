@@ -61,7 +61,7 @@ mod wakeup;
 pub mod web;
 
 pub use admin::{
-    AttemptError, DeadJob, JobInfo, LimitKind, LimitStatus, LowerBounds, QueueCounts,
+    AttemptError, DeadJob, GaleraStatus, JobInfo, LimitKind, LimitStatus, LowerBounds, QueueCounts,
     RecurringTask, Stats, Waiting,
 };
 pub use client::Client;

@@ -11,6 +11,8 @@
 //! This crate depends only on sqlx and tokio (not on the runtime's API), so
 //! it stays usable while the runtime changes.
 
+pub mod forward;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;

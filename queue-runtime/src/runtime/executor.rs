@@ -61,6 +61,23 @@ impl LogLimiter {
 /// Starts a claimed job of the served queue at index `queue`: at once in a
 /// free slot, or when one frees (a prefetched job).
 pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
+    // Register before the task can finish, so heartbeats cover it; and
+    // never run a job this runtime already runs. A claim delivers only the
+    // rows its own UPDATE leased, so this is a second line of defence (a
+    // claim-index row left behind for a running job, read back with it).
+    // The job is left to its lease: the attempt already running reports
+    // its outcome, or the rescuer takes the job back.
+    let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(running) = map.get(&job.id) {
+        tracing::error!(
+            job.id = job.id.0,
+            task = %job.task,
+            attempt = job.attempt,
+            running_attempt = running.attempt,
+            "a claim delivered a job this runtime already runs; not started again"
+        );
+        return;
+    }
     shared.count(&job.queue, &job.task, Event::Started);
     shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let permit = match shared.semaphore.clone().try_acquire_owned() {
@@ -77,8 +94,6 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
     let id = job.id;
     let attempt = job.attempt;
     let slot = job.slot.clone();
-    // Register before the task can finish, so heartbeats cover it.
-    let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
     tokio::spawn(async move {
         let _share = QueueShare {
             shared: shared2.clone(),

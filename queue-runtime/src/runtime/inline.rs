@@ -83,6 +83,8 @@ impl Inline {
             outage: Outage::default(),
             tally: Mutex::new(Default::default()),
             started_at: crate::time::clamp(client.now()),
+            galera: Mutex::new(None),
+            galera_synced: std::sync::atomic::AtomicBool::new(true),
         });
         Ok(Inline { shared })
     }

@@ -29,6 +29,7 @@ mod cron;
 mod cursors;
 mod dispatcher;
 mod executor;
+mod galera;
 mod heartbeat;
 #[cfg(feature = "testing")]
 pub(crate) mod inline;
@@ -155,7 +156,10 @@ impl RuntimeBuilder {
     /// and CONNECTION ADMIN (or SUPER) otherwise; without it, or through a
     /// proxy that does not keep server connection ids (ProxySQL), the
     /// runtime finds such jobs by polling, as with `false`. Jobs enqueued
-    /// in this process wake it either way.
+    /// in this process wake it either way. On a MariaDB Galera node they
+    /// are off whatever this says: connection ids are per node, so a
+    /// `KILL QUERY` from an enqueuer on another node would hit an
+    /// unrelated statement there.
     pub fn cross_process_wakeups(mut self, enabled: bool) -> Self {
         self.wakeups = enabled;
         self
@@ -185,8 +189,12 @@ impl RuntimeBuilder {
         }
         let queues = settings.queues;
         let n_queues = queues.len();
-        self.client.check_schema(self.client.pool()).await?;
-        self.client.store().ensure_sentinels(&queues).await?;
+        // On a Galera cluster the sentinels' INSERT can lose a
+        // certification race with another node's runtime starting (error
+        // 1213 at COMMIT): retried like a deadlock, never a failed start.
+        crate::store::retry_deadlocks(|| self.client.check_schema(self.client.pool())).await?;
+        crate::store::retry_deadlocks(|| self.client.store().ensure_sentinels(&queues)).await?;
+        let galera = self.client.store().galera_status().await;
         let owner = format!("rt-{}", uuid::Uuid::new_v4().simple());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -224,7 +232,18 @@ impl RuntimeBuilder {
             outage: Outage::default(),
             tally: Mutex::new(Default::default()),
             started_at: crate::time::clamp(self.client.now()),
+            galera: Mutex::new(None),
+            galera_synced: std::sync::atomic::AtomicBool::new(true),
         });
+        if let Some(status) = galera.clone() {
+            tracing::info!(
+                cluster_size = status.cluster_size,
+                state = %status.local_state,
+                cluster_status = %status.cluster_status,
+                "the database is a Galera node"
+            );
+            shared.set_galera(status);
+        }
         // In the registry before the first claim; a failure is logged and
         // the rescuer's next beat tries again.
         let sent = Instant::now();
@@ -246,8 +265,20 @@ impl RuntimeBuilder {
         if self.cron {
             background.push(tokio::spawn(cron::scheduler(shared.clone())));
         }
-        if self.wakeups {
+        if self.wakeups && galera.is_some() {
+            // A sleeper is woken by `KILL QUERY <its connection id>` sent by
+            // the enqueuer on *its* connection's server; on a Galera cluster
+            // connection ids are per node, so an enqueuer on another node
+            // would end some unrelated statement there (measured: an
+            // enqueue failing with 1317 "Query execution was interrupted").
+            tracing::info!(
+                "cross-process wake-ups are off on a Galera cluster (connection ids are per node): jobs enqueued by other processes are found by polling"
+            );
+        } else if self.wakeups {
             background.push(tokio::spawn(parker::parker(shared.clone())));
+        }
+        if galera.is_some() {
+            background.push(tokio::spawn(galera::watcher(shared.clone())));
         }
         let producer = tokio::spawn(producer::producer(shared.clone()));
         Ok(Runtime {
@@ -429,6 +460,10 @@ pub(crate) struct Shared {
     tally: Mutex<crate::store::operator::Tally>,
     /// When the runtime started (its row in `queue_runtimes`).
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The Galera node's state as last read (`None` off Galera).
+    galera: Mutex<Option<crate::admin::GaleraStatus>>,
+    /// False while the Galera node is not Synced: the producer waits.
+    galera_synced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {

@@ -205,6 +205,18 @@ impl Producer {
                 }
                 continue;
             }
+            if !self.shared.galera_synced() {
+                // A Galera node that is not Synced (see `runtime::galera`):
+                // claim nothing; the watcher's next read may clear it.
+                if self
+                    .shared
+                    .sleep_or_stop(super::galera::GALERA_EVERY / 4)
+                    .await
+                {
+                    break;
+                }
+                continue;
+            }
             if let Some(free) = self.claim_window() {
                 if self.idle_look_finds_nothing().await {
                     continue;
@@ -550,8 +562,16 @@ impl Producer {
                 Ok(claimed) => {
                     let lost = done.acks.len() as u64 - claimed.acked.min(done.acks.len() as u64);
                     if lost > 0 {
+                        let jobs: Vec<String> = done
+                            .acks
+                            .iter()
+                            .take(20)
+                            .map(|(id, attempt)| format!("{}/{attempt}", id.0))
+                            .collect();
                         tracing::warn!(
                             lost,
+                            carried = done.acks.len(),
+                            ?jobs,
                             "some successes were not recorded: their lease had expired and another runtime took them"
                         );
                     }

@@ -16,6 +16,7 @@ pub(crate) mod admin;
 mod claim;
 pub(crate) mod coalesced;
 mod cron;
+mod galera;
 mod insert;
 pub(crate) mod limits;
 mod maintenance;
@@ -293,6 +294,14 @@ const DEADLOCK_TRIES: u32 = 8;
 /// Runs `f` again when it fails with a deadlock or lock wait timeout, up
 /// to [`DEADLOCK_TRIES`] times in all, after a short, growing, jittered
 /// pause: the one retry rule of every transaction the store runs.
+///
+/// On a Galera cluster a certification conflict (another node committed a
+/// write to the same rows first) fails the losing transaction's `COMMIT`,
+/// or its next statement when the winner's write set aborts it while it
+/// runs (a brute-force abort), with the same error 1213 "Deadlock found
+/// when trying to get lock": a lost race, retried here like a deadlock.
+/// Nothing the retried transaction wrote was kept, so a claim that lost
+/// counted no attempt.
 pub(crate) async fn retry_deadlocks<T, F, Fut>(mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,

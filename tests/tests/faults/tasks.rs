@@ -322,3 +322,74 @@ pub async fn stamp(ctx: TaskContext, enqueued_us: u64) -> Result<(), TaskError> 
     .await?;
     Ok(())
 }
+
+/// The tables of the cluster test (`tests/cluster.rs`): the side effect of
+/// each job, a row under a UNIQUE key written through `ctx.db()`, and any
+/// execution that found its job's row written by another execution.
+pub const CLUSTER_DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS effects (
+        n      BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+        job_id BIGINT UNSIGNED NOT NULL,
+        exec   CHAR(32)        NOT NULL
+    ) ENGINE = InnoDB",
+    "CREATE TABLE IF NOT EXISTS doubles (
+        exec   CHAR(32)        NOT NULL PRIMARY KEY,
+        n      BIGINT UNSIGNED NOT NULL,
+        first  CHAR(32)        NOT NULL
+    ) ENGINE = InnoDB",
+];
+
+/// Records its start and end in `executions` (as [`work`] does) and, in
+/// between, its side effect: job `n`'s row of `effects`, through
+/// `ctx.db()`. Every statement is retried until the database answers (a
+/// node may be dying: the next connection reaches another). A duplicate
+/// key on that row is this execution's own earlier try (its reply lost)
+/// or another execution's: the latter is recorded in `doubles`.
+#[task(
+    name = "cluster.effect",
+    queue = "cluster",
+    retries = 5,
+    backoff = "constant(100ms)"
+)]
+pub async fn effect(ctx: TaskContext, n: u64) -> Result<(), TaskError> {
+    let pool = ctx.client().pool().clone();
+    let exec = uuid::Uuid::new_v4().simple().to_string();
+    let w = Work {
+        n,
+        ..Work::default()
+    };
+    let started = Utc::now();
+    persist(|| record(&pool, &exec, &w, &ctx, started, None)).await?;
+    let job_id = ctx.job_id().0;
+    persist(|| async {
+        let inserted = sqlx::query("INSERT INTO effects (n, job_id, exec) VALUES (?, ?, ?)")
+            .bind(n)
+            .bind(job_id)
+            .bind(&exec)
+            .execute(ctx.db())
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let first: String = sqlx::query_scalar("SELECT exec FROM effects WHERE n = ?")
+                    .bind(n)
+                    .fetch_one(ctx.db())
+                    .await?;
+                if first != exec {
+                    sqlx::query("INSERT IGNORE INTO doubles (exec, n, first) VALUES (?, ?, ?)")
+                        .bind(&exec)
+                        .bind(n)
+                        .bind(&first)
+                        .execute(ctx.db())
+                        .await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    let ended = Utc::now();
+    persist(|| record(&pool, &exec, &w, &ctx, started, Some(ended))).await?;
+    Ok(())
+}

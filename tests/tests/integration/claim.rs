@@ -224,3 +224,81 @@ async fn a_backlog_runs_once_with_claims_in_flight_side_by_side() {
     );
     db.drop_db().await;
 }
+
+static STALE_RUNS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static STALE_RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Job 0 runs until the test releases it; job 1 returns at once.
+#[task(queue = "stale", name = "tests.claim.stale")]
+async fn stale_job(n: usize) -> Result<(), TaskError> {
+    STALE_RUNS[n].fetch_add(1, Ordering::SeqCst);
+    while n == 0 && !STALE_RELEASE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// A claim delivers only the jobs its own UPDATE leased: a claim-index row
+/// left behind for a job this runtime already runs (a lost race on a
+/// Galera cluster, a retried claim, a rescue) is taken and dropped, and the
+/// running job is not handed to the executor a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_claim_index_row_of_a_running_job_does_not_deliver_it_again() {
+    let (db, client) = setup().await;
+    let runtime = Runtime::builder(client.clone())
+        .queues(["stale"])
+        .concurrency(4)
+        .start()
+        .await
+        .unwrap();
+    let a = stale_job::enqueue(&client, 0).await.unwrap();
+    wait_until(Duration::from_secs(10), "job 0 to start", || async {
+        STALE_RUNS[0].load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The stale row, at the tail of the index: the next claim takes it
+    // together with job 1's row.
+    sqlx::query("INSERT INTO queue_ready (queue, priority, job_id) SELECT queue, priority, id FROM queue_jobs WHERE id = ?")
+        .bind(a.0)
+        .execute(client.pool())
+        .await
+        .unwrap();
+    stale_job::enqueue(&client, 1).await.unwrap();
+    wait_until(Duration::from_secs(10), "job 1 to run", || async {
+        STALE_RUNS[1].load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the stale row to be taken",
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_ready WHERE job_id = ?")
+                .bind(a.0)
+                .fetch_one(client.pool())
+                .await
+                .unwrap();
+            left == 0
+        },
+    )
+    .await;
+    assert_eq!(
+        STALE_RUNS[0].load(Ordering::SeqCst),
+        1,
+        "job 0 was delivered again"
+    );
+    let attempts: u32 = sqlx::query_scalar("SELECT attempts FROM queue_jobs WHERE id = ?")
+        .bind(a.0)
+        .fetch_one(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "the stale row counted an attempt");
+    STALE_RELEASE.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "both jobs to end", || async {
+        matches!(client.stats().await, Ok(s) if s.total.total() == 0)
+    })
+    .await;
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(STALE_RUNS[0].load(Ordering::SeqCst), 1);
+    assert_eq!(STALE_RUNS[1].load(Ordering::SeqCst), 1);
+    db.drop_db().await;
+}
