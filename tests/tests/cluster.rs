@@ -208,7 +208,7 @@ impl Drop for RestartNode1 {
 /// executions of one job overlapping in time; the runtime behind node 1
 /// goes on through node 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_drain_every_job_once_while_node_1_is_killed_and_restarted() {
+async fn galera_cluster_three_nodes_drain_every_job_once_while_node_1_is_killed_and_restarted() {
     queue_tests::init_tracing();
     let jobs: u64 = std::env::var("CLUSTER_JOBS")
         .ok()
