@@ -185,12 +185,13 @@ pub(crate) fn grant(
 
 /// The statement that locks and reads the first blocked jobs of each key
 /// of `freed` (as many as it freed; up to 100 for a sweep's 0), with their
-/// queue and whether they have a rate limit: one branch per key, each
-/// reading `queue_blocked` in primary-key order (plan-checked in the
-/// tests), `FOR UPDATE SKIP LOCKED`. A release that hands its slot on
-/// without the semaphore's lock (`Store::complete_slotted`'s fast path)
-/// locks the jobs it hands on the same way, so two releases never pick the
-/// same job, and neither waits for the other.
+/// queue and whether they have a rate limit, for a release that holds the
+/// keys' semaphore locks: one branch per key, each reading `queue_blocked`
+/// in primary-key order (plan-checked in the tests), `FOR UPDATE`. A
+/// release that hands its slot on without the semaphore's lock
+/// (`Store::complete_slotted`'s fast path) locks the jobs it hands on too
+/// ([`pick_blocked_after_sql`], `SKIP LOCKED`), so two releases never pick
+/// the same job.
 pub(crate) fn pick_blocked_sql(freed: &BTreeMap<Vec<u8>, u32>) -> String {
     pick_blocked_after_sql(freed, &BTreeMap::new(), false)
 }
@@ -223,6 +224,12 @@ pub(crate) fn pick_blocked_after_sql(
         .map(|(k, _)| k)
         .collect();
     let together = fast && ones.len() >= ONE_STATEMENT_KEYS;
+    // The fast path never waits: a job another release has locked is
+    // skipped (that release hands it on, or rolls back and its retry does).
+    // Under the semaphores' lock the pick waits for such a job instead:
+    // skipping it there could free the slot while the job stays blocked
+    // (its holder rolled back), stranding it until the safety sweep.
+    let skip = if fast { " SKIP LOCKED" } else { "" };
     let mut picks: Vec<String> = freed
         .iter()
         .filter(|(k, _)| !(together && ones.contains(k)))
@@ -235,7 +242,7 @@ pub(crate) fn pick_blocked_after_sql(
                 "(SELECT 1, b.concurrency_key, b.priority, b.job_id, j.queue, j.rate_key IS NULL \
                  FROM queue_blocked b JOIN queue_jobs j ON j.id = b.job_id \
                  WHERE b.concurrency_key = {}{past} ORDER BY b.priority, b.job_id LIMIT {n} \
-                 FOR UPDATE SKIP LOCKED)",
+                 FOR UPDATE{skip})",
                 hex(k)
             )
         })
@@ -1219,13 +1226,10 @@ mod tests {
         let fast = pick_blocked_after_sql(&freed, &BTreeMap::new(), true);
         assert_eq!(fast.matches("FOR UPDATE SKIP LOCKED").count(), 1, "{fast}");
         assert!(fast.contains("FROM queue_semaphores s"), "{fast}");
-        // Under the semaphores' lock, a branch per key: each skips a locked
-        // first job to the next one.
+        // Under the semaphores' lock, a branch per key, each waiting for a
+        // job another release holds rather than skipping it.
         let locked = pick_blocked_sql(&freed);
-        assert_eq!(
-            locked.matches("FOR UPDATE SKIP LOCKED").count(),
-            5,
-            "{locked}"
-        );
+        assert_eq!(locked.matches("FOR UPDATE)").count(), 5, "{locked}");
+        assert!(!locked.contains("SKIP LOCKED"), "{locked}");
     }
 }
