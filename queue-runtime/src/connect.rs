@@ -94,20 +94,6 @@ pub(crate) async fn connect_pool_with(
     MySqlPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
-        // A connection used in the last second is handed out without a
-        // ping (one round trip less for a lone enqueue or claim); one idle
-        // longer is pinged first, so a connection the server closed while
-        // it sat in the pool (a restart, `wait_timeout`, a KILL) is
-        // replaced instead of failing the next call.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute(crate::store::SESSION_SETUP).await?;
@@ -118,9 +104,6 @@ pub(crate) async fn connect_pool_with(
         .await
         .map_err(|e| Error::Database(naming_server(e, &server)))
 }
-
-/// A pooled connection idle this long is pinged before it is handed out.
-const PING_IF_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `url` as sqlx's connect options, or [`Error::InvalidArgument`] for
 /// another database's URL, a URL that does not parse, or one that requires
