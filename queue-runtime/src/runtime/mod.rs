@@ -246,15 +246,7 @@ impl RuntimeBuilder {
         }
         // In the registry before the first claim; a failure is logged and
         // the rescuer's next beat tries again.
-        let sent = Instant::now();
-        let registered = shared
-            .client
-            .store()
-            .beat_runtime(&shared.registry_row())
-            .await;
-        shared
-            .outage
-            .track("registering the runtime", sent, &registered);
+        shared.beat_registry("registering the runtime").await;
         tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
         let mut background = Vec::new();
         let acker = tokio::spawn(completer::acker(shared.clone(), ack_rx));
@@ -523,6 +515,14 @@ impl Shared {
     pub(crate) fn count(&self, queue: &str, task: &str, event: crate::store::operator::Event) {
         let now = self.client.now();
         self.tally().add(now, queue, task, event);
+    }
+
+    /// Writes this runtime's row of the registry (`Client::runtimes`); a
+    /// failure is tracked as an outage of `what` and the next beat retries.
+    pub(super) async fn beat_registry(&self, what: &str) {
+        let sent = Instant::now();
+        let written = self.client.store().beat_runtime(&self.registry_row()).await;
+        self.outage.track(what, sent, &written);
     }
 
     /// This runtime's row in `queue_runtimes`, as of now.

@@ -34,15 +34,9 @@ pub(super) async fn rescuer(shared: Arc<Shared>) {
             // The runtime's own row: one upsert every 10 s (it comes back
             // if a long outage let another runtime prune it).
             last_beat = Instant::now();
-            let sent = Instant::now();
-            let beat = shared
-                .client
-                .store()
-                .beat_runtime(&shared.registry_row())
-                .await;
             shared
-                .outage
-                .track("refreshing the runtime registry", sent, &beat);
+                .beat_registry("refreshing the runtime registry")
+                .await;
         }
         let now = shared.client.now();
         // Look at leases that expired since the last pass (with a margin);

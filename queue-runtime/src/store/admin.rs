@@ -458,27 +458,47 @@ impl Store {
     /// Makes a dead job ready to run at `now`, its attempts reset. Returns
     /// whether a dead job had this id.
     pub(crate) async fn retry_dead(&self, id: JobId, now: DateTime<Utc>) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let res = self
-            .q(
-                "UPDATE queue_jobs SET state = ?, attempts = 0, dead_at = NULL, run_at = ?, \
-                updated_at = ? WHERE id = ? AND state = ?",
-            )
-            .bind(JobState::Ready.as_u8())
-            .bind(At(now))
-            .bind(At(now))
-            .bind(id.0)
-            .bind(JobState::Dead.as_u8())
-            .execute(&mut *tx)
-            .await?;
-        if res.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        self.make_ready(id, JobState::Dead, "attempts = 0, dead_at = NULL", now)
+            .await
+    }
+
+    /// Makes the job `id` ready to run at `now` if it is in state `from`
+    /// (setting `sets` too: fixed SQL of the caller's), into the claim
+    /// index by the path every dispatch takes (a slot of its concurrency
+    /// key first, or blocked when the key is full), in one transaction.
+    /// Returns whether a job in that state had this id.
+    pub(crate) async fn make_ready(
+        &self,
+        id: JobId,
+        from: JobState,
+        sets: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE queue_jobs SET state = ?, {sets}, run_at = ?, updated_at = ? \
+             WHERE id = ? AND state = ?"
+        );
+        super::retry_deadlocks(|| async {
+            let mut tx = self.begin().await?;
+            let res = self
+                .q(&sql)
+                .bind(JobState::Ready.as_u8())
+                .bind(At(now))
+                .bind(At(now))
+                .bind(id.0)
+                .bind(from.as_u8())
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Deletes a job if it is ready, scheduled or blocked (or dead too,

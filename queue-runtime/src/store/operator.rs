@@ -552,29 +552,12 @@ impl Store {
     /// up: the claim checks its rate limit again. Returns whether a
     /// scheduled job had this id.
     pub(crate) async fn run_now(&self, id: JobId, now: DateTime<Utc>) -> Result<bool> {
-        retry_deadlocks(|| async {
-            let mut tx = self.begin().await?;
-            let res = self
-                .q(
-                    "UPDATE queue_jobs SET state = ?, scheduled_at = NULL, run_at = ?, rate_window = NULL, \
-                     updated_at = ? WHERE id = ? AND state = ?",
-                )
-                .bind(JobState::Ready.as_u8())
-                .bind(At(now))
-                .bind(At(now))
-                .bind(id.0)
-                .bind(JobState::Scheduled.as_u8())
-                .execute(&mut *tx)
-                .await?;
-            if res.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            self.index_ready_by_id(&mut tx, &[id.0], ReadyOrder::Id)
-                .await?;
-            tx.commit().await?;
-            Ok(true)
-        })
+        self.make_ready(
+            id,
+            JobState::Scheduled,
+            "scheduled_at = NULL, rate_window = NULL",
+            now,
+        )
         .await
     }
 
