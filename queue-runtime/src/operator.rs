@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::store::operator::{ListFilter, SummaryRow};
+use crate::store::operator::ListFilter;
 
 /// Jobs per page when [`JobFilter::limit`] is 0.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -80,24 +80,6 @@ pub struct JobSummary {
     /// The first 500 characters of its last error, if an attempt failed
     /// (`client.job(id)` has all of it).
     pub last_error: Option<String>,
-}
-
-impl From<SummaryRow> for JobSummary {
-    fn from(r: SummaryRow) -> Self {
-        JobSummary {
-            id: r.id,
-            task: r.task,
-            queue: r.queue,
-            priority: r.priority,
-            state: r.state,
-            attempts: r.attempts,
-            max_attempts: r.max_attempts,
-            run_at: r.run_at,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            last_error: r.last_error,
-        }
-    }
 }
 
 /// A live runtime, as [`Client::runtimes`] lists it.
@@ -176,7 +158,7 @@ impl Client {
         };
         let (rows, next) = self.store().list_jobs(&f).await?;
         Ok(JobPage {
-            jobs: rows.into_iter().map(JobSummary::from).collect(),
+            jobs: rows,
             next: next.map(JobId),
         })
     }

@@ -11,6 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::coalesced::text_literal;
 use super::{ReadyOrder, Store, bind_ids, inline_list, placeholders, retry_deadlocks, sql_time};
 use crate::error::Result;
+use crate::operator::JobSummary;
 use crate::time::At;
 
 /// What happened to an attempt, for the per-minute counts.
@@ -149,22 +150,6 @@ pub(crate) struct MinuteRow {
     pub counts: Counts,
 }
 
-/// A job as a listing shows it (no payload).
-#[derive(Debug, Clone)]
-pub(crate) struct SummaryRow {
-    pub id: JobId,
-    pub task: String,
-    pub queue: String,
-    pub priority: u8,
-    pub state: JobState,
-    pub attempts: u32,
-    pub max_attempts: u32,
-    pub run_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-}
-
 /// A listing's filter, checked.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ListFilter {
@@ -240,8 +225,8 @@ fn filter_sql(f: &ListFilter) -> String {
     sql
 }
 
-fn summary(r: &sqlx::mysql::MySqlRow) -> Result<SummaryRow> {
-    Ok(SummaryRow {
+fn summary(r: &sqlx::mysql::MySqlRow) -> Result<JobSummary> {
+    Ok(JobSummary {
         id: JobId(r.try_get(0)?),
         task: r.try_get(1)?,
         queue: r.try_get(2)?,
@@ -445,7 +430,7 @@ impl Store {
 
     /// A page of jobs, newest first, and the id to continue below (the
     /// page is full and more may follow, or the scan's budget ran out).
-    pub(crate) async fn list_jobs(&self, f: &ListFilter) -> Result<(Vec<SummaryRow>, Option<u64>)> {
+    pub(crate) async fn list_jobs(&self, f: &ListFilter) -> Result<(Vec<JobSummary>, Option<u64>)> {
         let high = match f.before {
             Some(h) => h,
             None => {
@@ -508,7 +493,7 @@ impl Store {
         &self,
         f: &ListFilter,
         high: u64,
-    ) -> Result<Option<(Vec<SummaryRow>, Option<u64>)>> {
+    ) -> Result<Option<(Vec<JobSummary>, Option<u64>)>> {
         let Some(sql) = f.state.and_then(|s| list_index_sql(s, high)) else {
             return Ok(None);
         };
