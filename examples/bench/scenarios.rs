@@ -1246,6 +1246,7 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
                 left -= k;
             }
             tasks::reset();
+            let before = server_status(&client).await?;
             let rt = Runtime::builder(client.clone())
                 .concurrency(conc)
                 .queues(["bench"])
@@ -1255,6 +1256,12 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
             wait_count(n, || tasks::DONE.load(Ordering::Relaxed)).await?;
             wait_empty(&client, Duration::from_secs(60)).await?;
             let end = now_us();
+            let after = server_status(&client).await?;
+            let per_job: Vec<f64> = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (a - b) / n as f64)
+                .collect();
             let claim = client.stats().await?.claim_latency;
             rt.shutdown(Duration::from_secs(10)).await?;
             let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
@@ -1271,6 +1278,9 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
                 format!("{:.2}x", rate / base),
                 num(c50),
                 num(c99),
+                format!("{:.2}", per_job[0]),
+                format!("{:.3}", per_job[1]),
+                format!("{:.2}", per_job[4] + per_job[5] + per_job[6]),
             ]);
             let name = format!("concurrency {conc}, {variant}");
             let s = json!({"jobs": n, "concurrency": conc, "variant": variant});
@@ -1289,7 +1299,7 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
         }
     }
     table(
-        "### limits: no-op jobs, one runtime, from the first start to an empty queue",
+        "### limits: no-op jobs, one runtime, from the first start to an empty queue (per job: the server's `SHOW GLOBAL STATUS` deltas over the drain)",
         &[
             "variant",
             "jobs",
@@ -1298,6 +1308,9 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
             "vs no limit",
             "claim p50 ms",
             "claim p99 ms",
+            "Questions/job",
+            "fsyncs/job",
+            "row writes/job",
         ],
         &rows,
     );

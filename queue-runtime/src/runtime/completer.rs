@@ -21,6 +21,9 @@ const ACK_BATCH: usize = 1000;
 /// blocked jobs it hands on, skipping the others' locked ones; none locks
 /// the semaphore of a key whose freed slots all went to blocked jobs).
 const SLOTTED_IN_FLIGHT: usize = 4;
+/// The fewest successes of slot holders a batch is cut into parts of, to
+/// use more of the lanes of [`SLOTTED_IN_FLIGHT`].
+const SLOTTED_PART_MIN: usize = 8;
 
 /// How long per-minute counts wait, at most, for an acknowledgement to
 /// carry them before they are written alone.
@@ -100,13 +103,23 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
                 stash(&shared, a, &mut batch);
             }
         }
-        let (slotted, rest) = split_slotted(&shared, batch);
+        let (mut slotted, rest) = split_slotted(&shared, batch);
         if !slotted.is_empty() {
             while slotted_writes.len() >= SLOTTED_IN_FLIGHT {
                 slotted_writes.join_next().await;
             }
-            let s = shared.clone();
-            slotted_writes.spawn(async move { write_slotted(&s, slotted).await });
+            // A big batch goes out as several transactions side by side, on
+            // the free lanes: the jobs handed the freed slots come back from
+            // each as it commits, so the slot holders do not move as one
+            // cohort that waits for one transaction at a time.
+            let lanes = SLOTTED_IN_FLIGHT - slotted_writes.len();
+            let parts = lanes.min(slotted.len().div_ceil(SLOTTED_PART_MIN)).max(1);
+            let size = slotted.len().div_ceil(parts);
+            while !slotted.is_empty() {
+                let part: Slotted = slotted.drain(..size.min(slotted.len())).collect();
+                let s = shared.clone();
+                slotted_writes.spawn(async move { write_slotted(&s, part).await });
+            }
         }
         write_acks(&shared, rest).await;
         // Reap the finished ones.
@@ -143,7 +156,7 @@ async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
     let store = client.store();
     let t0 = std::time::Instant::now();
     let batch_len = slotted.len();
-    let (n, handed) = shared
+    let done = shared
         .outage
         .until_ok("recording successes", || {
             let now = client.now();
@@ -155,20 +168,23 @@ async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
         .0;
     tracing::trace!(
         batch = batch_len,
-        deleted = n,
-        handed = handed.len(),
+        deleted = done.deleted,
+        handed = done.handed.len(),
+        indexed = done.indexed,
         took = ?t0.elapsed(),
         "recorded successes holding slots"
     );
-    if n > 0 {
-        // Freed slots may have unblocked jobs for other runtimes too.
+    if done.indexed > 0 {
+        // Jobs made ready in the claim index: wake the producers. (Jobs
+        // handed straight to this runtime start below; waking its own
+        // producer for them would only make it claim from an empty index.)
         client.inner.ready_gen.send_modify(|g| *g += 1);
     }
     for (id, attempt, _) in &slotted {
         shared.finished(*id, *attempt);
     }
     // Jobs handed the freed slots start here at once.
-    for job in handed {
+    for job in done.handed {
         match shared.queues.iter().position(|q| *q == job.queue) {
             Some(i) => super::executor::spawn_job(shared, job, i),
             None => {
@@ -196,7 +212,7 @@ pub(super) async fn write_outcome(
                 store
                     .complete_slotted(&[(*id, *attempt, key.to_vec())], now, None)
                     .await?
-                    .0
+                    .deleted
             }
             None => store.complete(&[(*id, *attempt)]).await?,
         } > 0),

@@ -467,10 +467,6 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Drops a job from the in-flight set once its outcome is written, but
-    /// only the entry of that attempt: after an outage longer than the lease
-    /// this runtime may have claimed the job again, and the new attempt must
-    /// keep its heartbeats.
     /// What this runtime can take straight from a released slot: the
     /// queues it serves that are not paused and have no limit of their own;
     /// `None` while it stops.
@@ -492,11 +488,16 @@ impl Shared {
             })
             .map(|(_, q)| q.clone())
             .collect();
-        // Room as the producer counts it: slots plus prefetch, less the jobs
-        // in flight but for the `ending` ones being acknowledged.
+        // Each of the `ending` jobs may be followed here by the job its
+        // freed slot goes to: a hand-over costs less than the move into the
+        // claim index and the claim it saves (no claim-index row written or
+        // deleted), so it comes before claims. The producer claims for the
+        // window (slots plus prefetch) that is left, and counts the handed
+        // jobs as prefetched ones. Beyond those, room is what the window
+        // has free.
         let in_flight = self.in_flight.lock().map(|m| m.len()).unwrap_or(usize::MAX);
         let room =
-            (self.concurrency + self.prefetch).saturating_sub(in_flight.saturating_sub(ending));
+            ending.saturating_add((self.concurrency + self.prefetch).saturating_sub(in_flight));
         Some(crate::store::limits::HandOff {
             room,
             owner: self.owner.clone(),
@@ -574,6 +575,10 @@ impl Shared {
             .and_then(|f| f.slot.clone())
     }
 
+    /// Drops a job from the in-flight set once its outcome is written, but
+    /// only the entry of that attempt: after an outage longer than the lease
+    /// this runtime may have claimed the job again, and the new attempt must
+    /// keep its heartbeats.
     fn finished(&self, id: JobId, attempt: u32) {
         self.finished_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

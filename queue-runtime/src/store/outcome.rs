@@ -42,6 +42,19 @@ pub(crate) fn history_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// What [`Store::complete_slotted`] did.
+#[derive(Debug, Default)]
+pub(crate) struct SlottedDone {
+    /// Jobs deleted (still at their attempt).
+    pub deleted: u64,
+    /// Jobs handed the freed slots, now running under the releasing
+    /// runtime's lease.
+    pub handed: Vec<ClaimedJob>,
+    /// Jobs handed the freed slots that went into the claim index instead
+    /// (for any runtime to claim).
+    pub indexed: u64,
+}
+
 impl Store {
     /// Deletes succeeded jobs, each only while still at its attempt.
     pub(crate) async fn complete(&self, done: &[(JobId, u32)]) -> Result<u64> {
@@ -72,12 +85,11 @@ impl Store {
         done: &[(JobId, u32, Vec<u8>)],
         now: DateTime<Utc>,
         handoff: Option<&HandOff>,
-    ) -> Result<(u64, Vec<ClaimedJob>)> {
-        let mut total = 0;
-        let mut handed = Vec::new();
+    ) -> Result<SlottedDone> {
+        let mut out = SlottedDone::default();
         for part in done.chunks(FENCE_CHUNK) {
             let fenced: Vec<(JobId, u32)> = part.iter().map(|d| (d.0, d.1)).collect();
-            total += retry_deadlocks(|| async {
+            let (n, moved, jobs) = retry_deadlocks(|| async {
                 let mut conn = self.pool.acquire().await?;
                 let result = async {
                     // Fast path, two round trips: the DELETE together with
@@ -130,7 +142,7 @@ impl Store {
                         let mut writes = fast.writes(handoff, now);
                         if fast.rest.is_empty() {
                             let jobs = self.release_write(&mut conn, &writes, Some("COMMIT")).await?;
-                            return Ok::<_, crate::error::Error>((n, jobs));
+                            return Ok::<_, crate::error::Error>((n, fast.moved.len() as u64, jobs));
                         }
                         // Slots no blocked job took (or a semaphore with
                         // room beyond them): released under the semaphores'
@@ -163,7 +175,8 @@ impl Store {
                             self.release_write(&mut conn, &plan.writes, Some("COMMIT"))
                                 .await?,
                         );
-                        return Ok::<_, crate::error::Error>((n, jobs));
+                        let moved = fast.moved.len() as u64 + plan.moved;
+                        return Ok::<_, crate::error::Error>((n, moved, jobs));
                     }
                     let held: std::collections::HashSet<u64> = {
                         // Some were taken by another runtime (a lost lease):
@@ -199,15 +212,14 @@ impl Store {
                             *freed.entry(key.clone()).or_insert(0u32) += 1;
                         }
                     }
-                    let jobs = if n > 0 {
+                    let (moved, jobs) = if n > 0 {
                         self.release_slots_to(&mut conn, &freed, now, handoff)
                             .await?
-                            .1
                     } else {
-                        Vec::new()
+                        (0, Vec::new())
                     };
                     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-                    Ok::<_, crate::error::Error>((n, jobs))
+                    Ok::<_, crate::error::Error>((n, moved, jobs))
                 }
                 .await;
                 if result.is_err() && sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
@@ -215,13 +227,12 @@ impl Store {
                 }
                 result
             })
-            .await
-            .map(|(n, jobs)| {
-                handed.extend(jobs);
-                n
-            })?;
+            .await?;
+            out.deleted += n;
+            out.indexed += moved.saturating_sub(jobs.len() as u64);
+            out.handed.extend(jobs);
         }
-        Ok((total, handed))
+        Ok(out)
     }
 
     /// How many of these jobs exist.
