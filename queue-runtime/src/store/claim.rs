@@ -478,9 +478,6 @@ impl Store {
     }
 }
 
-/// Columns of a claimed job's row ([`decode_claimed`]).
-pub(crate) const CLAIMED_COLUMNS: usize = 10;
-
 /// A claimed job from its row (`SELECT id, task, queue, priority, payload,
 /// attempts, max_attempts, deadline_ms, run_at`). A zero `run_at`, which
 /// only SQL from outside the runtime can store, reads as the earliest time.

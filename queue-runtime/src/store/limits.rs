@@ -22,10 +22,10 @@
 //! into statements as hex literals (`X'…'`), which cannot break out of the
 //! literal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
-use queue_core::{JobState, Rate};
+use queue_core::{JobId, JobState, Rate};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::claim::ClaimedJob;
@@ -243,7 +243,7 @@ pub(crate) fn pick_blocked_after_sql(
                 format!(" AND b.priority = {p} AND b.job_id > {id}")
             });
             format!(
-                "(SELECT 1, b.concurrency_key, b.priority, b.job_id, j.queue, j.rate_key IS NULL \
+                "(SELECT 1, b.concurrency_key, b.priority, b.job_id, {PICKED_JOB} \
                  FROM queue_blocked b JOIN queue_jobs j ON j.id = b.job_id \
                  WHERE b.concurrency_key = {}{past} ORDER BY b.priority, b.job_id LIMIT {n} \
                  FOR UPDATE{skip})",
@@ -253,7 +253,7 @@ pub(crate) fn pick_blocked_after_sql(
         .collect();
     if together {
         picks.push(format!(
-            "(SELECT 1, t.k, j.priority, j.id, j.queue, j.rate_key IS NULL FROM \
+            "(SELECT 1, t.k, j.priority, j.id, {PICKED_JOB} FROM \
              (SELECT s.concurrency_key AS k, (SELECT b.job_id FROM queue_blocked b \
              WHERE b.concurrency_key = s.concurrency_key ORDER BY b.priority, b.job_id LIMIT 1) AS first \
              FROM queue_semaphores s WHERE s.concurrency_key IN ({})) t \
@@ -263,6 +263,13 @@ pub(crate) fn pick_blocked_after_sql(
     }
     picks.join(" UNION ALL ")
 }
+
+/// What a pick reads of each blocked job after its tag, key, priority and
+/// id: whether the releasing runtime may take it (its queue, no rate
+/// limit) and, for one it takes, what a claim would read back
+/// ([`read_release_rows`]), so that a hand-over needs no read of its own.
+const PICKED_JOB: &str = "j.queue, j.rate_key IS NULL, j.task, j.payload, j.attempts, \
+     j.max_attempts, j.deadline_ms, j.run_at";
 
 /// Keys that each freed one slot, at least, for [`pick_blocked_after_sql`]
 /// to read them in one statement.
@@ -356,35 +363,80 @@ pub(crate) fn hex_list<'a>(keys: impl IntoIterator<Item = &'a Vec<u8>>) -> Strin
         .join(", ")
 }
 
-/// What a release's reads returned: per key, the semaphore's `(running,
-/// lim)` (rows tagged 0), and the blocked jobs picked, in order, as
-/// `(priority, id, whether the releasing runtime can run it at once)`
-/// (rows tagged 1).
-type ReleaseRows = (
-    BTreeMap<Vec<u8>, (u32, u32)>,
-    BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>>,
-);
+/// What a release's reads returned.
+#[derive(Debug, Default)]
+pub(crate) struct ReleaseRows {
+    /// Per key, the semaphore's `(running, lim)` (rows tagged 0).
+    pub semaphores: BTreeMap<Vec<u8>, (u32, u32)>,
+    /// Per key, the blocked jobs picked, in order, as `(priority, id,
+    /// whether the releasing runtime can run it at once)` (rows tagged 1).
+    pub waiting: BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>>,
+    /// The picked jobs the releasing runtime can run, as it will run them
+    /// once a hand-over has counted their attempt.
+    pub jobs: HashMap<u64, ClaimedJob>,
+}
 
 pub(crate) fn read_release_rows(
     rows: &[sqlx::mysql::MySqlRow],
     handoff: Option<&HandOff>,
 ) -> Result<ReleaseRows> {
-    let mut semaphores = BTreeMap::new();
-    let mut waiting: BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>> = BTreeMap::new();
+    let mut out = ReleaseRows::default();
     for r in rows {
         let key: Vec<u8> = r.try_get(1)?;
         if r.try_get::<i64, _>(0)? == 0 {
-            semaphores.insert(key, (r.try_get(2)?, r.try_get(3)?));
-        } else {
-            let p: u8 = r.try_get(2)?;
-            let id: u64 = r.try_get(3)?;
-            let queue: String = r.try_get(4)?;
-            let no_rate = r.try_get::<i64, _>(5)? != 0;
-            let direct = no_rate && handoff.is_some_and(|h| h.queues.contains(&queue));
-            waiting.entry(key).or_default().push((p, id, direct));
+            out.semaphores.insert(key, (r.try_get(2)?, r.try_get(3)?));
+            continue;
         }
+        let p: u8 = r.try_get(2)?;
+        let id: u64 = r.try_get(3)?;
+        let queue: String = r.try_get(4)?;
+        let no_rate = r.try_get::<i64, _>(5)? != 0;
+        let mut direct = no_rate && handoff.is_some_and(|h| h.queues.contains(&queue));
+        if direct {
+            match picked_job(r, id, queue, &key) {
+                Ok(job) => {
+                    out.jobs.insert(id, job);
+                }
+                Err(e) => {
+                    // Through the claim index instead, whose claim reports it.
+                    tracing::warn!(job.id = id, error = %e, "a blocked job cannot be read for a hand-over");
+                    direct = false;
+                }
+            }
+        }
+        out.waiting.entry(key).or_default().push((p, id, direct));
     }
-    Ok((semaphores, waiting))
+    Ok(out)
+}
+
+/// A picked job (its row's [`PICKED_JOB`] columns) as the releasing
+/// runtime runs it after the hand-over: at its next attempt, holding its
+/// key's slot.
+fn picked_job(r: &sqlx::mysql::MySqlRow, id: u64, queue: String, key: &[u8]) -> Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        id: JobId(id),
+        task: r.try_get(6)?,
+        queue,
+        payload: r.try_get(7)?,
+        attempt: r.try_get::<u32, _>(8)?.saturating_add(1),
+        max_attempts: r.try_get(9)?,
+        deadline_ms: r.try_get(10)?,
+        run_at: crate::time::stored(r, 11)?,
+        slot: Some(key.to_vec()),
+    })
+}
+
+/// The reads of a release: the semaphores of `freed`'s keys, locked, and
+/// the first blocked jobs of each key.
+pub(crate) fn release_reads(freed: &BTreeMap<Vec<u8>, u32>) -> Vec<String> {
+    vec![
+        format!(
+            "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
+             WHERE concurrency_key IN ({}) ORDER BY concurrency_key FOR UPDATE",
+            hex_list(freed.keys())
+        ),
+        pick_blocked_sql(freed),
+    ]
 }
 
 /// The statements that unblock `moved` jobs `(key, priority, id)`: out of
@@ -432,12 +484,14 @@ fn move_blocked(moved: &[(Vec<u8>, u8, u64)], direct: &[u64], at: &str) -> Vec<S
     writes
 }
 
-/// The statements that make the `direct` jobs running under `h`'s lease,
-/// as a claim would, and read them back (the last statement: its rows are
-/// the jobs handed over).
-fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Vec<String> {
+/// The statement that makes the `direct` jobs running under `h`'s lease,
+/// as a claim would, and the one that reads them back. The read is needed
+/// only if the first did not change them all (it locked them when it
+/// picked them, so it does): the jobs as the pick read them are what is
+/// handed over ([`Handed`]).
+fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Option<(String, String)> {
     if direct.is_empty() {
-        return Vec::new();
+        return None;
     }
     let list = inline_list(direct);
     let owner = &h.owner;
@@ -446,7 +500,7 @@ fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Vec<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     );
-    vec![
+    Some((
         format!(
             "UPDATE queue_jobs SET state = {running}, slot = 1, attempts = attempts + 1, \
              lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{at}', \
@@ -461,7 +515,41 @@ fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Vec<String> {
              AND state = {running} AND lease_owner = '{owner}' AND updated_at = '{at}' ORDER BY priority, id",
             running = JobState::Running.as_u8(),
         ),
-    ]
+    ))
+}
+
+/// Jobs a release hands to the releasing runtime: its writes' last
+/// statement makes them running ([`hand_over`]).
+#[derive(Debug, Default)]
+pub(crate) struct Handed {
+    /// As the pick read them, at their next attempt.
+    pub jobs: Vec<ClaimedJob>,
+    /// Reads them back: for a hand-over that did not change them all.
+    pub read_back: Option<String>,
+}
+
+impl Handed {
+    /// The jobs `direct` (in order), their hand-over's statements appended
+    /// to `writes`.
+    fn new(
+        direct: &[u64],
+        jobs: &HashMap<u64, ClaimedJob>,
+        handoff: Option<&HandOff>,
+        at: &str,
+        writes: &mut Vec<String>,
+    ) -> Handed {
+        let Some((update, read_back)) = handoff.and_then(|h| hand_over(direct, h, at)) else {
+            return Handed::default();
+        };
+        writes.push(update);
+        Handed {
+            jobs: direct
+                .iter()
+                .filter_map(|id| jobs.get(id).cloned())
+                .collect(),
+            read_back: Some(read_back),
+        }
+    }
 }
 
 /// The fast path of a release that freed `freed` slots (per key), from its
@@ -506,14 +594,17 @@ pub(crate) struct FastRelease {
 }
 
 impl FastRelease {
-    /// Its writes: the moves and the hand-overs (last).
-    pub(crate) fn writes(&self, handoff: Option<&HandOff>, now: DateTime<Utc>) -> Vec<String> {
+    /// Its writes: the moves and the hand-over (last), and the jobs handed.
+    pub(crate) fn writes(
+        &self,
+        jobs: &HashMap<u64, ClaimedJob>,
+        handoff: Option<&HandOff>,
+        now: DateTime<Utc>,
+    ) -> (Vec<String>, Handed) {
         let at = sql_time(now);
         let mut w = move_blocked(&self.moved, &self.direct, &at);
-        if let Some(h) = handoff {
-            w.extend(hand_over(&self.direct, h, &at));
-        }
-        w
+        let handed = Handed::new(&self.direct, jobs, handoff, &at, &mut w);
+        (w, handed)
     }
 }
 
@@ -541,6 +632,8 @@ pub(crate) struct ReleasePlan {
     pub moved: u64,
     /// The statements.
     pub writes: Vec<String>,
+    /// The jobs handed to the releasing runtime by the last statement.
+    pub handed: Handed,
 }
 
 /// What the limited part of a claim decided, to be written by the claim's
@@ -845,24 +938,15 @@ impl Store {
         if freed.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let rows = sqlx::raw_sql(AssertSqlSafe(self.release_reads(freed)))
+        let rows = sqlx::raw_sql(AssertSqlSafe(self.batch(&release_reads(freed))))
             .fetch_all(&mut *conn)
             .await?;
         let plan = self.release_plan(&rows, freed, now, handoff)?;
-        let handed = self.release_write(conn, &plan.writes, None).await?;
-        Ok((plan.moved, handed))
-    }
-
-    /// The reads of a release, as one text: the semaphores of `freed`'s
-    /// keys, locked, and the first blocked jobs of each key.
-    pub(crate) fn release_reads(&self, freed: &BTreeMap<Vec<u8>, u32>) -> String {
-        let mut reads = vec![self.limited(&format!(
-            "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
-             WHERE concurrency_key IN ({}) ORDER BY concurrency_key FOR UPDATE",
-            hex_list(freed.keys())
-        ))];
-        reads.push(self.limited(&pick_blocked_sql(freed)));
-        reads.join("; ")
+        let moved = plan.moved;
+        let handed = self
+            .release_write(conn, plan.writes, plan.handed, None)
+            .await?;
+        Ok((moved, handed))
     }
 
     /// What a release writes, from the rows its reads returned.
@@ -873,7 +957,11 @@ impl Store {
         now: DateTime<Utc>,
         handoff: Option<&HandOff>,
     ) -> Result<ReleasePlan> {
-        let (semaphores, waiting) = read_release_rows(rows, handoff)?;
+        let ReleaseRows {
+            semaphores,
+            waiting,
+            jobs,
+        } = read_release_rows(rows, handoff)?;
         let mut running: BTreeMap<Vec<u8>, (u32, u32)> = semaphores
             .into_iter()
             .map(|(key, (n, lim))| {
@@ -906,44 +994,86 @@ impl Store {
                 hex_list(running.keys())
             ));
         }
-        if let Some(h) = handoff {
-            writes.extend(hand_over(&direct, h, &at));
-        }
+        let handed = Handed::new(&direct, &jobs, handoff, &at, &mut writes);
         Ok(ReleasePlan {
             moved: moved.len() as u64,
             writes,
+            handed,
         })
     }
 
-    /// Runs a release's writes (then `tail`, such as `COMMIT`, in the same
-    /// round trip); returns the jobs handed to the releasing runtime.
+    /// Runs a release's writes, whose last statement hands `handed` over
+    /// (then `tail`, such as `COMMIT`, in the same round trip); returns the
+    /// jobs handed to the releasing runtime.
     pub(crate) async fn release_write(
         &self,
         conn: &mut sqlx::MySqlConnection,
-        writes: &[String],
+        mut writes: Vec<String>,
+        handed: Handed,
         tail: Option<&str>,
     ) -> Result<Vec<ClaimedJob>> {
-        let mut handed = Vec::new();
-        let text = match (self.batch(writes), tail) {
-            (w, Some(t)) if w.is_empty() => t.to_owned(),
-            (w, Some(t)) => format!("{w}; {t}"),
-            (w, None) => w,
-        };
-        if text.is_empty() {
-            return Ok(handed);
+        let last = writes.len().checked_sub(1);
+        writes.extend(tail.map(str::to_owned));
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        for r in sqlx::raw_sql(AssertSqlSafe(text))
+        let (affected, _) = self.run_batch(conn, &writes).await?;
+        self.handed(conn, handed, last.and_then(|i| affected.get(i).copied()))
+            .await
+    }
+
+    /// Runs statements as one round trip: each one's affected rows, and
+    /// the rows they returned.
+    pub(crate) async fn run_batch(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        statements: &[String],
+    ) -> Result<(Vec<u64>, Vec<sqlx::mysql::MySqlRow>)> {
+        use futures_util::TryStreamExt;
+        let mut affected = Vec::new();
+        let mut rows = Vec::new();
+        let mut results = sqlx::raw_sql(AssertSqlSafe(self.batch(statements))).fetch_many(conn);
+        while let Some(item) = results.try_next().await? {
+            match item {
+                sqlx::Either::Left(done) => affected.push(done.rows_affected()),
+                sqlx::Either::Right(row) => rows.push(row),
+            }
+        }
+        Ok((affected, rows))
+    }
+
+    /// The jobs a hand-over that changed `changed` rows gave this runtime:
+    /// as picked when it changed them all, else as read back.
+    pub(crate) async fn handed(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        handed: Handed,
+        changed: Option<u64>,
+    ) -> Result<Vec<ClaimedJob>> {
+        let Some(read_back) = handed.read_back else {
+            return Ok(Vec::new());
+        };
+        if changed == Some(handed.jobs.len() as u64) {
+            return Ok(handed.jobs);
+        }
+        tracing::warn!(
+            handed = handed.jobs.len(),
+            changed,
+            "a hand-over did not change every job it picked: reading them back"
+        );
+        let mut jobs = Vec::new();
+        for r in sqlx::raw_sql(self.sql(&read_back))
             .fetch_all(&mut *conn)
             .await?
         {
             match super::claim::decode_claimed(&r) {
-                Ok(job) => handed.push(job),
+                Ok(job) => jobs.push(job),
                 Err(e) => {
                     tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease");
                 }
             }
         }
-        Ok(handed)
+        Ok(jobs)
     }
 
     /// Deletes semaphores nobody holds or waits for, unchanged for an hour,
@@ -1190,15 +1320,45 @@ mod tests {
             room: 2,
             cursors: Default::default(),
         };
-        let writes = fast.writes(Some(&h), t(0));
+        let job = |id: u64| ClaimedJob {
+            id: JobId(id),
+            task: "t".into(),
+            queue: "q".into(),
+            payload: "null".into(),
+            attempt: 1,
+            max_attempts: 3,
+            deadline_ms: None,
+            run_at: t(0),
+            slot: Some(k("a")),
+        };
+        let jobs: HashMap<u64, ClaimedJob> = [(10, job(10)), (20, job(20))].into();
+        let (writes, handed) = fast.writes(&jobs, Some(&h), t(0));
         assert!(
             writes.iter().all(|w| !w.contains("queue_semaphores")),
             "{writes:?}"
         );
+        // The hand-over is the last write; the jobs handed are the ones
+        // picked, with no read of their own unless it changed fewer.
+        let last = writes.last().unwrap();
+        assert!(last.starts_with("UPDATE queue_jobs SET state = "), "{last}");
+        assert!(last.contains("WHERE id IN (10, 20)"), "{last}");
         assert!(
-            writes.last().unwrap().starts_with("SELECT id, task"),
+            writes.iter().all(|w| !w.starts_with("SELECT")),
             "{writes:?}"
         );
+        let ids: Vec<u64> = handed.jobs.iter().map(|j| j.id.0).collect();
+        assert_eq!(ids, vec![10, 20]);
+        assert!(
+            handed
+                .read_back
+                .as_deref()
+                .is_some_and(|r| r.starts_with("SELECT id, task")),
+            "{:?}",
+            handed.read_back
+        );
+        // Without a runtime to hand to, nothing is handed.
+        let (_, none) = fast.writes(&jobs, None, t(0));
+        assert!(none.jobs.is_empty() && none.read_back.is_none());
     }
 
     #[test]

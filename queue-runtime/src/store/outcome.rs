@@ -128,54 +128,43 @@ impl Store {
                         }
                     }
                     if n as usize == part.len() {
-                        let (semaphores, waiting) =
-                            super::limits::read_release_rows(&rows, handoff)?;
+                        let picked = super::limits::read_release_rows(&rows, handoff)?;
                         let fast = super::limits::fast_release(
-                            &semaphores,
-                            &waiting,
+                            &picked.semaphores,
+                            &picked.waiting,
                             &all,
                             handoff.map_or(0, |h| h.room),
                         );
                         if let Some(h) = handoff {
                             h.cursors.advance(&fast.moved);
                         }
-                        let mut writes = fast.writes(handoff, now);
+                        let (mut writes, handed) = fast.writes(&picked.jobs, handoff, now);
                         if fast.rest.is_empty() {
-                            let jobs = self.release_write(&mut conn, &writes, Some("COMMIT")).await?;
+                            let jobs = self
+                                .release_write(&mut conn, writes, handed, Some("COMMIT"))
+                                .await?;
                             return Ok::<_, crate::error::Error>((n, fast.moved.len() as u64, jobs));
                         }
                         // Slots no blocked job took (or a semaphore with
                         // room beyond them): released under the semaphores'
-                        // lock, after the hand-overs above.
-                        writes.push(self.release_reads(&fast.rest));
-                        let mut jobs = Vec::new();
-                        let mut reads = Vec::new();
-                        for r in sqlx::raw_sql(AssertSqlSafe(self.batch(&writes)))
-                            .fetch_all(&mut *conn)
-                            .await?
-                        {
-                            // The hand-overs' read has the claim's columns;
-                            // the release's reads start with a 0/1 tag.
-                            if r.columns().len() == super::claim::CLAIMED_COLUMNS {
-                                match super::claim::decode_claimed(&r) {
-                                    Ok(job) => jobs.push(job),
-                                    Err(e) => tracing::error!(error = %e, "a job handed a freed slot cannot be decoded; left to its lease"),
-                                }
-                            } else {
-                                reads.push(r);
-                            }
-                        }
+                        // lock, after the hand-over above (the last write).
+                        let last = writes.len().checked_sub(1);
+                        writes.extend(super::limits::release_reads(&fast.rest));
+                        let (affected, reads) = self.run_batch(&mut conn, &writes).await?;
+                        let mut jobs = self
+                            .handed(&mut conn, handed, last.and_then(|i| affected.get(i).copied()))
+                            .await?;
                         let rest_handoff = handoff.map(|h| HandOff {
                             room: h.room.saturating_sub(fast.direct.len()),
                             ..h.clone()
                         });
                         let plan =
                             self.release_plan(&reads, &fast.rest, now, rest_handoff.as_ref())?;
+                        let moved = fast.moved.len() as u64 + plan.moved;
                         jobs.extend(
-                            self.release_write(&mut conn, &plan.writes, Some("COMMIT"))
+                            self.release_write(&mut conn, plan.writes, plan.handed, Some("COMMIT"))
                                 .await?,
                         );
-                        let moved = fast.moved.len() as u64 + plan.moved;
                         return Ok::<_, crate::error::Error>((n, moved, jobs));
                     }
                     let held: std::collections::HashSet<u64> = {
