@@ -80,14 +80,14 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
     }
     shared.count(&job.queue, &job.task, Event::Started);
     shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let permit = match shared.semaphore.clone().try_acquire_owned() {
-        Ok(p) => Some(p),
-        Err(_) => {
+    let permit = match shared.waiters.take_or_wait(&shared.semaphore, job.priority) {
+        Ok(p) => Ok(p),
+        Err(line) => {
             // Prefetched beyond the free slots: waits below for one.
             shared
                 .waiting
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            None
+            Err(line)
         }
     };
     let shared2 = shared.clone();
@@ -100,13 +100,13 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
             queue,
         };
         let permit = match permit {
-            Some(p) => p,
-            None => {
+            Ok(p) => p,
+            Err(line) => {
                 // A prefetched job waits for a slot, unless the runtime stops
                 // first: then it is handed back without having started.
                 let mut stop = shared2.stop.clone();
                 let p = tokio::select! {
-                    p = shared2.semaphore.clone().acquire_owned() => p.ok(),
+                    p = line => p.ok(),
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 shared2
@@ -168,8 +168,133 @@ impl Drop for QueueShare {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        drop(self.permit.take());
+        if let Some(p) = self.permit.take() {
+            self.shared.waiters.release(p);
+        }
         self.shared.slot_freed.notify_one();
+    }
+}
+
+/// Prefetched jobs waiting for a slot. A freed slot goes to the most
+/// urgent of them (the lowest priority number, then the one that waited
+/// longest), not to the first in line: a priority-0 job claimed behind a
+/// prefetched batch of priority-4 jobs starts before them. (A semaphore's
+/// own waiters are served first come, first served.)
+#[derive(Debug, Default)]
+pub(super) struct Waiters {
+    line: Mutex<(std::collections::BinaryHeap<Waiter>, u64)>,
+}
+
+/// A place in the line: `(priority, seq)`, smaller first.
+#[derive(Debug)]
+struct Waiter {
+    priority: u8,
+    seq: u64,
+    slot: tokio::sync::oneshot::Sender<OwnedSemaphorePermit>,
+}
+
+impl Waiter {
+    fn rank(&self) -> (u8, u64) {
+        (self.priority, self.seq)
+    }
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    /// Reversed: the heap pops the smallest rank.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.rank().cmp(&self.rank())
+    }
+}
+
+/// Where a job that found no free slot waits for one.
+type Line = tokio::sync::oneshot::Receiver<OwnedSemaphorePermit>;
+
+impl Waiters {
+    /// A free slot now, or a place in the line for the next one. Both
+    /// under the line's lock, as [`Waiters::release`]: a slot is never
+    /// given back to the semaphore while a job waits in the line.
+    fn take_or_wait(
+        &self,
+        semaphore: &Arc<tokio::sync::Semaphore>,
+        priority: u8,
+    ) -> Result<OwnedSemaphorePermit, Line> {
+        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(p) = semaphore.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let (slot, rx) = tokio::sync::oneshot::channel();
+        line.1 += 1;
+        let seq = line.1;
+        line.0.push(Waiter {
+            priority,
+            seq,
+            slot,
+        });
+        Err(rx)
+    }
+
+    /// Gives a freed slot to the most urgent job in the line (skipping
+    /// any that stopped waiting), or back to the semaphore.
+    fn release(&self, mut permit: OwnedSemaphorePermit) {
+        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = line.0.pop() {
+            match w.slot.send(permit) {
+                Ok(()) => return,
+                Err(p) => permit = p,
+            }
+        }
+        drop(permit);
+    }
+}
+
+#[cfg(test)]
+mod waiters_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_most_urgent_waiter_then_the_longest_waiting() {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(1));
+        let w = Waiters::default();
+        let held = w.take_or_wait(&semaphore, 4).expect("the free slot");
+        let mut lines: Vec<(u8, Line)> = [4u8, 4, 0, 2]
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    w.take_or_wait(&semaphore, p).expect_err("no slot: waits"),
+                )
+            })
+            .collect();
+        // The third in line stopped waiting: skipped.
+        let stopped = lines.remove(1);
+        drop(stopped);
+        let mut order = Vec::new();
+        let mut permit = held;
+        for _ in 0..3 {
+            w.release(permit);
+            let (i, p) = lines
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, (_, rx))| rx.try_recv().ok().map(|p| (i, p)))
+                .expect("one waiter got the slot");
+            permit = p;
+            order.push(lines.remove(i).0);
+        }
+        assert_eq!(order, vec![0, 2, 4]);
+        // Nobody waits: the slot goes back to the semaphore.
+        w.release(permit);
+        assert_eq!(semaphore.available_permits(), 1);
     }
 }
 

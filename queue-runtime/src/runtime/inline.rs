@@ -64,6 +64,7 @@ impl Inline {
             owner: format!("inline-{}", uuid::Uuid::new_v4().simple()),
             queues: Vec::new(),
             semaphore: Arc::new(Semaphore::new(1)),
+            waiters: Default::default(),
             in_flight: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             queue_in_flight: Vec::new(),

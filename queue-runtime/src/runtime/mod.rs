@@ -206,6 +206,7 @@ impl RuntimeBuilder {
             owner,
             queues,
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
+            waiters: Default::default(),
             in_flight: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             queue_in_flight: (0..settings.queue_limits.len())
@@ -410,6 +411,8 @@ pub(crate) struct Shared {
     pub(crate) owner: String,
     pub(crate) queues: Vec<String>,
     semaphore: Arc<Semaphore>,
+    /// Prefetched jobs waiting for a slot, the most urgent first.
+    waiters: executor::Waiters,
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     /// Prefetched jobs waiting for a free slot.
     waiting: std::sync::atomic::AtomicUsize,

@@ -37,6 +37,8 @@ pub(crate) struct ClaimedJob {
     pub id: JobId,
     pub task: String,
     pub queue: String,
+    /// 0 (most urgent) to 4: prefetched jobs wait for a slot in this order.
+    pub priority: u8,
     pub payload: String,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -486,6 +488,7 @@ pub(crate) fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<
         id: JobId(r.try_get(0)?),
         task: r.try_get(1)?,
         queue: r.try_get(2)?,
+        priority: r.try_get(3)?,
         payload: r.try_get(4)?,
         attempt: r.try_get(5)?,
         max_attempts: r.try_get(6)?,
