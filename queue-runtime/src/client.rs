@@ -145,7 +145,7 @@ impl Client {
     #[doc(hidden)]
     pub fn with_flavor(&self, flavor: Flavor) -> Client {
         self.derived(
-            Store::new(self.inner.store.pool.clone(), flavor),
+            Store::new(self.inner.store.pool.clone(), flavor).with_galera(self.inner.store.galera),
             self.inner.clock.clone(),
         )
     }

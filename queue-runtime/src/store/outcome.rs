@@ -94,7 +94,8 @@ impl Store {
                     }
                     let after = handoff.map_or_else(Default::default, |h| h.cursors.after(all.keys()));
                     let sql = format!(
-                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}; {}",
+                        "{}; {}; {}; {}",
+                        self.begin_sql(),
                         self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
                         self.limited(&super::limits::pick_blocked_after_sql(&all, &after, true)),
                         self.limited(&format!(
@@ -108,8 +109,12 @@ impl Store {
                     {
                         use futures_util::TryStreamExt;
                         let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+                        // The begin's results first (a Galera begin's
+                        // marker INSERT counts a row).
+                        let mut begin = self.begin_results();
                         while let Some(item) = results.try_next().await? {
                             match item {
+                                sqlx::Either::Left(_) if begin > 0 => begin -= 1,
                                 sqlx::Either::Left(done) => n += done.rows_affected(),
                                 sqlx::Either::Right(row) => rows.push(row),
                             }
@@ -129,7 +134,7 @@ impl Store {
                         }
                         let mut writes = fast.writes(handoff, now);
                         if fast.rest.is_empty() {
-                            let jobs = self.release_write(&mut conn, &writes, Some("COMMIT")).await?;
+                            let jobs = self.release_write(&mut conn, &writes, Some(self.commit_sql())).await?;
                             return Ok::<_, crate::error::Error>((n, jobs));
                         }
                         // Slots no blocked job took (or a semaphore with
@@ -160,7 +165,7 @@ impl Store {
                         let plan =
                             self.release_plan(&reads, &fast.rest, now, rest_handoff.as_ref())?;
                         jobs.extend(
-                            self.release_write(&mut conn, &plan.writes, Some("COMMIT"))
+                            self.release_write(&mut conn, &plan.writes, Some(self.commit_sql()))
                                 .await?,
                         );
                         return Ok::<_, crate::error::Error>((n, jobs));
@@ -169,9 +174,10 @@ impl Store {
                         // Some were taken by another runtime (a lost lease):
                         // start again, locking the jobs still at their
                         // attempt first, so that exactly their slots are freed.
-                        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+                        sqlx::raw_sql(self.rollback_sql()).execute(&mut *conn).await?;
                         let sql = format!(
-                            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
+                            "{}; {}",
+                            self.begin_sql(),
                             self.limited(&format!(
                                 "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
                                 fence(&fenced)
@@ -206,12 +212,12 @@ impl Store {
                     } else {
                         Vec::new()
                     };
-                    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                    sqlx::raw_sql(self.commit_sql()).execute(&mut *conn).await?;
                     Ok::<_, crate::error::Error>((n, jobs))
                 }
                 .await;
-                if result.is_err() && sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.close_on_drop();
+                if result.is_err() {
+                    self.roll_back_or_close(&mut conn).await;
                 }
                 result
             })
