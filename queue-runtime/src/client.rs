@@ -150,6 +150,18 @@ impl Client {
         )
     }
 
+    /// This client with its transactions guarded as on a Galera node (or
+    /// not), whatever the server: for tests that run the guarded
+    /// transactions (docs/scaling.md) on a single server, where the guard's
+    /// SQL runs as it does on Galera. Not public API.
+    #[doc(hidden)]
+    pub fn __with_galera_guard(&self, on: bool) -> Client {
+        self.derived(
+            self.inner.store.clone().with_galera(on),
+            self.inner.clock.clone(),
+        )
+    }
+
     /// The largest payload, in bytes of JSON, the server takes: its
     /// `max_allowed_packet` less 128 KiB for the rest of the row. A bigger
     /// one is refused at enqueue with [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) before
