@@ -7,7 +7,10 @@
 //! Scenarios: `enqueue`, `ceiling`, `throughput`, `latency`, `idle`,
 //! `memory`, `delay`, `churn`, `limits`, `admin` (the operator's reads at
 //! 10,000 and 1,000,000 jobs, and a drain polled by a dashboard), or `all`
-//! (the default), in that order. Each prints a
+//! (the default), in that order; and `cluster` (not part of `all`): no-op
+//! jobs on a MariaDB Galera cluster whose nodes' URLs are in
+//! `CLUSTER_URLS`, one runtime per node and all through one node, with the
+//! certification conflicts they cost. Each prints a
 //! Markdown table and one JSON line per result (`grep '^{'` keeps only
 //! those); the run ends with the issue's targets, each measured in this run.
 //!
@@ -26,14 +29,18 @@
 //!   `runtime,runtime+readview,seed,seed+readview` (all four)
 //! - `--mem-jobs N`      jobs queued in the memory scenario (1,000,000; quick 100,000)
 //! - `--idle-secs S`     idle-polling window (10; quick 5)
+//! - `--cluster-jobs N`  cluster jobs per variant (20,000; quick 5,000)
+//! - `--cluster-concurrency N`  concurrency of each cluster runtime (10)
 //!
 //! The database is `DATABASE_URL`'s server, or the private MariaDB of
-//! `scripts/db.sh`; every scenario works in a fresh database of its own
+//! `scripts/db.sh` (for `cluster`: the nodes of `CLUSTER_URLS`, nothing
+//! else, when it runs alone); every scenario works in a fresh database of its own
 //! (`bench_*`), dropped when it ends. The multi-process parts run this same
 //! binary again with a hidden subcommand (`__drain`, `__trickle`,
 //! `__enqueue`). See docs/benchmarks.md for a full run and what it means.
 
 mod churn;
+mod cluster;
 mod report;
 mod scenarios;
 mod sqltap;
@@ -68,6 +75,8 @@ pub(crate) struct Opts {
     pub(crate) churn_variants: Vec<String>,
     pub(crate) mem_jobs: u64,
     pub(crate) idle_secs: u64,
+    pub(crate) cluster_jobs: u64,
+    pub(crate) cluster_concurrency: usize,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -83,13 +92,18 @@ const SCENARIOS: &[&str] = &[
     "admin",
 ];
 
+/// Scenarios that `all` leaves out (they need more than one server).
+const EXTRA_SCENARIOS: &[&str] = &["cluster"];
+
 fn usage() -> ! {
     eprintln!(
         "usage: bench [SCENARIO ...] [--quick] [--jobs N] [--throughput-variants 1x1,1x10,1x50,4x10] [--enqueue-jobs N] [--singles N] \
          [--latency-secs S] [--rate R] [--churn-jobs N] [--churn-secs S] \
-         [--churn-variants runtime,runtime+readview,seed,seed+readview] [--mem-jobs N] [--idle-secs S]\n\
-         scenarios: {} | all",
-        SCENARIOS.join(" | ")
+         [--churn-variants runtime,runtime+readview,seed,seed+readview] [--mem-jobs N] [--idle-secs S] \
+         [--cluster-jobs N] [--cluster-concurrency N]\n\
+         scenarios: {} | all (all of those) | {} (CLUSTER_URLS=node1,node2,node3)",
+        SCENARIOS.join(" | "),
+        EXTRA_SCENARIOS.join(" | ")
     );
     std::process::exit(2)
 }
@@ -109,6 +123,8 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
         churn_variants: churn::VARIANTS.iter().map(|s| (*s).to_owned()).collect(),
         mem_jobs: if quick { 100_000 } else { 1_000_000 },
         idle_secs: if quick { 5 } else { 10 },
+        cluster_jobs: if quick { 5_000 } else { 20_000 },
+        cluster_concurrency: 10,
     };
     let mut scenarios = Vec::new();
     let mut it = args.iter();
@@ -129,6 +145,11 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
             "--churn-secs" => o.churn_secs = val(),
             "--mem-jobs" => o.mem_jobs = val(),
             "--idle-secs" => o.idle_secs = val(),
+            "--cluster-jobs" => o.cluster_jobs = val(),
+            "--cluster-concurrency" => match usize::try_from(val()) {
+                Ok(c @ 1..) => o.cluster_concurrency = c,
+                _ => usage(),
+            },
             "--throughput-variants" => {
                 let v = it.next().unwrap_or_else(|| usage());
                 o.throughput_variants = v
@@ -154,7 +175,9 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
             }
             "-h" | "--help" => usage(),
             "all" => scenarios.extend(SCENARIOS.iter().map(|s| (*s).to_owned())),
-            s if SCENARIOS.contains(&s) => scenarios.push(s.to_owned()),
+            s if SCENARIOS.contains(&s) || EXTRA_SCENARIOS.contains(&s) => {
+                scenarios.push(s.to_owned());
+            }
             _ => usage(),
         }
     }
@@ -164,6 +187,7 @@ fn parse(args: &[String]) -> (Vec<String>, Opts) {
     // Run in the canonical order, once each.
     let scenarios = SCENARIOS
         .iter()
+        .chain(EXTRA_SCENARIOS)
         .filter(|s| scenarios.iter().any(|x| x == *s))
         .map(|s| (*s).to_owned())
         .collect();
@@ -185,7 +209,12 @@ fn main() -> Res<()> {
 
 async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
     let started = Instant::now();
-    let url = queue_examples::database_url();
+    // The cluster alone reports on its first node and needs no other server.
+    let url = if scenarios.iter().all(|s| s == "cluster") {
+        cluster::node_urls()?[0].clone()
+    } else {
+        queue_examples::database_url()
+    };
     let mut report = server_report(&url, &opts).await?;
     println!("# queue-runtime bench");
     println!();
@@ -217,6 +246,7 @@ async fn run(scenarios: Vec<String>, opts: Opts) -> Res<()> {
             "churn" => churn::churn(&mut report, &opts, &mut ctx).await,
             "limits" => scenarios::limits(&mut report, &opts, &mut ctx).await,
             "admin" => scenarios::admin(&mut report, &opts, &mut ctx).await,
+            "cluster" => cluster::cluster(&mut report, &opts).await,
             _ => unreachable!(),
         };
         if let Err(e) = r {

@@ -486,7 +486,7 @@ async fn server_status(client: &Client) -> Res<Vec<f64>> {
 }
 
 /// Waits until the queue holds no ready, running or scheduled job.
-async fn wait_empty(client: &Client, timeout: Duration) -> Res<()> {
+pub(crate) async fn wait_empty(client: &Client, timeout: Duration) -> Res<()> {
     let until = Instant::now() + timeout;
     loop {
         let t = client.stats().await?.total;
@@ -501,7 +501,7 @@ async fn wait_empty(client: &Client, timeout: Duration) -> Res<()> {
 }
 
 /// Waits until `count()` reaches `n`; fails if it stops moving for 60 s.
-async fn wait_count(n: u64, count: impl Fn() -> u64) -> Res<()> {
+pub(crate) async fn wait_count(n: u64, count: impl Fn() -> u64) -> Res<()> {
     let mut last = (count(), Instant::now());
     loop {
         let c = count();

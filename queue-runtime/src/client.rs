@@ -145,7 +145,19 @@ impl Client {
     #[doc(hidden)]
     pub fn with_flavor(&self, flavor: Flavor) -> Client {
         self.derived(
-            Store::new(self.inner.store.pool.clone(), flavor),
+            Store::new(self.inner.store.pool.clone(), flavor).with_galera(self.inner.store.galera),
+            self.inner.clock.clone(),
+        )
+    }
+
+    /// This client with its transactions guarded as on a Galera node (or
+    /// not), whatever the server: for tests that run the guarded
+    /// transactions (docs/scaling.md) on a single server, where the guard's
+    /// SQL runs as it does on Galera. Not public API.
+    #[doc(hidden)]
+    pub fn __with_galera_guard(&self, on: bool) -> Client {
+        self.derived(
+            self.inner.store.clone().with_galera(on),
             self.inner.clock.clone(),
         )
     }

@@ -136,6 +136,11 @@ impl<'a> Db<'a> {
     /// [`Deadline::current`] wherever a statement is issued). Inside a task,
     /// use `ctx.db()`; this is for code that keeps its own deadline.
     pub fn new(client: &'a Client, deadline: Option<Deadline>) -> Db<'a> {
-        Db::on_pool(client.pool(), client.flavor(), deadline)
+        Db::on_pool(
+            client.pool(),
+            client.flavor(),
+            client.store().galera,
+            deadline,
+        )
     }
 }

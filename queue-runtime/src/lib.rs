@@ -99,9 +99,14 @@ struct GuideDoctests;
 #[doc = include_str!("../../docs/dashboard.md")]
 struct DashboardDoctests;
 
-/// Support for the code `#[task]` generates. Not public API.
+/// Support for the code `#[task]` generates (and the guarded transaction
+/// SQL on Galera, for `galera-batch-stress`). Not public API.
 #[doc(hidden)]
 pub mod __private {
+    /// The guarded transaction's statements on a Galera node.
+    pub mod galera {
+        pub use crate::store::galera::{GUARDED_BEGIN_RC, GUARDED_COMMIT, GUARDED_ROLLBACK};
+    }
     pub use crate::registry::{Handler, HandlerFuture, TaskRegistration};
     pub use inventory;
     pub use queue_core::{Backoff, CatchUp, Priority, TaskError, TaskOptions};

@@ -62,6 +62,7 @@ use self::executor::{
 };
 use self::statement::Statement;
 use crate::flavor::Flavor;
+use crate::store::galera::{GUARDED_BEGIN, GUARDED_COMMIT, GUARDED_ROLLBACK};
 
 /// A deadline-aware handle on the job database, as `ctx.db()` returns it.
 ///
@@ -98,6 +99,9 @@ use crate::flavor::Flavor;
 pub struct Db<'a> {
     pool: &'a MySqlPool,
     flavor: Flavor,
+    /// The server is a Galera node: [`Db::begin`]'s transactions are
+    /// guarded (see [`DbTransaction`]).
+    galera: bool,
     deadline: Option<Deadline>,
     /// Set by `queue_runtime::testing::perform`: every statement runs in
     /// this one transaction (and `begin` makes a savepoint in it), so the
@@ -112,16 +116,18 @@ pub(crate) type Pinned = std::sync::Arc<tokio::sync::Mutex<sqlx::Transaction<'st
 const SAVEPOINT: &str = "queue_runtime_test";
 
 impl<'a> Db<'a> {
-    /// A handle on `pool`, whose server is `flavor`, limited by `deadline`.
-    /// [`Db::new`] makes one from a client.
+    /// A handle on `pool`, whose server is `flavor` (a Galera node if
+    /// `galera`), limited by `deadline`. [`Db::new`] makes one from a client.
     pub(crate) fn on_pool(
         pool: &'a MySqlPool,
         flavor: Flavor,
+        galera: bool,
         deadline: Option<Deadline>,
     ) -> Db<'a> {
         Db {
             pool,
             flavor,
+            galera,
             deadline,
             pinned: None,
         }
@@ -171,10 +177,7 @@ impl<'a> Db<'a> {
             }
             None => TxConn::Pooled(acquire(self.pool, deadline).await?),
         };
-        let begin = match conn {
-            TxConn::Pooled(_) => "BEGIN".to_owned(),
-            TxConn::Pinned(_) => format!("SAVEPOINT {SAVEPOINT}"),
-        };
+        let begin = begin_sql(matches!(conn, TxConn::Pinned(_)), self.galera);
         let mut tx = DbTransaction {
             db: self,
             conn: Some(conn),
@@ -183,7 +186,8 @@ impl<'a> Db<'a> {
             reusable: true,
         };
         let conn = tx.live_connection();
-        bounded(deadline, conn.execute(AssertSqlSafe(begin))).await??;
+        // Text (several statements on Galera).
+        bounded(deadline, sqlx::raw_sql(AssertSqlSafe(begin)).execute(conn)).await??;
         tx.in_flight = false;
         tx.open = true;
         Ok(tx)
@@ -207,13 +211,32 @@ impl TxConn {
     }
 
     /// The statement that ends the transaction with `end` (`COMMIT` or
-    /// `ROLLBACK`).
-    fn end_sql(&self, end: &'static str) -> String {
-        match (self, end) {
-            (TxConn::Pooled(_), _) => end.to_owned(),
-            (TxConn::Pinned(_), "COMMIT") => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
-            (TxConn::Pinned(_), _) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"),
-        }
+    /// `ROLLBACK`), on a Galera node (`galera`) if so.
+    fn end_sql(&self, end: &'static str, galera: bool) -> String {
+        end_sql(matches!(self, TxConn::Pinned(_)), end, galera)
+    }
+}
+
+/// The statements that begin a [`DbTransaction`]: `BEGIN`; a savepoint in
+/// a `pinned` test transaction; the guarded begin on a Galera node
+/// (`store::galera`).
+fn begin_sql(pinned: bool, galera: bool) -> String {
+    match (pinned, galera) {
+        (true, _) => format!("SAVEPOINT {SAVEPOINT}"),
+        (false, true) => GUARDED_BEGIN.to_owned(),
+        (false, false) => "BEGIN".to_owned(),
+    }
+}
+
+/// The statements that end a [`DbTransaction`] with `end` (`COMMIT` or
+/// `ROLLBACK`), as [`begin_sql`] began it.
+fn end_sql(pinned: bool, end: &'static str, galera: bool) -> String {
+    match (pinned, end) {
+        (true, "COMMIT") => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+        (true, _) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"),
+        (false, "COMMIT") if galera => GUARDED_COMMIT.to_owned(),
+        (false, _) if galera => GUARDED_ROLLBACK.to_owned(),
+        (false, _) => end.to_owned(),
     }
 }
 
@@ -352,14 +375,29 @@ impl DbTransaction<'_> {
     }
 
     async fn end(&mut self, end: &'static str) -> Result<(), sqlx::Error> {
+        let galera = self.db.galera;
         let sql = self
             .conn
             .as_ref()
-            .map_or_else(|| end.to_owned(), |c| c.end_sql(end));
-        let done = self.start_statement().execute(AssertSqlSafe(sql)).await;
+            .map_or_else(|| end.to_owned(), |c| c.end_sql(end, galera));
+        let done = sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(self.start_statement())
+            .await;
         self.in_flight = false;
         if done.is_err() {
-            self.reusable = false;
+            // On Galera a failed guarded commit (1213: the transaction was
+            // aborted) leaves what ran after the abort open, and
+            // `autocommit` off: rolled back here, or the connection closed.
+            let pooled = matches!(self.conn, Some(TxConn::Pooled(_)));
+            let restored = galera
+                && pooled
+                && sqlx::raw_sql(GUARDED_ROLLBACK)
+                    .execute(self.live_connection())
+                    .await
+                    .is_ok();
+            if !restored {
+                self.reusable = false;
+            }
         }
         self.open = false;
         done.map(|_| ())
@@ -463,13 +501,20 @@ impl Drop for DbTransaction<'_> {
         if !self.open {
             return; // back to the pool
         }
+        let rollback = if self.db.galera {
+            GUARDED_ROLLBACK
+        } else {
+            "ROLLBACK"
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    let rolled_back =
-                        tokio::time::timeout(CLEANUP_TIMEOUT, (&mut *conn).execute("ROLLBACK"))
-                            .await
-                            .is_ok_and(|r| r.is_ok());
+                    let rolled_back = tokio::time::timeout(
+                        CLEANUP_TIMEOUT,
+                        sqlx::raw_sql(rollback).execute(&mut *conn),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok());
                     if !rolled_back {
                         conn.close_on_drop();
                     }
@@ -479,5 +524,30 @@ impl Drop for DbTransaction<'_> {
             // closed socket makes the server roll back.
             Err(_) => drop(conn.detach()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_are_plain_off_galera_and_guarded_on_it() {
+        assert_eq!(begin_sql(false, false), "BEGIN");
+        assert_eq!(end_sql(false, "COMMIT", false), "COMMIT");
+        assert_eq!(end_sql(false, "ROLLBACK", false), "ROLLBACK");
+        assert_eq!(begin_sql(true, false), "SAVEPOINT queue_runtime_test");
+        assert_eq!(
+            end_sql(true, "COMMIT", true),
+            "RELEASE SAVEPOINT queue_runtime_test"
+        );
+        assert_eq!(
+            end_sql(true, "ROLLBACK", false),
+            "ROLLBACK TO SAVEPOINT queue_runtime_test"
+        );
+        assert_eq!(begin_sql(false, true), GUARDED_BEGIN);
+        assert!(GUARDED_BEGIN.contains("SET autocommit = 0; START TRANSACTION; INSERT INTO"));
+        assert_eq!(end_sql(false, "COMMIT", true), GUARDED_COMMIT);
+        assert_eq!(end_sql(false, "ROLLBACK", true), GUARDED_ROLLBACK);
     }
 }

@@ -184,7 +184,10 @@ impl Store {
     ///    running; `SELECT` the jobs; `COMMIT`
     ///
     /// On any error the transaction is rolled back, and a connection whose
-    /// state is unknown is closed instead of returned to the pool.
+    /// state is unknown is closed instead of returned to the pool. On a
+    /// Galera node the begin and the `COMMIT` are the guarded ones
+    /// (`store::galera`): a claim aborted by another node's write set fails
+    /// with 1213 and is retried, never half committed.
     async fn try_claim(
         &self,
         ticket: &ClaimTicket,
@@ -199,10 +202,7 @@ impl Store {
             .claim_on(&mut conn, ticket, owner, (lease_until, now), (limits, acks))
             .await;
         if result.is_err() {
-            let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-            if rolled_back.is_err() {
-                conn.close_on_drop();
-            }
+            self.roll_back_or_close(&mut conn).await;
         }
         result
     }
@@ -225,22 +225,31 @@ impl Store {
             ))
         });
         let pick = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
-        let first = format!(
-            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
-            self.limited(&pick)
-        );
+        let first = format!("{}; {}", self.begin_sql(), self.limited(&pick));
         let rows = sqlx::raw_sql(AssertSqlSafe(first))
             .fetch_all(&mut *conn)
             .await?;
         if rows.is_empty() {
-            let text = match &ack_delete {
-                Some(d) => format!("{d}; COMMIT"),
-                None => "COMMIT".to_owned(),
+            let acked = match &ack_delete {
+                Some(d) => {
+                    // The DELETE's count: the first result (a Galera
+                    // commit's own statements count rows too).
+                    use futures_util::TryStreamExt;
+                    let text = format!("{d}; {}", self.commit_sql());
+                    let mut results = sqlx::raw_sql(AssertSqlSafe(text)).fetch_many(&mut *conn);
+                    let mut acked = None;
+                    while let Some(item) = results.try_next().await? {
+                        if let sqlx::Either::Left(done) = item {
+                            acked.get_or_insert(done.rows_affected());
+                        }
+                    }
+                    acked.unwrap_or(0)
+                }
+                None => {
+                    sqlx::raw_sql(self.commit_sql()).execute(&mut *conn).await?;
+                    0
+                }
             };
-            let acked = sqlx::raw_sql(AssertSqlSafe(text))
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
             return Ok(Claimed {
                 acked,
                 ..Claimed::default()
@@ -315,7 +324,7 @@ impl Store {
             second.push(self.limited(&update));
             second.push(self.limited(&select));
         }
-        second.push("COMMIT".to_owned());
+        second.push(self.commit_sql().to_owned());
         let second = second.join("; ");
         let mut rows = Vec::new();
         let mut acked = None;

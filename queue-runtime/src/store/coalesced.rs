@@ -163,8 +163,6 @@ fn ready_queues(jobs: &[TimedJob]) -> Vec<&str> {
     queues
 }
 
-const BEGIN: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
-
 impl Store {
     /// Inserts `jobs` (all [`inlinable`]) in one transaction sent as
     /// multi-statement text: one round trip for up to [`ONE_TRIP_MAX`]
@@ -185,10 +183,7 @@ impl Store {
             self.insert_two_trips(conn, jobs).await
         };
         if result.is_err() {
-            let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
-            if rolled_back.is_err() {
-                conn.close_on_drop();
-            }
+            self.roll_back_or_close(conn).await;
         } else {
             crate::telemetry::enqueued(jobs.iter().map(|t| &t.job));
         }
@@ -215,7 +210,7 @@ impl Store {
         conn: &mut sqlx::MySqlConnection,
         jobs: &[TimedJob],
     ) -> Result<Inserted> {
-        let mut sql = String::from(BEGIN);
+        let mut sql = String::from(self.begin_sql());
         for t in jobs {
             let mut insert = format!("{JOB_COLUMNS}{}", job_row(t));
             if self.flavor == Flavor::MariaDb {
@@ -234,7 +229,8 @@ impl Store {
                 )));
             }
         }
-        sql.push_str("; COMMIT");
+        sql.push_str("; ");
+        sql.push_str(self.commit_sql());
         sql.push_str(&self.sleepers_tail(jobs));
         let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(conn).await?;
         if rows.len() < jobs.len() {
@@ -269,12 +265,13 @@ impl Store {
         let first = match self.flavor {
             Flavor::MariaDb => {
                 insert.push_str(" RETURNING id");
-                format!("{BEGIN}; {}", self.limited(&insert))
+                format!("{}; {}", self.begin_sql(), self.limited(&insert))
             }
             // As in `insert.rs`: a multi-row INSERT of known row count takes
             // its AUTO_INCREMENT values as one block, `increment` apart.
             Flavor::MySql => format!(
-                "{BEGIN}; {}; SELECT LAST_INSERT_ID(), @@session.auto_increment_increment",
+                "{}; {}; SELECT LAST_INSERT_ID(), @@session.auto_increment_increment",
+                self.begin_sql(),
                 self.limited(&insert)
             ),
         };
@@ -315,7 +312,7 @@ impl Store {
             second.push_str(&self.limited(&format!("{READY_COLUMNS}{}", ready.join(", "))));
             second.push_str("; ");
         }
-        second.push_str("COMMIT");
+        second.push_str(self.commit_sql());
         second.push_str(&self.sleepers_tail(jobs));
         let rows = sqlx::raw_sql(AssertSqlSafe(second))
             .fetch_all(&mut *conn)

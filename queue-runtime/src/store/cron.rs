@@ -84,13 +84,27 @@ impl Store {
     /// Fires `tick` of `task`: moves its last tick forward to `tick` unless
     /// it is there already, and inserts `job` (if any) in the same
     /// transaction. Returns whether this call fired it (`false`: another
-    /// runtime did).
+    /// runtime did). On a Galera cluster the runtimes of other nodes fire
+    /// the same tick at once and all but one lose at certification (1213):
+    /// retried, the loser finds the tick moved and returns `false`.
     pub(crate) async fn fire_cron_tick(
         &self,
         task: &str,
         tick: DateTime<Utc>,
         next_tick: Option<DateTime<Utc>>,
         job: Option<NewJob>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        super::retry_deadlocks(|| self.try_fire_cron_tick(task, tick, next_tick, job.as_ref(), now))
+            .await
+    }
+
+    async fn try_fire_cron_tick(
+        &self,
+        task: &str,
+        tick: DateTime<Utc>,
+        next_tick: Option<DateTime<Utc>>,
+        job: Option<&NewJob>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
@@ -112,7 +126,8 @@ impl Store {
             return Ok(false);
         }
         if let Some(job) = job {
-            self.insert_jobs_in(&mut tx, &[job], now, 1).await?;
+            self.insert_jobs_in(&mut tx, std::slice::from_ref(job), now, 1)
+                .await?;
         }
         tx.commit().await?;
         Ok(true)

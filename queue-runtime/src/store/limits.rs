@@ -1009,31 +1009,38 @@ impl Store {
     pub(crate) async fn release_write(
         &self,
         conn: &mut sqlx::MySqlConnection,
-        mut writes: Vec<String>,
+        writes: Vec<String>,
         handed: Handed,
         tail: Option<&str>,
     ) -> Result<Vec<ClaimedJob>> {
         let last = writes.len().checked_sub(1);
-        writes.extend(tail.map(str::to_owned));
-        if writes.is_empty() {
+        if writes.is_empty() && tail.is_none() {
             return Ok(Vec::new());
         }
-        let (affected, _) = self.run_batch(conn, &writes).await?;
+        let (affected, _) = self.run_batch(conn, &writes, tail).await?;
         self.handed(conn, handed, last.and_then(|i| affected.get(i).copied()))
             .await
     }
 
-    /// Runs statements as one round trip: each one's affected rows, and
+    /// Runs statements, each with the runtime's statement limit, then
+    /// `tail` as it is (such as the commit's statements), as one round trip:
+    /// each statement's affected rows (the tail's last, by position), and
     /// the rows they returned.
     pub(crate) async fn run_batch(
         &self,
         conn: &mut sqlx::MySqlConnection,
         statements: &[String],
+        tail: Option<&str>,
     ) -> Result<(Vec<u64>, Vec<sqlx::mysql::MySqlRow>)> {
         use futures_util::TryStreamExt;
         let mut affected = Vec::new();
         let mut rows = Vec::new();
-        let mut results = sqlx::raw_sql(AssertSqlSafe(self.batch(statements))).fetch_many(conn);
+        let text = match (self.batch(statements), tail) {
+            (w, Some(t)) if w.is_empty() => t.to_owned(),
+            (w, Some(t)) => format!("{w}; {t}"),
+            (w, None) => w,
+        };
+        let mut results = sqlx::raw_sql(AssertSqlSafe(text)).fetch_many(conn);
         while let Some(item) = results.try_next().await? {
             match item {
                 sqlx::Either::Left(done) => affected.push(done.rows_affected()),

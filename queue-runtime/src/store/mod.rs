@@ -16,7 +16,7 @@ pub(crate) mod admin;
 mod claim;
 pub(crate) mod coalesced;
 mod cron;
-mod galera;
+pub(crate) mod galera;
 mod insert;
 pub(crate) mod limits;
 mod maintenance;
@@ -25,6 +25,7 @@ pub(crate) mod operator;
 mod outcome;
 #[cfg(feature = "testing")]
 mod testing;
+mod tx;
 pub(crate) mod wake;
 
 use std::time::Duration;
@@ -83,6 +84,9 @@ impl NewJob {
 pub(crate) struct Store {
     pub pool: MySqlPool,
     pub flavor: Flavor,
+    /// The server is a MariaDB Galera node (`wsrep_on`): the store's
+    /// transactions are guarded (`store::galera`).
+    pub galera: bool,
     /// The server's `max_allowed_packet`, once read.
     packet: std::sync::Arc<std::sync::OnceLock<u64>>,
 }
@@ -175,16 +179,26 @@ impl Store {
         Store {
             pool,
             flavor,
+            galera: false,
             packet: Default::default(),
         }
     }
 
-    /// The store of `pool`, whose server's flavour is asked for.
+    /// The same store, its server a Galera node or not.
+    pub(crate) fn with_galera(mut self, galera: bool) -> Store {
+        self.galera = galera;
+        self
+    }
+
+    /// The store of `pool`, whose server's flavour is asked for (and, on
+    /// MariaDB, whether it is a Galera node).
     pub(crate) async fn detect(pool: MySqlPool) -> Result<Store> {
         let version: String = sqlx::query_scalar("SELECT VERSION()")
             .fetch_one(&pool)
             .await?;
-        Ok(Store::new(pool, Flavor::from_version(&version)))
+        let flavor = Flavor::from_version(&version);
+        let galera = flavor == Flavor::MariaDb && Store::detect_galera(&pool).await;
+        Ok(Store::new(pool, flavor).with_galera(galera))
     }
 
     /// A statement with the runtime's own server-side limit. The text is
@@ -210,15 +224,6 @@ impl Store {
 
     fn q(&self, text: &str) -> Query<'static, MySql, MySqlArguments> {
         sqlx::query(self.sql(text))
-    }
-
-    /// Starts a READ COMMITTED transaction: no gap locks, so claims do not
-    /// block inserts at the tail of the index.
-    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, MySql>> {
-        Ok(self
-            .pool
-            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
-            .await?)
     }
 
     /// Adds jobs, by id, to the claim index, in `order`: the way existing

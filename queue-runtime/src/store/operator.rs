@@ -268,24 +268,27 @@ impl Store {
         };
         let (first, rest) = done.split_at(done.len().min(super::outcome::FENCE_CHUNK));
         let sql = format!(
-            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}; COMMIT",
+            "{}; {}; {}; {}",
+            self.begin_sql(),
             self.limited(&format!(
                 "DELETE FROM queue_jobs WHERE {}",
                 super::fence(first)
             )),
-            self.limited(&upsert)
+            self.limited(&upsert),
+            self.commit_sql()
         );
+        let delete_at = self.begin_results();
         let n = retry_deadlocks(|| async {
             let mut conn = self.pool.acquire().await?;
             let mut deleted = 0;
             let result = async {
                 use futures_util::TryStreamExt;
                 let mut results = sqlx::raw_sql(AssertSqlSafe(sql.clone())).fetch_many(&mut *conn);
-                // One result per statement: SET, START, the DELETE, ….
+                // One result per statement: the begin's, the DELETE, ….
                 let mut i = 0;
                 while let Some(item) = results.try_next().await? {
                     if let sqlx::Either::Left(done) = item {
-                        if i == 2 {
+                        if i == delete_at {
                             deleted = done.rows_affected();
                         }
                         i += 1;
@@ -294,8 +297,8 @@ impl Store {
                 Ok::<_, crate::error::Error>(())
             }
             .await;
-            if result.is_err() && sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                conn.close_on_drop();
+            if result.is_err() {
+                self.roll_back_or_close(&mut conn).await;
             }
             result.map(|()| deleted)
         })

@@ -104,9 +104,11 @@ impl Store {
                     for (_, _, key) in part {
                         *all.entry(key.clone()).or_insert(0u32) += 1;
                     }
-                    let after = handoff.map_or_else(Default::default, |h| h.cursors.after(all.keys()));
+                    let after =
+                        handoff.map_or_else(Default::default, |h| h.cursors.after(all.keys()));
                     let sql = format!(
-                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}; {}; {}",
+                        "{}; {}; {}; {}",
+                        self.begin_sql(),
                         self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
                         self.limited(&super::limits::pick_blocked_after_sql(&all, &after, true)),
                         self.limited(&format!(
@@ -120,8 +122,12 @@ impl Store {
                     {
                         use futures_util::TryStreamExt;
                         let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+                        // The begin's results first (a Galera begin's
+                        // marker INSERT counts a row).
+                        let mut begin = self.begin_results();
                         while let Some(item) = results.try_next().await? {
                             match item {
+                                sqlx::Either::Left(_) if begin > 0 => begin -= 1,
                                 sqlx::Either::Left(done) => n += done.rows_affected(),
                                 sqlx::Either::Right(row) => rows.push(row),
                             }
@@ -141,18 +147,26 @@ impl Store {
                         let (mut writes, handed) = fast.writes(&picked.jobs, handoff, now);
                         if fast.rest.is_empty() {
                             let jobs = self
-                                .release_write(&mut conn, writes, handed, Some("COMMIT"))
+                                .release_write(&mut conn, writes, handed, Some(self.commit_sql()))
                                 .await?;
-                            return Ok::<_, crate::error::Error>((n, fast.moved.len() as u64, jobs));
+                            return Ok::<_, crate::error::Error>((
+                                n,
+                                fast.moved.len() as u64,
+                                jobs,
+                            ));
                         }
                         // Slots no blocked job took (or a semaphore with
                         // room beyond them): released under the semaphores'
                         // lock, after the hand-over above (the last write).
                         let last = writes.len().checked_sub(1);
                         writes.extend(super::limits::release_reads(&fast.rest));
-                        let (affected, reads) = self.run_batch(&mut conn, &writes).await?;
+                        let (affected, reads) = self.run_batch(&mut conn, &writes, None).await?;
                         let mut jobs = self
-                            .handed(&mut conn, handed, last.and_then(|i| affected.get(i).copied()))
+                            .handed(
+                                &mut conn,
+                                handed,
+                                last.and_then(|i| affected.get(i).copied()),
+                            )
                             .await?;
                         let rest_handoff = handoff.map(|h| HandOff {
                             room: h.room.saturating_sub(fast.direct.len()),
@@ -162,8 +176,13 @@ impl Store {
                             self.release_plan(&reads, &fast.rest, now, rest_handoff.as_ref())?;
                         let moved = fast.moved.len() as u64 + plan.moved;
                         jobs.extend(
-                            self.release_write(&mut conn, plan.writes, plan.handed, Some("COMMIT"))
-                                .await?,
+                            self.release_write(
+                                &mut conn,
+                                plan.writes,
+                                plan.handed,
+                                Some(self.commit_sql()),
+                            )
+                            .await?,
                         );
                         return Ok::<_, crate::error::Error>((n, moved, jobs));
                     }
@@ -171,9 +190,12 @@ impl Store {
                         // Some were taken by another runtime (a lost lease):
                         // start again, locking the jobs still at their
                         // attempt first, so that exactly their slots are freed.
-                        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+                        sqlx::raw_sql(self.rollback_sql())
+                            .execute(&mut *conn)
+                            .await?;
                         let sql = format!(
-                            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; {}",
+                            "{}; {}",
+                            self.begin_sql(),
                             self.limited(&format!(
                                 "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
                                 fence(&fenced)
@@ -207,12 +229,12 @@ impl Store {
                     } else {
                         (0, Vec::new())
                     };
-                    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                    sqlx::raw_sql(self.commit_sql()).execute(&mut *conn).await?;
                     Ok::<_, crate::error::Error>((n, moved, jobs))
                 }
                 .await;
-                if result.is_err() && sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.close_on_drop();
+                if result.is_err() {
+                    self.roll_back_or_close(&mut conn).await;
                 }
                 result
             })

@@ -7,6 +7,7 @@ mod claim;
 mod coalesce;
 mod connections;
 mod deadlines;
+mod galera_guard;
 mod keys;
 mod limits;
 mod migrations;
