@@ -239,7 +239,7 @@ mod tests {
     fn the_defaults_pass_without_warnings() {
         let c = check(Settings::default()).unwrap();
         assert_eq!(c.concurrency, 10);
-        assert_eq!(c.prefetch, 40);
+        assert_eq!(c.prefetch, 10 * ADAPTIVE_PREFETCH);
         assert!(c.adaptive_prefetch);
         assert_eq!(c.queues, vec!["default".to_owned()]);
         assert_eq!(c.heartbeat, Duration::from_secs(5));

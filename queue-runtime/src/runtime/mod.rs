@@ -126,14 +126,14 @@ impl RuntimeBuilder {
     /// Jobs claimed beyond the free slots, so that a claim brings back a
     /// batch big enough to hide its round trips and the next jobs are
     /// already at hand when slots free up. Prefetched jobs are leased (and
-    /// heartbeated) while they wait for a slot; a job that arrives meanwhile
-    /// with a higher priority waits behind at most this many. `0` claims
-    /// only for free slots; at most 10,000.
+    /// heartbeated) while they wait for a slot, and take free slots in
+    /// priority order: a job of a higher priority claimed meanwhile starts
+    /// before them. `0` claims only for free slots; at most 10,000.
     ///
     /// Unset, the prefetch adapts to the jobs' pace: about as many jobs as
-    /// the runtime finished in the last 25 ms, between 1 and 4 ×
+    /// the runtime finished in the last 25 ms, between 1 and 16 ×
     /// `concurrency` (it starts at `concurrency`). Fast jobs are then
-    /// claimed in batches of up to 5 × `concurrency` (fewer statements and
+    /// claimed in batches of up to 17 × `concurrency` (fewer statements and
     /// commits per job), while slow jobs are not held here, out of other
     /// runtimes' reach, waiting for a slot. Set, it is fixed.
     pub fn prefetch(mut self, n: usize) -> Self {
