@@ -7,7 +7,6 @@
 //! by the bench's own, `bench_cluster`). The scenario starts no server and
 //! fails at once, saying so, without them. Not part of `all`.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queue_runtime::Client;
@@ -16,7 +15,7 @@ use sqlx::{Connection, MySqlConnection};
 
 use crate::report::{Report, num, table};
 use crate::tasks;
-use crate::{Opts, Res, spawn_self};
+use crate::{Opts, Res};
 
 /// The bench's database on the cluster.
 const DB: &str = "bench_cluster";
@@ -145,28 +144,8 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
             let _ = c.close().await;
         }
         let before = all_conflicts(&nodes).await?;
-        let counts = Arc::new(Mutex::new(vec![(0u64, 0u64); v.runtimes.len()]));
-        let mut children = Vec::new();
-        for (i, &node) in v.runtimes.iter().enumerate() {
-            let counts = counts.clone();
-            children.push(spawn_self(
-                &[
-                    "__drain".into(),
-                    "--url".into(),
-                    urls[node].clone(),
-                    "--concurrency".into(),
-                    conc.to_string(),
-                ],
-                move |line| {
-                    let mut it = line.split_whitespace();
-                    if it.next() == Some("count") {
-                        let d = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                        let f = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                        counts.lock().unwrap()[i] = (d, f);
-                    }
-                },
-            )?);
-        }
+        let targets: Vec<String> = v.runtimes.iter().map(|&node| urls[node].clone()).collect();
+        let (mut children, counts) = crate::scenarios::spawn_drainers(&targets, conc)?;
         let sum = {
             let counts = counts.clone();
             move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()

@@ -451,6 +451,41 @@ async fn same_work(
     Ok(())
 }
 
+/// Per drain process: the jobs it counted done and their first-start time
+/// (its last `count` line).
+pub(crate) type DrainCounts = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// Starts one `__drain` child process (a runtime at concurrency `conc`)
+/// per URL of `urls`, each reporting its counts on its stdout.
+pub(crate) fn spawn_drainers(
+    urls: &[String],
+    conc: usize,
+) -> Res<(Vec<std::process::Child>, DrainCounts)> {
+    let counts: DrainCounts = Arc::new(Mutex::new(vec![(0u64, 0u64); urls.len()]));
+    let mut children = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let counts = counts.clone();
+        children.push(spawn_self(
+            &[
+                "__drain".into(),
+                "--url".into(),
+                url.clone(),
+                "--concurrency".into(),
+                conc.to_string(),
+            ],
+            move |line| {
+                let mut it = line.split_whitespace();
+                if it.next() == Some("count") {
+                    let d = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let f = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    counts.lock().unwrap()[i] = (d, f);
+                }
+            },
+        )?);
+    }
+    Ok((children, counts))
+}
+
 /// The server counters the throughput scenario reports per job.
 const STATUS: [&str; 7] = [
     "Questions",
@@ -558,28 +593,8 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
             rt.shutdown(Duration::from_secs(10)).await?;
             (tasks::FIRST_US.load(Ordering::SeqCst), end, claim)
         } else {
-            let counts = Arc::new(Mutex::new(vec![(0u64, 0u64); procs]));
-            let mut children = Vec::new();
-            for i in 0..procs {
-                let counts = counts.clone();
-                children.push(spawn_self(
-                    &[
-                        "__drain".into(),
-                        "--url".into(),
-                        url.clone(),
-                        "--concurrency".into(),
-                        conc.to_string(),
-                    ],
-                    move |line| {
-                        let mut it = line.split_whitespace();
-                        if it.next() == Some("count") {
-                            let d = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                            let f = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                            counts.lock().unwrap()[i] = (d, f);
-                        }
-                    },
-                )?);
-            }
+            let urls = vec![url.clone(); procs];
+            let (mut children, counts) = spawn_drainers(&urls, conc)?;
             let sum = {
                 let counts = counts.clone();
                 move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()
