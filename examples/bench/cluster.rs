@@ -145,34 +145,15 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
         }
         let before = all_conflicts(&nodes).await?;
         let targets: Vec<String> = v.runtimes.iter().map(|&node| urls[node].clone()).collect();
-        let (mut children, counts) = crate::scenarios::spawn_drainers(&targets, conc)?;
-        let sum = {
-            let counts = counts.clone();
-            move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()
-        };
-        let r = crate::scenarios::wait_count(n, sum.clone()).await;
-        let r = match r {
-            Ok(()) => crate::scenarios::wait_empty(&client, Duration::from_secs(120)).await,
-            e => e,
-        };
-        let end = tasks::now_us();
-        for c in &mut children {
-            drop(c.stdin.take());
-        }
-        for mut c in children {
-            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
-        }
-        r?;
+        let (first, end, done) = crate::scenarios::drain_in_processes(
+            &client,
+            &targets,
+            conc,
+            n,
+            Duration::from_secs(120),
+        )
+        .await?;
         let after = all_conflicts(&nodes).await?;
-        let first = counts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.1)
-            .filter(|&f| f > 0)
-            .min()
-            .unwrap_or(0);
-        let done = sum();
         let secs = end.saturating_sub(first) as f64 / 1e6;
         let rate = n as f64 / secs;
         let cert = after.0.saturating_sub(before.0);

@@ -451,17 +451,21 @@ async fn same_work(
     Ok(())
 }
 
-/// Per drain process: the jobs it counted done and their first-start time
-/// (its last `count` line).
-pub(crate) type DrainCounts = Arc<Mutex<Vec<(u64, u64)>>>;
-
-/// Starts one `__drain` child process (a runtime at concurrency `conc`)
-/// per URL of `urls`, each reporting its counts on its stdout.
-pub(crate) fn spawn_drainers(
+/// A drain by `__drain` child processes, one per URL of `urls` (each a
+/// runtime at concurrency `conc`): waits until they counted `n` jobs done
+/// and `client` sees an empty queue (at most `empty` for that), then stops
+/// them. Returns the first start (µs, the earliest of the processes'), the
+/// end (µs) and the jobs the processes counted done.
+pub(crate) async fn drain_in_processes(
+    client: &Client,
     urls: &[String],
     conc: usize,
-) -> Res<(Vec<std::process::Child>, DrainCounts)> {
-    let counts: DrainCounts = Arc::new(Mutex::new(vec![(0u64, 0u64); urls.len()]));
+    n: u64,
+    empty: Duration,
+) -> Res<(u64, u64, u64)> {
+    // Per process: the jobs it counted done and its first start (its last
+    // `count` line).
+    let counts = Arc::new(Mutex::new(vec![(0u64, 0u64); urls.len()]));
     let mut children = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let counts = counts.clone();
@@ -483,7 +487,31 @@ pub(crate) fn spawn_drainers(
             },
         )?);
     }
-    Ok((children, counts))
+    let sum = {
+        let counts = counts.clone();
+        move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()
+    };
+    let r = match wait_count(n, sum.clone()).await {
+        Ok(()) => wait_empty(client, empty).await,
+        e => e,
+    };
+    let end = now_us();
+    for c in &mut children {
+        drop(c.stdin.take());
+    }
+    for mut c in children {
+        let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+    }
+    r?;
+    let first = counts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.1)
+        .filter(|&f| f > 0)
+        .min()
+        .unwrap_or(0);
+    Ok((first, end, sum()))
 }
 
 /// The server counters the throughput scenario reports per job.
@@ -594,32 +622,8 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
             (tasks::FIRST_US.load(Ordering::SeqCst), end, claim)
         } else {
             let urls = vec![url.clone(); procs];
-            let (mut children, counts) = spawn_drainers(&urls, conc)?;
-            let sum = {
-                let counts = counts.clone();
-                move || counts.lock().unwrap().iter().map(|c| c.0).sum::<u64>()
-            };
-            let r = wait_count(n, sum).await;
-            let r = match r {
-                Ok(()) => wait_empty(&client, Duration::from_secs(60)).await,
-                e => e,
-            };
-            let end = now_us();
-            for c in &mut children {
-                drop(c.stdin.take());
-            }
-            for mut c in children {
-                let _ = tokio::task::spawn_blocking(move || c.wait()).await;
-            }
-            r?;
-            let first = counts
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|c| c.1)
-                .filter(|&f| f > 0)
-                .min()
-                .unwrap_or(0);
+            let (first, end, _) =
+                drain_in_processes(&client, &urls, conc, n, Duration::from_secs(60)).await?;
             (first, end, None)
         };
         let after = server_status(&client).await?;
