@@ -386,6 +386,35 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Tees a spawned child's stdout and stderr, line by line, to this test's
+/// stderr (each line prefixed `[label]`) and into the returned log, which
+/// the test reads to wait for or count what the child printed.
+pub fn capture_output(
+    child: &mut tokio::process::Child,
+    label: String,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let streams: [Box<dyn tokio::io::AsyncRead + Unpin + Send>; 2] = [
+        Box::new(child.stdout.take().expect("the child's stdout piped")),
+        Box::new(child.stderr.take().expect("the child's stderr piped")),
+    ];
+    for stream in streams {
+        let log = log.clone();
+        let label = label.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{label}] {line}");
+                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    log
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

@@ -35,7 +35,6 @@ use queue_tests::forward::Forwarder;
 use queue_tests::wait_until;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Runs `scripts/cluster.sh ARGS`; its stdout, or a panic that says why.
@@ -163,24 +162,7 @@ impl Worker {
             .spawn()
             .expect("spawn queue-test-worker");
         let pid = child.id().expect("worker pid");
-        let log = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout"))
-                as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let log = log.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{name} {pid}] {line}");
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
+        let log = queue_tests::capture_output(&mut child, format!("{name} {pid}"));
         Worker { child, pid, log }
     }
 

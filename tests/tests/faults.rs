@@ -30,7 +30,6 @@ use chrono::{DateTime, Utc};
 use queue_runtime::{Client, JobState, Runtime};
 use queue_tests::{TestDb, wait_until};
 use sqlx::Row;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use tasks::Work;
@@ -174,24 +173,7 @@ impl Worker {
         }
         let mut child = cmd.spawn().expect("spawn queue-test-worker");
         let pid = child.id().expect("worker pid");
-        let log = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for stream in [
-            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(err),
-        ] {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[worker {pid}] {line}");
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
+        let log = queue_tests::capture_output(&mut child, format!("worker {pid}"));
         Worker { child, pid, log }
     }
 
