@@ -506,24 +506,32 @@ impl Drop for DbTransaction<'_> {
         } else {
             "ROLLBACK"
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    let rolled_back = tokio::time::timeout(
-                        CLEANUP_TIMEOUT,
-                        sqlx::raw_sql(rollback).execute(&mut *conn),
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                    if !rolled_back {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            // No runtime to roll back on: drop the bare connection, whose
-            // closed socket makes the server roll back.
-            Err(_) => drop(conn.detach()),
+        roll_back_in_background(conn, rollback);
+    }
+}
+
+/// Rolls back the transaction left open on `conn` by `rollback`'s
+/// statements, in the background, before the connection goes back to the
+/// pool (as sqlx does for its own transactions); closes it if that fails
+/// or takes longer than [`CLEANUP_TIMEOUT`]. With no runtime to roll back
+/// on, the bare connection is dropped: its closed socket makes the server
+/// roll back.
+pub(crate) fn roll_back_in_background(mut conn: PoolConnection<MySql>, rollback: &'static str) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                let rolled_back = tokio::time::timeout(
+                    CLEANUP_TIMEOUT,
+                    sqlx::raw_sql(rollback).execute(&mut *conn),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                if !rolled_back {
+                    conn.close_on_drop();
+                }
+            });
         }
+        Err(_) => drop(conn.detach()),
     }
 }
 

@@ -18,10 +18,6 @@ use crate::error::Result;
 pub(crate) const BEGIN_RC: &str =
     "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
 
-/// How long the rollback of a dropped guarded transaction may take before
-/// its connection is closed instead.
-const ROLLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Store {
     /// The statements that begin a store transaction: [`BEGIN_RC`], or on a
     /// Galera node the guarded begin.
@@ -148,28 +144,12 @@ impl GuardedTx {
 
 impl Drop for GuardedTx {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            // As sqlx does for its own transactions: rolled back before the
-            // connection goes back to the pool (here with `autocommit`
-            // restored too), or closed.
-            Ok(rt) => {
-                rt.spawn(async move {
-                    let done = tokio::time::timeout(
-                        ROLLBACK_TIMEOUT,
-                        sqlx::raw_sql(GUARDED_ROLLBACK).execute(&mut *conn),
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                    if !done {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            Err(_) => conn.close_on_drop(),
-        }
+        // Rolled back (with `autocommit` restored too) before the
+        // connection goes back to the pool, or closed.
+        crate::db::roll_back_in_background(conn, GUARDED_ROLLBACK);
     }
 }
 
