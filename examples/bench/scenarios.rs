@@ -1283,6 +1283,20 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
                 .collect();
             let claim = client.stats().await?.claim_latency;
             rt.shutdown(Duration::from_secs(10)).await?;
+            // The run counts only if it kept the books: every job ran once,
+            // and every slot came back.
+            let ran = tasks::DONE.load(Ordering::SeqCst);
+            let held: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores",
+            )
+            .fetch_one(client.pool())
+            .await?;
+            if ran != n || held != 0 {
+                return Err(format!(
+                    "limits, {variant}: {ran} runs of {n} jobs, {held} slots still held after the drain"
+                )
+                .into());
+            }
             let secs = end.saturating_sub(tasks::FIRST_US.load(Ordering::SeqCst)) as f64 / 1e6;
             let rate = n as f64 / secs;
             if variant == "no limit" {

@@ -2,6 +2,7 @@
 //! and deaths one by one.
 
 use super::*;
+use crate::store::SlottedSuccess;
 use queue_core::JobId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,13 +129,24 @@ pub(super) async fn acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<A
         // Reap the finished ones.
         while slotted_writes.try_join_next().is_some() {}
     }
-    while slotted_writes.join_next().await.is_some() {}
+    // Outcomes of heirs settled by the last writes come back on the channel.
+    loop {
+        while slotted_writes.join_next().await.is_some() {}
+        let mut rest = Vec::new();
+        while let Ok(a) = rx.try_recv() {
+            stash(&shared, a, &mut rest);
+        }
+        if rest.is_empty() && shared.pending_successes() == 0 {
+            break;
+        }
+        write_acks(&shared, rest).await;
+    }
     // The last per-minute counts, whatever their age.
     flush_tally(&shared, true).await;
 }
 
-/// Successes of jobs holding a concurrency slot: id, attempt, key.
-type Slotted = Vec<(JobId, u32, Vec<u8>)>;
+/// Successes of jobs holding a concurrency slot.
+type Slotted = Vec<SlottedSuccess>;
 
 /// Takes the successes of slot holders out of `batch`.
 fn split_slotted(shared: &Shared, batch: Vec<Ack>) -> (Slotted, Vec<Ack>) {
@@ -142,8 +154,8 @@ fn split_slotted(shared: &Shared, batch: Vec<Ack>) -> (Slotted, Vec<Ack>) {
     let mut rest = Vec::new();
     for a in batch {
         match a {
-            Ack::Complete { id, attempt } => match shared.slot_of(id, attempt) {
-                Some(key) => slotted.push((id, attempt, key)),
+            Ack::Complete { id, attempt } => match super::spares::fold(shared, id, attempt) {
+                Some(s) => slotted.push(s),
                 None => rest.push(a),
             },
             other => rest.push(other),
@@ -153,7 +165,8 @@ fn split_slotted(shared: &Shared, batch: Vec<Ack>) -> (Slotted, Vec<Ack>) {
 }
 
 /// Records successes of jobs holding concurrency slots, releasing the
-/// slots, and starts the jobs handed the freed slots.
+/// slots (or recording them as their heirs'), and starts the jobs handed
+/// the freed slots; the spares handed with them are held.
 async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
     let client = &shared.client;
     let store = client.store();
@@ -173,6 +186,7 @@ async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
         batch = batch_len,
         deleted = done.deleted,
         handed = done.handed.len(),
+        spares = done.spares.len(),
         indexed = done.indexed,
         took = ?t0.elapsed(),
         "recorded successes holding slots"
@@ -183,16 +197,28 @@ async fn write_slotted(shared: &Arc<Shared>, slotted: Slotted) {
         // producer for them would only make it claim from an empty index.)
         client.inner.ready_gen.send_modify(|g| *g += 1);
     }
-    for (id, attempt, _) in &slotted {
-        shared.finished(*id, *attempt);
-    }
-    // Jobs handed the freed slots start here at once.
-    for job in done.handed {
+    // Jobs handed the freed slots start here at once; then the heirs are
+    // settled and the spares held, before the finished jobs leave (a key
+    // whose holders all left hands its spares back).
+    let (spares, holders): (Vec<_>, Vec<_>) = done
+        .handed
+        .into_iter()
+        .partition(|j| done.spares.contains(&j.id.0));
+    for job in holders {
         match shared.queues.iter().position(|q| *q == job.queue) {
             Some(i) => super::executor::spawn_job(shared, job, i),
             None => {
                 tracing::error!(job.id = %job.id, "a job handed a slot is of a queue this runtime does not serve; left to its lease")
             }
+        }
+    }
+    let heirs: Vec<(JobId, u32)> = slotted.iter().filter_map(|s| s.heir).collect();
+    super::spares::settle(shared, &heirs, &done.disinherited);
+    super::spares::hold(shared, spares);
+    for s in &slotted {
+        shared.finished(s.id, s.attempt);
+        for (id, attempt) in &s.also {
+            shared.finished(*id, *attempt);
         }
     }
 }
@@ -213,7 +239,18 @@ pub(super) async fn write_outcome(
             // The slot goes to the next blocked job of its key.
             Some(key) => {
                 store
-                    .complete_slotted(&[(*id, *attempt, key.to_vec())], now, None)
+                    .complete_slotted(
+                        &[SlottedSuccess {
+                            id: *id,
+                            attempt: *attempt,
+                            key: key.to_vec(),
+                            also: Vec::new(),
+                            heir: None,
+                            spares: 0,
+                        }],
+                        now,
+                        None,
+                    )
                     .await?
                     .deleted
             }
@@ -239,6 +276,10 @@ pub(super) async fn write_outcome(
 /// can take it (`Shared::pending_done`: it rides in the claim's
 /// transaction, see `Store::claim_ticket`); everything else in `batch`.
 fn stash(shared: &Shared, a: Ack, batch: &mut Vec<Ack>) {
+    // An unsettled heir's outcome waits for its slot to be recorded.
+    let Some(a) = super::spares::defer_unsettled(shared, a) else {
+        return;
+    };
     match a {
         Ack::Complete { id, attempt } if shared.slot_of(id, attempt).is_none() => {
             shared.push_success(id, attempt);
@@ -256,8 +297,8 @@ pub(super) async fn write_acks(shared: &Arc<Shared>, batch: Vec<Ack>) {
     let mut others = Vec::new();
     for a in batch {
         match a {
-            Ack::Complete { id, attempt } => match shared.slot_of(id, attempt) {
-                Some(key) => write_slotted(shared, vec![(id, attempt, key)]).await,
+            Ack::Complete { id, attempt } => match super::spares::fold(shared, id, attempt) {
+                Some(s) => write_slotted(shared, vec![s]).await,
                 None => done.push((id, attempt)),
             },
             Ack::Stop | Ack::Pending => {}

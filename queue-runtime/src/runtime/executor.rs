@@ -10,7 +10,7 @@ use crate::store::operator::Event;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use queue_core::{Deadline, TaskError, TaskErrorKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,13 +61,28 @@ impl LogLimiter {
 /// Starts a claimed job of the served queue at index `queue`: at once in a
 /// free slot, or when one frees (a prefetched job).
 pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
-    // Register before the task can finish, so heartbeats cover it; and
-    // never run a job this runtime already runs. A claim delivers only the
-    // rows its own UPDATE leased, so this is a second line of defence (a
-    // claim-index row left behind for a running job, read back with it).
-    // The job is left to its lease: the attempt already running reports
-    // its outcome, or the rescuer takes the job back.
-    let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let registered = {
+        let mut map = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        register(shared, &mut map, &job, job.slot.clone())
+    };
+    if registered {
+        start_job(shared, job, queue);
+    }
+}
+
+/// Registers a claimed job in flight (before its task can finish, so
+/// heartbeats cover it), holding the slot of `slot`'s key. False, and
+/// nothing registered, for a job this runtime already runs: a claim
+/// delivers only the rows its own UPDATE leased, so this is a second line
+/// of defence (a claim-index row left behind for a running job, read back
+/// with it). The job is left to its lease: the attempt already running
+/// reports its outcome, or the rescuer takes the job back.
+pub(super) fn register(
+    shared: &Shared,
+    map: &mut HashMap<JobId, InFlight>,
+    job: &ClaimedJob,
+    slot: Option<Vec<u8>>,
+) -> bool {
     if let Some(running) = map.get(&job.id) {
         tracing::error!(
             job.id = job.id.0,
@@ -76,8 +91,28 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
             running_attempt = running.attempt,
             "a claim delivered a job this runtime already runs; not started again"
         );
-        return;
+        return false;
     }
+    if let Some(key) = &slot {
+        shared.spares.holder(key, 1);
+    }
+    map.insert(
+        job.id,
+        InFlight {
+            attempt: job.attempt,
+            reported: false,
+            slot,
+            heir: None,
+            unsettled: false,
+            deferred: None,
+        },
+    );
+    crate::telemetry::in_flight(1);
+    true
+}
+
+/// Starts a registered job: at once in a free slot, or when one frees.
+pub(super) fn start_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
     shared.count(&job.queue, &job.task, Event::Started);
     shared.queue_in_flight[queue].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let permit = match shared.waiters.take_or_wait(&shared.semaphore, job.priority) {
@@ -91,9 +126,6 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
         }
     };
     let shared2 = shared.clone();
-    let id = job.id;
-    let attempt = job.attempt;
-    let slot = job.slot.clone();
     tokio::spawn(async move {
         let _share = QueueShare {
             shared: shared2.clone(),
@@ -134,15 +166,6 @@ pub(super) fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob, queue: usize) {
         };
         execute(shared2, job).await;
     });
-    map.insert(
-        id,
-        InFlight {
-            attempt,
-            reported: false,
-            slot,
-        },
-    );
-    crate::telemetry::in_flight(1);
 }
 
 /// A job's slot: released when the job's task ends, however it ends, and
@@ -307,6 +330,10 @@ pub(super) async fn execute(shared: Arc<Shared>, job: ClaimedJob) {
         attempt = job.attempt,
     );
     let ack = run_attempt(&shared, &job).instrument(span.clone()).await;
+    if matches!(ack, Ack::Complete { .. }) && job.slot.is_some() {
+        // The slot goes to a spare of its key at once, if one is at hand.
+        super::spares::pass_slot(&shared, job.id, job.attempt);
+    }
     let _enter = span.enter();
     match &ack {
         Ack::Complete { .. } => tracing::debug!("job succeeded"),
@@ -500,7 +527,12 @@ pub(super) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 /// The write for a job handed back without having run to an end: the
 /// retry policy's answer for `Ended::HandedBack` (the attempt refunded).
-fn handed_back(job: &ClaimedJob, after: Duration, reason: String, now: DateTime<Utc>) -> Ack {
+pub(super) fn handed_back(
+    job: &ClaimedJob,
+    after: Duration,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Ack {
     let decision = outcome::decide(
         Ended::HandedBack { after, reason },
         job.attempt,

@@ -65,6 +65,7 @@ impl Inline {
             queues: Vec::new(),
             semaphore: Arc::new(Semaphore::new(1)),
             waiters: Default::default(),
+            spares: Default::default(),
             in_flight: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             queue_in_flight: Vec::new(),

@@ -39,6 +39,7 @@ mod outcome;
 mod parker;
 mod producer;
 mod rescuer;
+mod spares;
 
 pub(crate) use outage::Outage;
 use outcome::Ack;
@@ -207,6 +208,7 @@ impl RuntimeBuilder {
             queues,
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             waiters: Default::default(),
+            spares: Default::default(),
             in_flight: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             queue_in_flight: (0..settings.queue_limits.len())
@@ -334,6 +336,8 @@ impl Runtime {
         if let Some(p) = self.producer.take() {
             let _ = p.await;
         }
+        // Spares never started: handed back at once.
+        spares::close(&self.shared);
         // A drain too long for an `Instant` (`Duration::MAX`) waits as long
         // as the jobs run.
         let until = Instant::now().checked_add(drain);
@@ -413,6 +417,8 @@ pub(crate) struct Shared {
     semaphore: Arc<Semaphore>,
     /// Prefetched jobs waiting for a slot, the most urgent first.
     waiters: executor::Waiters,
+    /// Spares held for the concurrency slots this runtime's jobs pass on.
+    spares: spares::Spares,
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     /// Prefetched jobs waiting for a free slot.
     waiting: std::sync::atomic::AtomicUsize,
@@ -478,15 +484,19 @@ impl Shared {
         now: chrono::DateTime<chrono::Utc>,
         ending: usize,
     ) -> Option<crate::store::limits::HandOff> {
-        if self.stopping() || self.limits.is_empty() {
+        if self.limits.is_empty() {
             return None;
         }
+        // A stopping runtime takes nothing, but its heirs' slots are
+        // recorded under its owner id.
+        let stopping = self.stopping();
         let queues: Vec<String> = self
             .queues
             .iter()
             .enumerate()
             .filter(|(i, _)| {
-                self.queue_limits[*i].is_none()
+                !stopping
+                    && self.queue_limits[*i].is_none()
                     && !self.paused[*i].load(std::sync::atomic::Ordering::SeqCst)
             })
             .map(|(_, q)| q.clone())
@@ -499,8 +509,11 @@ impl Shared {
         // jobs as prefetched ones. Beyond those, room is what the window
         // has free.
         let in_flight = self.in_flight.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        let room =
-            ending.saturating_add((self.concurrency + self.prefetch).saturating_sub(in_flight));
+        let room = if stopping {
+            0
+        } else {
+            ending.saturating_add((self.concurrency + self.prefetch).saturating_sub(in_flight))
+        };
         Some(crate::store::limits::HandOff {
             room,
             owner: self.owner.clone(),
@@ -585,11 +598,22 @@ impl Shared {
     fn finished(&self, id: JobId, attempt: u32) {
         self.finished_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&id).is_some_and(|f| f.attempt == attempt) {
-            map.remove(&id);
+        let orphans = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&id).is_none_or(|f| f.attempt != attempt) {
+                return;
+            }
             crate::telemetry::in_flight(-1);
-        }
+            match map.remove(&id).and_then(|f| f.slot) {
+                Some(key) => self.spares.holder(&key, -1),
+                None => Vec::new(),
+            }
+        };
+        spares::hand_back(
+            self,
+            orphans,
+            "a spare whose key has no slot left in this runtime",
+        );
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -630,4 +654,11 @@ struct InFlight {
     reported: bool,
     /// The concurrency key whose slot the job holds.
     slot: Option<Vec<u8>>,
+    /// The spare that took the slot when the job succeeded (`spares`).
+    heir: Option<(JobId, u32)>,
+    /// An heir whose slot is not recorded yet (its predecessor's release
+    /// is on its way, or not sent yet): its outcome waits.
+    unsettled: bool,
+    /// The outcome of an unsettled heir, kept until it is settled.
+    deferred: Option<Ack>,
 }

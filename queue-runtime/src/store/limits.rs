@@ -489,8 +489,10 @@ fn move_blocked(moved: &[(Vec<u8>, u8, u64)], direct: &[u64], at: &str) -> Vec<S
 /// as a claim would, and the one that reads them back. The read is needed
 /// only if the first did not change them all (it locked them when it
 /// picked them, so it does): the jobs as the pick read them are what is
-/// handed over ([`Handed`]).
-fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Option<(String, String)> {
+/// handed over ([`Handed`]). Those in `spares` are handed without a slot
+/// (`slot = 0`): the runtime holds them for a slot of their key that one of
+/// its own jobs will pass on when it ends ([`Store::complete_slotted`]).
+fn hand_over(direct: &[u64], spares: &[u64], h: &HandOff, at: &str) -> Option<(String, String)> {
     if direct.is_empty() {
         return None;
     }
@@ -501,9 +503,14 @@ fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Option<(String, String)> 
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     );
+    let slot = if spares.is_empty() {
+        "1".to_owned()
+    } else {
+        format!("IF(id IN ({}), 0, 1)", inline_list(spares))
+    };
     Some((
         format!(
-            "UPDATE queue_jobs SET state = {running}, slot = 1, attempts = attempts + 1, \
+            "UPDATE queue_jobs SET state = {running}, slot = {slot}, attempts = attempts + 1, \
              lease_expires_at = '{lease}', lease_owner = '{owner}', updated_at = '{at}', \
              rate_window = NULL WHERE id IN ({list}) AND state = {blocked}",
             running = JobState::Running.as_u8(),
@@ -512,7 +519,7 @@ fn hand_over(direct: &[u64], h: &HandOff, at: &str) -> Option<(String, String)> 
         ),
         format!(
             "SELECT id, task, queue, priority, payload, attempts, max_attempts, deadline_ms, run_at, \
-             IF(slot = 1, concurrency_key, NULL) FROM queue_jobs WHERE id IN ({list}) \
+             concurrency_key FROM queue_jobs WHERE id IN ({list}) \
              AND state = {running} AND lease_owner = '{owner}' AND updated_at = '{at}' ORDER BY priority, id",
             running = JobState::Running.as_u8(),
         ),
@@ -534,12 +541,14 @@ impl Handed {
     /// to `writes`.
     fn new(
         direct: &[u64],
+        spares: &[u64],
         jobs: &HashMap<u64, ClaimedJob>,
         handoff: Option<&HandOff>,
         at: &str,
         writes: &mut Vec<String>,
     ) -> Handed {
-        let Some((update, read_back)) = handoff.and_then(|h| hand_over(direct, h, at)) else {
+        let Some((update, read_back)) = handoff.and_then(|h| hand_over(direct, spares, h, at))
+        else {
             return Handed::default();
         };
         writes.push(update);
@@ -555,21 +564,26 @@ impl Handed {
 
 /// The fast path of a release that freed `freed` slots (per key), from its
 /// first round trip's rows: the semaphores read without a lock and the
-/// first blocked jobs, locked. Every freed slot that a picked job takes
-/// leaves its semaphore's count as it is, so those hand-overs need no
-/// semaphore lock. Returns the jobs moved `(key, priority, id)`, those of
-/// them the releasing runtime runs at once, and what is left for the
-/// locked release: per key, the slots no picked job took (0 for a key whose
-/// semaphore has room beyond them, or none).
+/// first blocked jobs, locked (as many as `freed` and `want` ask for).
+/// Every freed slot that a picked job takes leaves its semaphore's count as
+/// it is, so those hand-overs need no semaphore lock. The picked jobs past
+/// those, up to `want[key]`, become the releasing runtime's spares (they
+/// must be runnable by it; the rest stay blocked). Returns the jobs moved
+/// `(key, priority, id)`, those of them the releasing runtime runs at once
+/// and holds as spares (`room` at most, the slots' next jobs first), and
+/// what is left for the locked release: per key, the slots no picked job
+/// took (0 for a key whose semaphore has room beyond them, or none).
 pub(crate) fn fast_release(
     semaphores: &BTreeMap<Vec<u8>, (u32, u32)>,
     waiting: &BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>>,
     freed: &BTreeMap<Vec<u8>, u32>,
+    want: &BTreeMap<Vec<u8>, u32>,
     room: usize,
 ) -> FastRelease {
     let mut out = FastRelease::default();
+    let picked = |k: &Vec<u8>| waiting.get(k).map_or(&[][..], |w| &w[..]);
     for (k, &f) in freed {
-        let picked = waiting.get(k).map_or(&[][..], |w| &w[..]);
+        let picked = picked(k);
         let taken = picked.len().min(f as usize);
         for &(p, id, d) in &picked[..taken] {
             out.moved.push((k.clone(), p, id));
@@ -583,6 +597,18 @@ pub(crate) fn fast_release(
             out.rest.insert(k.clone(), left);
         }
     }
+    for (k, &w) in want {
+        let skip = freed.get(k).copied().unwrap_or(0) as usize;
+        let runnable = picked(k).iter().skip(skip).filter(|(_, _, d)| *d);
+        for &(p, id, _) in runnable.take(w as usize) {
+            if out.direct.len() >= room {
+                break;
+            }
+            out.moved.push((k.clone(), p, id));
+            out.direct.push(id);
+            out.spares.push(id);
+        }
+    }
     out
 }
 
@@ -591,6 +617,8 @@ pub(crate) fn fast_release(
 pub(crate) struct FastRelease {
     pub moved: Vec<(Vec<u8>, u8, u64)>,
     pub direct: Vec<u64>,
+    /// Of `direct`, the spares (handed without a slot).
+    pub spares: Vec<u64>,
     pub rest: BTreeMap<Vec<u8>, u32>,
 }
 
@@ -604,7 +632,7 @@ impl FastRelease {
     ) -> (Vec<String>, Handed) {
         let at = sql_time(now);
         let mut w = move_blocked(&self.moved, &self.direct, &at);
-        let handed = Handed::new(&self.direct, jobs, handoff, &at, &mut w);
+        let handed = Handed::new(&self.direct, &self.spares, jobs, handoff, &at, &mut w);
         (w, handed)
     }
 }
@@ -995,7 +1023,7 @@ impl Store {
                 hex_list(running.keys())
             ));
         }
-        let handed = Handed::new(&direct, &jobs, handoff, &at, &mut writes);
+        let handed = Handed::new(&direct, &[], &jobs, handoff, &at, &mut writes);
         Ok(ReleasePlan {
             moved: moved.len() as u64,
             writes,
@@ -1306,7 +1334,7 @@ mod tests {
         .into();
         let freed: BTreeMap<Vec<u8>, u32> =
             [(k("a"), 2), (k("b"), 2), (k("c"), 1), (k("d"), 1)].into();
-        let fast = fast_release(&semaphores, &waiting, &freed, 2);
+        let fast = fast_release(&semaphores, &waiting, &freed, &BTreeMap::new(), 2);
         assert_eq!(
             fast.moved,
             vec![
@@ -1368,6 +1396,51 @@ mod tests {
         // Without a runtime to hand to, nothing is handed.
         let (_, none) = fast.writes(&jobs, None, t(0));
         assert!(none.jobs.is_empty() && none.read_back.is_none());
+    }
+
+    #[test]
+    fn spares_come_after_the_freed_slots_next_jobs_within_room_and_without_a_slot() {
+        let k = |s: &str| s.as_bytes().to_vec();
+        let semaphores: BTreeMap<Vec<u8>, (u32, u32)> = [(k("a"), (4, 4))].into();
+        // a: 1 freed, 2 spares wanted; 10 takes the slot, 11 cannot run
+        // here (another queue, or a rate), 12 and 13 are spares.
+        let waiting: BTreeMap<Vec<u8>, Vec<(u8, u64, bool)>> = [
+            (
+                k("a"),
+                vec![(2, 10, true), (2, 11, false), (2, 12, true), (2, 13, true)],
+            ),
+            (k("b"), vec![(2, 20, true), (2, 21, true)]),
+        ]
+        .into();
+        let freed: BTreeMap<Vec<u8>, u32> = [(k("a"), 1)].into();
+        let want: BTreeMap<Vec<u8>, u32> = [(k("a"), 2), (k("b"), 2)].into();
+        let fast = fast_release(&semaphores, &waiting, &freed, &want, 4);
+        assert_eq!(
+            fast.direct,
+            vec![10, 12, 13, 20],
+            "room for 4: the slot's next job first"
+        );
+        assert_eq!(fast.spares, vec![12, 13, 20]);
+        assert!(fast.rest.is_empty(), "{:?}", fast.rest);
+        let moved: Vec<u64> = fast.moved.iter().map(|m| m.2).collect();
+        assert_eq!(moved, vec![10, 12, 13, 20], "11 stays blocked");
+        let h = HandOff {
+            owner: "rt-1".into(),
+            lease_until: t(0),
+            queues: vec!["q".into()],
+            room: 4,
+            cursors: Default::default(),
+        };
+        let (writes, _) = fast.writes(&HashMap::new(), Some(&h), t(0));
+        let last = writes.last().unwrap();
+        assert!(
+            last.contains("slot = IF(id IN (12, 13, 20), 0, 1)"),
+            "spares hold no slot: {last}"
+        );
+        assert!(
+            writes.iter().all(|w| !w.contains("queue_ready")),
+            "nothing goes to the claim index: {writes:?}"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
 pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, LEVELS, claim_sql};
 pub(crate) use insert::{INSERT_CHUNK, payload_limit};
 pub(crate) use maintenance::{ExpiredLease, Rescue};
+pub(crate) use outcome::SlottedSuccess;
 
 use crate::error::{Error, Result, is_retryable};
 use crate::flavor::Flavor;

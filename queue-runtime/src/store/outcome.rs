@@ -42,14 +42,57 @@ pub(crate) fn history_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// A success of a job holding a concurrency slot, for
+/// [`Store::complete_slotted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlottedSuccess {
+    pub id: JobId,
+    pub attempt: u32,
+    /// The key whose slot it held.
+    pub key: Vec<u8>,
+    /// Spares that ran in the slot after this job, one after the other,
+    /// and succeeded before any of them was recorded as holding it
+    /// (`slot = 0` in the table): deleted with it, freeing nothing.
+    pub also: Vec<(JobId, u32)>,
+    /// The spare (`(id, attempt)`) that holds the slot now, started in it
+    /// when the last of these jobs ended: the slot is recorded as the
+    /// heir's (`slot = 1`) instead of being freed.
+    pub heir: Option<(JobId, u32)>,
+    /// Spares of the key to ask for (handed with the release, if blocked
+    /// jobs wait and the runtime has room).
+    pub spares: u32,
+}
+
+/// The statement that records the heirs' slots (`slot = 1`): each only
+/// while at its attempt, running under `handoff`'s owner, without a slot.
+/// None without heirs (or without a runtime, which has none).
+fn promote_heirs(heirs: &[(JobId, u32)], handoff: Option<&HandOff>) -> Option<String> {
+    let h = handoff?;
+    if heirs.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "UPDATE queue_jobs SET slot = 1 WHERE ({}) AND state = {} AND slot = 0 AND lease_owner = '{}'",
+        fence(heirs),
+        JobState::Running.as_u8(),
+        h.owner
+    ))
+}
+
 /// What [`Store::complete_slotted`] did.
 #[derive(Debug, Default)]
 pub(crate) struct SlottedDone {
     /// Jobs deleted (still at their attempt).
     pub deleted: u64,
     /// Jobs handed the freed slots, now running under the releasing
-    /// runtime's lease.
+    /// runtime's lease, and the spares handed with them (in `spares`).
     pub handed: Vec<ClaimedJob>,
+    /// Of `handed`, the spares: running under the releasing runtime's lease
+    /// without a slot, for a slot of their key that one of its jobs passes on.
+    pub spares: std::collections::HashSet<u64>,
+    /// Heirs whose slot could not be recorded (their predecessor had lost
+    /// its lease, or they had): they hold none.
+    pub disinherited: Vec<JobId>,
     /// Jobs handed the freed slots that went into the claim index instead
     /// (for any runtime to claim).
     pub indexed: u64,
@@ -76,74 +119,114 @@ impl Store {
     /// still at its attempt) and hands their slots on, in one transaction
     /// of two round trips in the common case (every job still at its
     /// attempt, a blocked job waiting for each freed slot): the DELETE with
-    /// the locking pick of the next blocked jobs (past `handoff`'s cursors),
-    /// then the hand-overs with the COMMIT, without the semaphores' lock.
-    /// Slots nobody took are released under that lock
+    /// the recording of the heirs' slots and the locking pick of the next
+    /// blocked jobs (past `handoff`'s cursors), then the hand-overs with
+    /// the COMMIT, without the semaphores' lock. A job with an heir frees
+    /// nothing: its slot is the heir's. With a `handoff`, each success also
+    /// asks for one spare of its key (the runtime's next heir). Slots nobody
+    /// took are released under the semaphores' lock
     /// ([`Store::release_slots`]), in a third round trip.
     pub(crate) async fn complete_slotted(
         &self,
-        done: &[(JobId, u32, Vec<u8>)],
+        done: &[SlottedSuccess],
         now: DateTime<Utc>,
         handoff: Option<&HandOff>,
     ) -> Result<SlottedDone> {
         let mut out = SlottedDone::default();
         for part in done.chunks(FENCE_CHUNK) {
-            let fenced: Vec<(JobId, u32)> = part.iter().map(|d| (d.0, d.1)).collect();
-            let (n, moved, jobs) = retry_deadlocks(|| async {
+            let fenced: Vec<(JobId, u32)> = part
+                .iter()
+                .flat_map(|d| std::iter::once((d.id, d.attempt)).chain(d.also.iter().copied()))
+                .collect();
+            let heirs: Vec<(JobId, u32)> = part.iter().filter_map(|d| d.heir).collect();
+            let (n, moved, jobs, spares, disinherited) = retry_deadlocks(|| async {
                 let mut conn = self.pool.acquire().await?;
                 let result = async {
-                    // Fast path, two round trips: the DELETE together with
-                    // the locking pick of the next blocked jobs of each key
-                    // and an unlocked look at the semaphores (as if every
-                    // job was still at its attempt), then the hand-overs
-                    // with the COMMIT. A freed slot that a blocked job takes
-                    // leaves its semaphore's count unchanged, so the hot
-                    // semaphore row of a busy key is not locked at all, and
-                    // several of these transactions commit side by side.
-                    let mut all = std::collections::BTreeMap::new();
-                    for (_, _, key) in part {
-                        *all.entry(key.clone()).or_insert(0u32) += 1;
+                    // Fast path, two round trips: the DELETE, the heirs'
+                    // slots and the locking pick of the next blocked jobs
+                    // of each key with an unlocked look at the semaphores
+                    // (as if every job was still at its attempt), then the
+                    // hand-overs with the COMMIT. A freed slot that a
+                    // blocked job takes leaves its semaphore's count
+                    // unchanged, so the hot semaphore row of a busy key is
+                    // not locked at all, and several of these transactions
+                    // commit side by side.
+                    let mut freed = std::collections::BTreeMap::new();
+                    let mut want = std::collections::BTreeMap::new();
+                    for d in part {
+                        if d.heir.is_none() {
+                            *freed.entry(d.key.clone()).or_insert(0u32) += 1;
+                        }
+                        if d.spares > 0
+                            && handoff.is_some_and(|h| h.room > 0 && !h.queues.is_empty())
+                        {
+                            *want.entry(d.key.clone()).or_insert(0u32) += d.spares;
+                        }
+                    }
+                    let mut pick = freed.clone();
+                    for (k, w) in &want {
+                        *pick.entry(k.clone()).or_insert(0) += w;
                     }
                     let after =
-                        handoff.map_or_else(Default::default, |h| h.cursors.after(all.keys()));
-                    let sql = format!(
-                        "{}; {}; {}; {}",
-                        self.begin_sql(),
+                        handoff.map_or_else(Default::default, |h| h.cursors.after(pick.keys()));
+                    let mut sql = vec![
+                        self.begin_sql().to_owned(),
                         self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
-                        self.limited(&super::limits::pick_blocked_after_sql(&all, &after, true)),
-                        self.limited(&format!(
+                    ];
+                    if let Some(promote) = promote_heirs(&heirs, handoff) {
+                        sql.push(self.limited(&promote));
+                    }
+                    if !pick.is_empty() {
+                        sql.push(
+                            self.limited(&super::limits::pick_blocked_after_sql(
+                                &pick, &after, true,
+                            )),
+                        );
+                    }
+                    if !freed.is_empty() {
+                        sql.push(self.limited(&format!(
                             "SELECT 0, concurrency_key, running, lim FROM queue_semaphores \
                              WHERE concurrency_key IN ({})",
-                            super::limits::hex_list(all.keys())
-                        )),
-                    );
-                    let mut n = 0;
+                            super::limits::hex_list(freed.keys())
+                        )));
+                    }
+                    let mut affected = Vec::new();
                     let mut rows = Vec::new();
                     {
                         use futures_util::TryStreamExt;
-                        let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+                        let mut results =
+                            sqlx::raw_sql(AssertSqlSafe(sql.join("; "))).fetch_many(&mut *conn);
                         // The begin's results first (a Galera begin's
                         // marker INSERT counts a row).
                         let mut begin = self.begin_results();
                         while let Some(item) = results.try_next().await? {
                             match item {
                                 sqlx::Either::Left(_) if begin > 0 => begin -= 1,
-                                sqlx::Either::Left(done) => n += done.rows_affected(),
+                                sqlx::Either::Left(done) => affected.push(done.rows_affected()),
                                 sqlx::Either::Right(row) => rows.push(row),
                             }
                         }
                     }
-                    if n as usize == part.len() {
+                    let n = affected.first().copied().unwrap_or(0);
+                    let promoted = if heirs.is_empty() {
+                        0
+                    } else {
+                        affected.get(1).copied().unwrap_or(0)
+                    };
+                    if n as usize == fenced.len() && promoted as usize == heirs.len() {
                         let picked = super::limits::read_release_rows(&rows, handoff)?;
                         let fast = super::limits::fast_release(
                             &picked.semaphores,
                             &picked.waiting,
-                            &all,
+                            &freed,
+                            &want,
                             handoff.map_or(0, |h| h.room),
                         );
                         if let Some(h) = handoff {
                             h.cursors.advance(&fast.moved);
                         }
+                        let spares: std::collections::HashSet<u64> =
+                            fast.spares.iter().copied().collect();
                         let (mut writes, handed) = fast.writes(&picked.jobs, handoff, now);
                         if fast.rest.is_empty() {
                             let jobs = self
@@ -153,6 +236,8 @@ impl Store {
                                 n,
                                 fast.moved.len() as u64,
                                 jobs,
+                                spares,
+                                Vec::new(),
                             ));
                         }
                         // Slots no blocked job took (or a semaphore with
@@ -184,53 +269,88 @@ impl Store {
                             )
                             .await?,
                         );
-                        return Ok::<_, crate::error::Error>((n, moved, jobs));
+                        return Ok::<_, crate::error::Error>((n, moved, jobs, spares, Vec::new()));
                     }
-                    let held: std::collections::HashSet<u64> = {
-                        // Some were taken by another runtime (a lost lease):
-                        // start again, locking the jobs still at their
-                        // attempt first, so that exactly their slots are freed.
-                        sqlx::raw_sql(self.rollback_sql())
-                            .execute(&mut *conn)
-                            .await?;
-                        let sql = format!(
-                            "{}; {}",
-                            self.begin_sql(),
-                            self.limited(&format!(
-                                "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
-                                fence(&fenced)
-                            ))
-                        );
-                        let ids = sqlx::raw_sql(AssertSqlSafe(sql))
-                            .fetch_all(&mut *conn)
-                            .await?
-                            .iter()
-                            .map(|r| r.try_get::<u64, _>(0))
-                            .collect::<Result<std::collections::HashSet<_>, _>>()?;
-                        if !ids.is_empty() {
-                            let sql = format!(
-                                "DELETE FROM queue_jobs WHERE id IN ({})",
-                                inline_list(ids.iter())
-                            );
-                            sqlx::raw_sql(self.sql(&sql)).execute(&mut *conn).await?;
-                        }
-                        ids
-                    };
-                    let n = held.len() as u64;
+                    // Some were taken by another runtime (a lost lease), or
+                    // an heir was: start again, locking the jobs still at
+                    // their attempt and the heirs first, so that exactly
+                    // the slots of those without a recorded heir are freed.
+                    sqlx::raw_sql(self.rollback_sql())
+                        .execute(&mut *conn)
+                        .await?;
+                    let sql = format!(
+                        "{}; {}",
+                        self.begin_sql(),
+                        self.limited(&format!(
+                            "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
+                            fence(&fenced)
+                        ))
+                    );
+                    let held = sqlx::raw_sql(AssertSqlSafe(sql))
+                        .fetch_all(&mut *conn)
+                        .await?
+                        .iter()
+                        .map(|r| r.try_get::<u64, _>(0))
+                        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                    // Each heir still this runtime's, and whether its slot
+                    // is already recorded (by an earlier try whose reply was
+                    // lost: its predecessor is then gone).
+                    let heir_slots: std::collections::HashMap<u64, bool> =
+                        match (handoff, heirs.is_empty()) {
+                            (Some(h), false) => {
+                                let sql = format!(
+                                    "SELECT id, slot = 1 FROM queue_jobs WHERE ({}) AND state = {} \
+                                 AND lease_owner = '{}' FOR UPDATE",
+                                    fence(&heirs),
+                                    JobState::Running.as_u8(),
+                                    h.owner
+                                );
+                                sqlx::raw_sql(self.sql(&sql))
+                                    .fetch_all(&mut *conn)
+                                    .await?
+                                    .iter()
+                                    .map(|r| {
+                                        Ok((r.try_get::<u64, _>(0)?, r.try_get::<i64, _>(1)? != 0))
+                                    })
+                                    .collect::<Result<_>>()?
+                            }
+                            _ => Default::default(),
+                        };
                     let mut freed = std::collections::BTreeMap::new();
-                    for (id, _, key) in part {
-                        if held.contains(&id.0) {
-                            *freed.entry(key.clone()).or_insert(0u32) += 1;
+                    let mut promote = Vec::new();
+                    let mut disinherited = Vec::new();
+                    for d in part {
+                        let heir = d.heir.map(|(h, a)| (h, a, heir_slots.get(&h.0).copied()));
+                        match (held.contains(&d.id.0), heir) {
+                            (true, Some((h, a, Some(false)))) => promote.push((h, a)),
+                            // (An heir already holding its slot has a
+                            // predecessor that is gone: not this case.)
+                            (true, Some((_, _, Some(true)))) => {}
+                            (true, _) => *freed.entry(d.key.clone()).or_insert(0u32) += 1,
+                            (false, Some((_, _, Some(true)))) => {}
+                            (false, Some((h, _, _))) => disinherited.push(h),
+                            (false, None) => {}
                         }
                     }
-                    let (moved, jobs) = if n > 0 {
+                    if !held.is_empty() {
+                        let sql = format!(
+                            "DELETE FROM queue_jobs WHERE id IN ({})",
+                            inline_list(held.iter())
+                        );
+                        sqlx::raw_sql(self.sql(&sql)).execute(&mut *conn).await?;
+                    }
+                    if let Some(sql) = promote_heirs(&promote, handoff) {
+                        sqlx::raw_sql(self.sql(&sql)).execute(&mut *conn).await?;
+                    }
+                    let n = held.len() as u64;
+                    let (moved, jobs) = if freed.is_empty() {
+                        (0, Vec::new())
+                    } else {
                         self.release_slots_to(&mut conn, &freed, now, handoff)
                             .await?
-                    } else {
-                        (0, Vec::new())
                     };
                     sqlx::raw_sql(self.commit_sql()).execute(&mut *conn).await?;
-                    Ok::<_, crate::error::Error>((n, moved, jobs))
+                    Ok::<_, crate::error::Error>((n, moved, jobs, Default::default(), disinherited))
                 }
                 .await;
                 if result.is_err() {
@@ -242,6 +362,8 @@ impl Store {
             out.deleted += n;
             out.indexed += moved.saturating_sub(jobs.len() as u64);
             out.handed.extend(jobs);
+            out.spares.extend(spares);
+            out.disinherited.extend(disinherited);
         }
         Ok(out)
     }

@@ -379,3 +379,118 @@ async fn no_slot_is_freed_while_a_job_of_its_key_is_blocked() {
     runtime.shutdown(Duration::from_secs(5)).await.unwrap();
     db.drop_db().await;
 }
+
+static HOT_NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HOT_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HOT_RUNS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A task limited to 4 at once, each job taking ~1 ms: its slots turn over
+/// fast within one runtime, which passes them to its spares.
+#[task(queue = "limits_hot", name = "tests.limits.hot", concurrency = 4)]
+async fn hot(n: u32) -> Result<(), TaskError> {
+    let now = HOT_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    HOT_PEAK.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    HOT_RUNS.lock().unwrap().push(n);
+    HOT_NOW.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// One consistent read of a limited drain's books: jobs left, jobs
+/// recorded as holding a slot (ready or running), the semaphores' count,
+/// and spares (running without a slot).
+async fn books(client: &queue_runtime::Client) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM queue_jobs), \
+         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
+         (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
+         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2 \
+          AND concurrency_key IS NOT NULL)",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap()
+}
+
+/// Slots passed to spares in the runtime (a spare starts the moment the
+/// job before it ends; a release records the chain later) keep the books:
+/// sampled during the drain, each sample one consistent statement, the
+/// jobs recorded as holding a slot (`slot = 1`, ready or running) always
+/// number exactly what the semaphore counts, and never more than the
+/// limit, while spares (running, `slot = 0`) are seen. The first runtime
+/// stops halfway (its spares handed back, nothing lost) and a second one
+/// finishes. At most 4 run at once and the limit is reached; every job
+/// runs exactly once; every slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_passed_to_spares_keep_the_limit_and_the_books() {
+    let (db, client) = setup().await;
+    let n = 600u32;
+    hot::enqueue_many(&client, 0..n).await.unwrap();
+    let start = || {
+        Runtime::builder(client.clone())
+            .queues(["limits_hot"])
+            .concurrency(10)
+            .start()
+    };
+    let mut runtime = Some(start().await.unwrap());
+    let (mut samples, mut spares_seen, mut restarted) = (0, 0, false);
+    loop {
+        let (left, holders, counted, spares) = books(&client).await;
+        assert_eq!(
+            holders, counted,
+            "slot holders and the semaphore's count agree ({left} jobs left)"
+        );
+        assert!(counted <= 4, "{counted} slots counted for a limit of 4");
+        samples += 1;
+        if spares > 0 {
+            spares_seen += 1;
+        }
+        if left == 0 {
+            break;
+        }
+        if !restarted && left < i64::from(n / 2) {
+            // Spares held now are handed back; running jobs finish.
+            let first = runtime.take().unwrap();
+            first.shutdown(Duration::from_secs(5)).await.unwrap();
+            let (_, holders, counted, spares) = books(&client).await;
+            assert_eq!(
+                (holders, spares),
+                (counted, 0),
+                "after the first runtime stopped"
+            );
+            runtime = Some(start().await.unwrap());
+            restarted = true;
+        }
+        assert!(samples < 5_000, "the drain did not end ({left} jobs left)");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    runtime
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        restarted && samples > 3,
+        "sampled while it ran ({samples} samples)"
+    );
+    assert!(
+        spares_seen > 0,
+        "spares were held during the drain ({samples} samples)"
+    );
+    assert_eq!(
+        HOT_PEAK.load(Ordering::SeqCst),
+        4,
+        "the limit, reached, never exceeded"
+    );
+    let mut runs = HOT_RUNS.lock().unwrap().clone();
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        (0..n).collect::<Vec<_>>(),
+        "every job ran exactly once"
+    );
+    let (_, _, running, _) = books(&client).await;
+    assert_eq!(running, 0, "every slot released at the end");
+    db.drop_db().await;
+}
