@@ -323,6 +323,14 @@ impl Runtime {
         self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Concurrency slots this runtime passed to spares (docs/flow-control.md),
+    /// heirs it found disinherited (the slot's holder had lost its lease
+    /// before its release), and spares it holds now. Not public API.
+    #[doc(hidden)]
+    pub fn spare_counts(&self) -> (u64, u64, usize) {
+        self.shared.spares.counts()
+    }
+
     /// Stops claiming, lets running jobs finish within `drain`, then stops
     /// the rest and hands them back to the queue at once (their interrupted
     /// attempt is not counted), so another runtime can start them without

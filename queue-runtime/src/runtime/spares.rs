@@ -44,6 +44,10 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub(crate) struct Spares {
     inner: Mutex<Inner>,
+    /// Slots passed to a spare so far.
+    passed: std::sync::atomic::AtomicU64,
+    /// Heirs disinherited so far.
+    disinherited: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +82,18 @@ impl Spares {
         let orphans = k.jobs.drain(..).map(|(job, _)| job).collect();
         inner.keys.remove(key);
         orphans
+    }
+
+    /// Slots passed to a spare and heirs disinherited so far, and spares
+    /// held now.
+    pub(super) fn counts(&self) -> (u64, u64, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let held = self.inner().keys.values().map(|k| k.jobs.len()).sum();
+        (
+            self.passed.load(Relaxed),
+            self.disinherited.load(Relaxed),
+            held,
+        )
     }
 
     /// How many jobs of this runtime hold a slot of `key`.
@@ -154,6 +170,10 @@ pub(super) fn pass_slot(shared: &Arc<Shared>, id: JobId, attempt: u32) {
         }
         if let Some((job, _)) = &heir {
             k.holders += 1;
+            shared
+                .spares
+                .passed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(f) = map.get_mut(&job.id) {
                 f.slot = Some(key.clone());
                 f.unsettled = true;
@@ -190,6 +210,14 @@ pub(super) fn settle(shared: &Arc<Shared>, heirs: &[(JobId, u32)], disinherited:
                 continue;
             }
             // Disinherited, with the chain that ran in the slot after it.
+            tracing::warn!(
+                job.id = %id,
+                "a slot's holder had lost its lease before its release: the job it passed the slot to runs on without one"
+            );
+            shared
+                .spares
+                .disinherited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut next = Some(*id);
             while let Some(j) = next.take() {
                 let Some(f) = map.get_mut(&j) else { break };

@@ -139,6 +139,10 @@ impl Store {
                 .flat_map(|d| std::iter::once((d.id, d.attempt)).chain(d.also.iter().copied()))
                 .collect();
             let heirs: Vec<(JobId, u32)> = part.iter().filter_map(|d| d.heir).collect();
+            // Only a job still running at its attempt holds its slot: one
+            // whose lease expired was taken back by a rescue, which freed
+            // the slot already (and left its attempt as it was).
+            let running = JobState::Running.as_u8();
             let (n, moved, jobs, spares, disinherited) = retry_deadlocks(|| async {
                 let mut conn = self.pool.acquire().await?;
                 let result = async {
@@ -171,7 +175,10 @@ impl Store {
                         handoff.map_or_else(Default::default, |h| h.cursors.after(pick.keys()));
                     let mut sql = vec![
                         self.begin_sql().to_owned(),
-                        self.limited(&format!("DELETE FROM queue_jobs WHERE {}", fence(&fenced))),
+                        self.limited(&format!(
+                            "DELETE FROM queue_jobs WHERE ({}) AND state = {running}",
+                            fence(&fenced)
+                        )),
                     ];
                     if let Some(promote) = promote_heirs(&heirs, handoff) {
                         sql.push(self.limited(&promote));
@@ -282,7 +289,7 @@ impl Store {
                         "{}; {}",
                         self.begin_sql(),
                         self.limited(&format!(
-                            "SELECT id FROM queue_jobs WHERE {} FOR UPDATE",
+                            "SELECT id FROM queue_jobs WHERE ({}) AND state = {running} FOR UPDATE",
                             fence(&fenced)
                         ))
                     );

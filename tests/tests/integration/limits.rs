@@ -396,12 +396,12 @@ async fn hot(n: u32) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// One consistent read of a limited drain's books: jobs left, jobs
+/// One consistent read of a limited drain's books: jobs left (not dead), jobs
 /// recorded as holding a slot (ready or running), the semaphores' count,
 /// and spares (running without a slot).
 async fn books(client: &queue_runtime::Client) -> (i64, i64, i64, i64) {
     sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM queue_jobs), \
+        "SELECT (SELECT COUNT(*) FROM queue_jobs WHERE state <> 3), \
          (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
          (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
          (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2 \
@@ -489,6 +489,117 @@ async fn slots_passed_to_spares_keep_the_limit_and_the_books() {
         runs,
         (0..n).collect::<Vec<_>>(),
         "every job ran exactly once"
+    );
+    let (_, _, running, _) = books(&client).await;
+    assert_eq!(running, 0, "every slot released at the end");
+    db.drop_db().await;
+}
+
+static LOSSY_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Limited to 4 at once, no retry; job 0 holds its slot until released,
+/// the others take 30 ms.
+#[task(
+    queue = "limits_lossy",
+    name = "tests.limits.lossy",
+    concurrency = 4,
+    retries = 0
+)]
+async fn lossy(n: u32) -> Result<(), TaskError> {
+    if n == 0 {
+        while !LOSSY_RELEASE.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    Ok(())
+}
+
+/// A slot holder that loses its lease while it runs (taken back by the
+/// rescuer, its slot freed and given on; with no retry left it is buried
+/// at the same attempt) and then succeeds, passing its slot to a spare: the
+/// release finds it no longer running, frees nothing and deletes nothing,
+/// and the spare is disinherited (it runs on without a slot, and its end
+/// frees none). The books hold throughout: the jobs recorded as holding a
+/// slot always number what the semaphore counts, and every slot comes back
+/// at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_its_lease_disinherits_its_spare_and_frees_nothing() {
+    let (db, client) = setup().await;
+    let first = lossy::enqueue(&client, 0).await.unwrap();
+    lossy::enqueue_many(&client, 1..160u32).await.unwrap();
+    let runtime = Runtime::builder(client.clone())
+        .queues(["limits_lossy"])
+        .concurrency(10)
+        .lease(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "spares passing the other slot",
+        || async { runtime.spare_counts().0 >= 5 },
+    )
+    .await;
+    // Job 0 runs; its lease is made another's and left to expire, so the
+    // rescuer takes it back (its heartbeat no longer matches).
+    let taken = sqlx::query(
+        "UPDATE queue_jobs SET lease_owner = 'rt-gone', \
+         lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 200000 MICROSECOND \
+         WHERE id = ? AND state = 2",
+    )
+    .bind(first.0)
+    .execute(client.pool())
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(taken, 1, "job 0 was running");
+    wait_until(Duration::from_secs(30), "job 0 taken back", || async {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT lease_owner FROM queue_jobs WHERE id = ?")
+                .bind(first.0)
+                .fetch_optional(client.pool())
+                .await
+                .unwrap()
+                .flatten();
+        owner.as_deref() != Some("rt-gone")
+    })
+    .await;
+    // Released with spares at hand, so that its slot passes to one (the
+    // three other slots' jobs end every ~10 ms, each replaced by a spare
+    // within a release: the pool is rarely empty for long).
+    wait_until(Duration::from_secs(30), "two spares held", || async {
+        runtime.spare_counts().2 >= 2
+    })
+    .await;
+    LOSSY_RELEASE.store(true, Ordering::SeqCst);
+    let mut samples = 0;
+    loop {
+        let (left, holders, counted, _) = books(&client).await;
+        assert_eq!(
+            holders, counted,
+            "slot holders and the semaphore's count agree ({left} jobs left)"
+        );
+        samples += 1;
+        if left == 0 {
+            break;
+        }
+        assert!(samples < 5_000, "the drain did not end ({left} jobs left)");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (passed, disinherited, _) = runtime.spare_counts();
+    runtime.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(passed > 5, "slots were passed to spares ({passed})");
+    assert_eq!(disinherited, 1, "job 0's spare was disinherited");
+    let state: u8 = sqlx::query_scalar("SELECT state FROM queue_jobs WHERE id = ?")
+        .bind(first.0)
+        .fetch_one(client.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        state, 3,
+        "job 0 stays buried: its late success deleted nothing"
     );
     let (_, _, running, _) = books(&client).await;
     assert_eq!(running, 0, "every slot released at the end");
