@@ -100,6 +100,9 @@ struct Variant {
     name: &'static str,
     /// The node (index into the URLs) of each runtime.
     runtimes: Vec<usize>,
+    /// On the bench's own single server (`DATABASE_URL`, not Galera)
+    /// instead: the baseline the cluster is weighed against.
+    plain: bool,
 }
 
 /// `cluster`: for each variant, `--cluster-jobs` no-op jobs enqueued
@@ -116,15 +119,31 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
         Variant {
             name: "multi-primary: one runtime per node",
             runtimes: (0..k).collect(),
+            plain: false,
         },
         Variant {
             name: "one node: the same runtimes all through node 1",
             runtimes: vec![0; k],
+            plain: false,
+        },
+        Variant {
+            name: "one runtime on node 1",
+            runtimes: vec![0],
+            plain: false,
+        },
+        Variant {
+            name: "a single server (not Galera): the same runtimes",
+            runtimes: vec![0; k],
+            plain: true,
         },
     ];
     let mut rows = Vec::new();
     for v in &variants {
-        let urls = fresh_on_cluster(&nodes).await?;
+        let urls = if v.plain {
+            vec![crate::fresh("bench_cluster_plain").await?.0]
+        } else {
+            fresh_on_cluster(&nodes).await?
+        };
         let client = Client::connect(&urls[0]).await?;
         let mut left = n;
         while left > 0 {
@@ -133,7 +152,7 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
             left -= chunk;
         }
         // Every node has applied the enqueue before the drain starts.
-        for u in &urls {
+        for u in urls.iter().filter(|_| !v.plain) {
             let mut c = MySqlConnection::connect(u).await?;
             sqlx::query("SET SESSION wsrep_sync_wait = 1")
                 .execute(&mut c)
@@ -160,15 +179,21 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
         let bf = after.1.saturating_sub(before.1);
         let per_1000 = (cert + bf) as f64 * 1000.0 / n as f64;
         let runs_per_job = done as f64 / n as f64;
+        // A single server has no certification to fail.
+        let (cert_cell, bf_cell, per_1000_cell) = if v.plain {
+            ("-".to_owned(), "-".to_owned(), "-".to_owned())
+        } else {
+            (cert.to_string(), bf.to_string(), num(per_1000))
+        };
         rows.push(vec![
             v.name.to_owned(),
             num(n as f64),
             format!("{} x {conc}", v.runtimes.len()),
             num(secs),
             num(rate),
-            cert.to_string(),
-            bf.to_string(),
-            num(per_1000),
+            cert_cell,
+            bf_cell,
+            per_1000_cell,
             format!("{runs_per_job:.3}"),
         ]);
         let s = json!({"jobs": n, "nodes": k, "runtimes": v.runtimes.len(),
@@ -201,6 +226,9 @@ pub(crate) async fn cluster(report: &mut Report, opts: &Opts) -> Res<()> {
             s,
         );
         client.pool().close().await;
+        if v.plain {
+            crate::drop_db("bench_cluster_plain").await;
+        }
     }
     let mut c = MySqlConnection::connect(&with_db(&nodes[0], "")).await?;
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
