@@ -132,14 +132,14 @@ pub(super) fn hold(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     hand_back(
         shared,
         back,
-        "a spare whose key has no slot in this runtime",
+        "a spare arriving while the runtime stops, or for a key with no slot in it",
     );
 }
 
 /// Passes the slot of `(id, attempt)`, a job that just succeeded holding a
-/// recorded slot, to a spare of its key: the spare starts now, as the job's
-/// heir (recorded on the job's entry for its release). Nothing when no
-/// spare is at hand, the slot is not recorded yet, or the runtime stops.
+/// slot (recorded or, for an heir, not yet), to a spare of its key: the
+/// spare starts now, as the job's heir (recorded on the job's entry for its
+/// chain's release). Nothing when no spare is at hand or the runtime stops.
 pub(super) fn pass_slot(shared: &Arc<Shared>, id: JobId, attempt: u32) {
     if shared.stopping() {
         return;
