@@ -1018,6 +1018,66 @@ async fn four_workers_keep_concurrency_limits_per_task_and_per_key() {
     db.drop_db().await;
 }
 
+/// Three runtimes in three processes pass the slots of a task limited to
+/// 3 from job to job as fast as the jobs go (no sleep: each job is two
+/// writes of its gauge), so each runtime holding two slots or more passes
+/// them to spares: the limit holds across the processes (peak 3, never
+/// more), the jobs recorded as holding a slot always number what the
+/// semaphore counts (sampled during the drain, one statement per sample),
+/// and every slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_passing_slots_quickly_keep_the_limit_and_the_books() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = setup_limits().await;
+    let mut workers: Vec<Worker> = (0..3).map(|_| limits_worker(&db)).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    tasks::capped::enqueue_many(&client, (0..1_500).map(|_| 0u64))
+        .await
+        .unwrap();
+    let (mut samples, mut spares_seen) = (0, 0);
+    loop {
+        let (left, holders, counted, spares): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM queue_jobs), \
+             (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
+             (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
+             (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2)",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            holders, counted,
+            "slot holders and the count agree ({left} left)"
+        );
+        assert!(counted <= 3, "{counted} slots counted for a limit of 3");
+        samples += 1;
+        if spares > 0 {
+            spares_seen += 1;
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(samples < 20_000, "the drain did not end ({left} jobs left)");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("{samples} samples, spares seen in {spares_seen}");
+    assert!(samples > 3, "sampled while it ran ({samples} samples)");
+    assert!(spares_seen > 0, "spares were held ({samples} samples)");
+    let g = gauges(&db).await;
+    assert_eq!(
+        g["capped"],
+        (0, 3),
+        "at most 3 at once, and the limit reached: {g:?}"
+    );
+    assert_no_slot_held(&db).await;
+    for w in &mut workers {
+        assert!(w.terminate().await.success());
+    }
+    db.drop_db().await;
+}
+
 /// Four runtimes: a task limited to 20 starts per second never starts
 /// more than 20 in any one-second window (counted at the claim's time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
