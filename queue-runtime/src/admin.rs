@@ -154,6 +154,9 @@ pub struct GaleraStatus {
     /// `wsrep_local_bf_aborts`: local transactions aborted while they ran
     /// by a replicated write set (lost races before commit).
     pub bf_aborts: u64,
+    /// `wsrep_gcomm_uuid`: the node's identity in the cluster (new at each
+    /// start of the node), as runtimes record it in their registry row.
+    pub node: String,
 }
 
 impl GaleraStatus {

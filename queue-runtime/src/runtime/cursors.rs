@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::store::{ClaimTicket, Claimed, ClaimedJob, LEVELS};
+use crate::store::{ClaimTicket, Claimed, ClaimedJob, LEVELS, Lane};
 
 /// How far behind its cursor a probe looks often.
 pub(crate) const PROBE_LAG: Duration = Duration::from_secs(2);
@@ -32,6 +32,8 @@ pub(crate) struct Cursors {
     history: VecDeque<(Instant, [u64; LEVELS])>,
     /// Rows found behind the cursors, to claim by key: (priority, seq).
     stragglers: Vec<(u8, u64)>,
+    /// The lane this runtime claims first, if any (`store::claim::Lane`).
+    lane: Option<Lane>,
 }
 
 impl Cursors {
@@ -41,7 +43,27 @@ impl Cursors {
             last: [0; LEVELS],
             history: VecDeque::new(),
             stragglers: Vec::new(),
+            lane: None,
         }
+    }
+
+    /// Claims `lane` first from now on. A change starts the cursors again
+    /// from the head of the index: the cursors moved past the rows of the
+    /// lanes that were others' and may be this runtime's now.
+    pub(crate) fn set_lane(&mut self, lane: Option<Lane>) -> bool {
+        if self.lane == lane {
+            return false;
+        }
+        self.lane = lane;
+        self.last = [0; LEVELS];
+        self.history.clear();
+        self.stragglers.clear();
+        true
+    }
+
+    /// The lane this runtime claims first, if any (probes keep to it).
+    pub(crate) fn lane(&self) -> Option<Lane> {
+        self.lane
     }
 
     /// The ranges a probe should look at: for each priority, `(low, high]`
@@ -87,6 +109,9 @@ impl Cursors {
             last: self.last,
             stragglers: self.stragglers.clone(),
             limit: 0,
+            // An idle look sees the whole index: a job in another lane
+            // whose runtimes are busy or gone is claimed by the top-up.
+            lane: None,
         }
     }
 
@@ -96,6 +121,7 @@ impl Cursors {
             last: self.last,
             stragglers: std::mem::take(&mut self.stragglers),
             limit,
+            lane: self.lane,
         }
     }
 

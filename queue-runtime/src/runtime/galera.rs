@@ -7,8 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// How often the node's state is read (one `SHOW GLOBAL STATUS`).
+/// How often the node's state is read (one `SHOW GLOBAL STATUS`), and the
+/// nodes runtimes claim through (one read of the registry).
 pub(super) const GALERA_EVERY: Duration = Duration::from_secs(1);
+
+/// A runtime whose registry row was beaten within this long counts as
+/// claiming through its node (rows are beaten every 10 s; a runtime that
+/// stops cleanly removes its row at once).
+pub(super) const LANE_LIVE: Duration = Duration::from_secs(30);
 
 /// Reads the node's state every [`GALERA_EVERY`]; started only when the
 /// server was a Galera node at start. A read that fails (the node is away:
@@ -19,7 +25,15 @@ pub(super) async fn watcher(shared: Arc<Shared>) {
             return;
         }
         if let Some(status) = shared.client.store().galera_status().await {
+            let node = status.node.clone();
             shared.set_galera(status);
+            // The lanes: one per node that live runtimes claim through.
+            let since = crate::clock::sub(shared.client.now(), LANE_LIVE);
+            if !node.is_empty()
+                && let Ok(nodes) = shared.client.store().claiming_nodes(since).await
+            {
+                shared.set_lane(crate::store::Lane::of_nodes(&nodes, &node));
+            }
         }
     }
 }
@@ -43,6 +57,27 @@ impl Shared {
             );
         }
         *self.galera.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Sets the lane of the claim index this runtime claims first.
+    pub(super) fn set_lane(&self, lane: Option<crate::store::Lane>) {
+        let mut now = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+        if *now != lane {
+            tracing::info!(
+                lane = ?lane,
+                "Galera nodes with runtimes changed: claiming {}",
+                match lane {
+                    Some(l) => format!("lane {} of {} first", l.is + 1, l.of),
+                    None => "the whole claim index".to_owned(),
+                }
+            );
+            *now = lane;
+        }
+    }
+
+    /// The lane of the claim index this runtime claims first, if any.
+    pub(super) fn lane(&self) -> Option<crate::store::Lane> {
+        *self.lane.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the producer may claim: always off Galera; on a Galera node

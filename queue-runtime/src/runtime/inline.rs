@@ -87,6 +87,7 @@ impl Inline {
             started_at: crate::time::clamp(client.now()),
             galera: Mutex::new(None),
             galera_synced: std::sync::atomic::AtomicBool::new(true),
+            lane: Mutex::new(None),
         });
         Ok(Inline { shared })
     }
@@ -105,6 +106,7 @@ impl Inline {
             last: [0; LEVELS],
             stragglers: Vec::new(),
             limit: 1,
+            lane: None,
         };
         let now = crate::time::clamp(client.now());
         let lease_until = crate::time::clamp(crate::clock::add(now, INLINE_LEASE));

@@ -237,6 +237,7 @@ impl RuntimeBuilder {
             started_at: crate::time::clamp(self.client.now()),
             galera: Mutex::new(None),
             galera_synced: std::sync::atomic::AtomicBool::new(true),
+            lane: Mutex::new(None),
         });
         if let Some(status) = galera.clone() {
             tracing::info!(
@@ -473,6 +474,9 @@ pub(crate) struct Shared {
     galera: Mutex<Option<crate::admin::GaleraStatus>>,
     /// False while the Galera node is not Synced: the producer waits.
     galera_synced: std::sync::atomic::AtomicBool,
+    /// The lane of the claim index this runtime claims first: on a Galera
+    /// cluster with runtimes on two nodes or more (`runtime::galera`).
+    lane: Mutex<Option<crate::store::Lane>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -565,6 +569,13 @@ impl Shared {
                 .unwrap_or(0),
             started_at: self.started_at,
             heartbeat_at: crate::time::clamp(self.client.now()),
+            node: self
+                .galera
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|g| g.node.clone())
+                .filter(|n| !n.is_empty()),
         }
     }
 

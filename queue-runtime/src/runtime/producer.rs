@@ -74,6 +74,7 @@ struct Reserved {
 struct ProbeRequest {
     queue: usize,
     ranges: Vec<(u8, u64, u64)>,
+    lane: Option<crate::store::Lane>,
 }
 
 /// What a probe found: a queue's index and `(priority, seq)` keys.
@@ -246,7 +247,12 @@ impl Producer {
         for (queue, c) in self.cursors.iter_mut().enumerate() {
             let ranges = c.probe_ranges(full);
             if !ranges.is_empty() {
-                let _ = self.probe_tx.try_send(ProbeRequest { queue, ranges });
+                let lane = c.lane();
+                let _ = self.probe_tx.try_send(ProbeRequest {
+                    queue,
+                    ranges,
+                    lane,
+                });
             }
         }
         self.last_probe = Instant::now();
@@ -453,6 +459,10 @@ impl Producer {
         };
         self.next = self.next.wrapping_add(1);
         let free = free.min(self.queue_room(queue));
+        let lane = self.shared.lane();
+        if self.cursors[queue].set_lane(lane) {
+            tracing::info!(queue = %self.cursors[queue].queue, lane = ?lane, "claiming in a lane of the claim index (Galera nodes with runtimes)");
+        }
         let ticket = self.cursors[queue].ticket(free);
         let mut now = crate::time::clamp(self.shared.client.now());
         if let Some(last) = self.last_claim_at
@@ -706,10 +716,15 @@ async fn prober(
     mut rx: mpsc::Receiver<ProbeRequest>,
     tx: mpsc::Sender<ProbeFinds>,
 ) {
-    while let Some(ProbeRequest { queue, ranges }) = rx.recv().await {
+    while let Some(ProbeRequest {
+        queue,
+        ranges,
+        lane,
+    }) = rx.recv().await
+    {
         let name = &shared.queues[queue];
         let sent = Instant::now();
-        let probed = shared.client.store().probe(name, &ranges).await;
+        let probed = shared.client.store().probe(name, &ranges, lane).await;
         shared.outage.track("probe", sent, &probed);
         if let Ok(keys) = probed
             && !keys.is_empty()

@@ -61,6 +61,47 @@ pub(crate) struct Claimed {
     pub(crate) acked: u64,
 }
 
+/// A lane of the claim index: the rows with `(seq DIV LANE_WIDTH) MOD of =
+/// is`. On a Galera cluster whose runtimes claim through several nodes, the
+/// runtimes of each node claim their node's lane first, so that claims on
+/// different nodes take disjoint rows instead of racing for the head of the
+/// index and losing at certification (docs/scaling.md, "Claim lanes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lane {
+    /// How many lanes (nodes with live runtimes).
+    pub(crate) of: u32,
+    /// This runtime's.
+    pub(crate) is: u32,
+}
+
+/// Consecutive `seq`s per stretch of a lane: the stretches of the lanes
+/// alternate along the index (so each lane holds every priority and run
+/// time), and `seq`s that step by a Galera node's
+/// `auto_increment_increment` still spread over them.
+pub(crate) const LANE_WIDTH: u64 = 8;
+
+impl Lane {
+    /// The lanes of runtimes claiming through `nodes` (the nodes with live
+    /// runtimes), for one claiming through `mine`: none with fewer than two
+    /// nodes (one node, or off Galera: the index is claimed as one), or if
+    /// `mine` is not among them (not registered yet).
+    pub(crate) fn of_nodes(nodes: &[String], mine: &str) -> Option<Lane> {
+        let mut nodes: Vec<&String> = nodes.iter().collect();
+        nodes.sort();
+        nodes.dedup();
+        let is = nodes.iter().position(|n| n.as_str() == mine)?;
+        (nodes.len() >= 2).then(|| Lane {
+            of: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            is: u32::try_from(is).unwrap_or(0),
+        })
+    }
+
+    /// The condition on `queue_ready.seq` that keeps a read to this lane.
+    fn condition(self) -> String {
+        format!(" AND (seq DIV {LANE_WIDTH}) MOD {} = {}", self.of, self.is)
+    }
+}
+
 /// One claim's inputs, taken from a queue's cursors (`runtime::cursors`).
 #[derive(Debug)]
 pub(crate) struct ClaimTicket {
@@ -71,6 +112,9 @@ pub(crate) struct ClaimTicket {
     pub(crate) stragglers: Vec<(u8, u64)>,
     /// At most this many jobs.
     pub(crate) limit: usize,
+    /// This runtime's lane, claimed first (the claim tops up from the whole
+    /// index when its lane has fewer rows than the limit).
+    pub(crate) lane: Option<Lane>,
 }
 
 impl Store {
@@ -125,22 +169,26 @@ impl Store {
 
     /// Non-locking look behind the cursors. Returns rows that are in the
     /// claim index at or below a cursor: committed late, or released.
+    /// In `lane` only, when given: the other lanes' rows behind the cursor
+    /// are their runtimes' to claim.
     pub(crate) async fn probe(
         &self,
         queue: &str,
         ranges: &[(u8, u64, u64)],
+        lane: Option<Lane>,
     ) -> Result<Vec<(u8, u64)>> {
         if ranges.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT priority, seq FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = ? AND ({}) \
+            "SELECT priority, seq FROM queue_ready FORCE INDEX (PRIMARY) WHERE queue = ? AND ({}){} \
              ORDER BY priority, seq LIMIT {PROBE_LIMIT}",
             repeated(
                 "(priority = ? AND seq > ? AND seq <= ?)",
                 ranges.len(),
                 " OR "
-            )
+            ),
+            lane.map_or(String::new(), Lane::condition)
         );
         let mut q = self.q(&sql).bind(queue);
         for (p, low, high) in ranges {
@@ -224,11 +272,28 @@ impl Store {
                 super::fence(acks)
             ))
         });
-        let pick = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
+        let pick = claim_sql_in(
+            queue,
+            &ticket.last,
+            &ticket.stragglers,
+            ticket.limit,
+            ticket.lane,
+        );
         let first = format!("{}; {}", self.begin_sql(), self.limited(&pick));
-        let rows = sqlx::raw_sql(AssertSqlSafe(first))
+        let mut rows = sqlx::raw_sql(AssertSqlSafe(first))
             .fetch_all(&mut *conn)
             .await?;
+        if ticket.lane.is_some() && rows.len() < ticket.limit {
+            // The lane is short (its runtimes are ahead, or the queue is
+            // running dry): top up from the whole index, in the same
+            // transaction. The rows already locked come back and are
+            // counted once.
+            let whole = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
+            let more = sqlx::raw_sql(self.sql(&whole))
+                .fetch_all(&mut *conn)
+                .await?;
+            rows = top_up(rows, more, ticket.limit)?;
+        }
         if rows.is_empty() {
             let acked = match &ack_delete {
                 Some(d) => {
@@ -439,11 +504,50 @@ pub(crate) fn claim_sql(
     stragglers: &[(u8, u64)],
     limit: usize,
 ) -> String {
+    claim_sql_in(queue, last, stragglers, limit, None)
+}
+
+/// [`claim_sql`] kept to `lane`, when given.
+pub(crate) fn claim_sql_in(
+    queue: &str,
+    last: &[u64; LEVELS],
+    stragglers: &[(u8, u64)],
+    limit: usize,
+    lane: Option<Lane>,
+) -> String {
     format!(
-        "SELECT priority, seq, job_id, limited FROM queue_ready FORCE INDEX (PRIMARY) WHERE {} \
+        "SELECT priority, seq, job_id, limited FROM queue_ready FORCE INDEX (PRIMARY) WHERE {}{} \
          ORDER BY priority, seq LIMIT {limit} FOR UPDATE SKIP LOCKED",
-        claim_ranges(queue, last, stragglers)
+        claim_ranges(queue, last, stragglers),
+        lane.map_or(String::new(), Lane::condition)
     )
+}
+
+/// A lane's rows topped up with `more` (from the whole index): every row of
+/// the lane, then the first others, `limit` in all at most, each once, in
+/// `(priority, seq)` order.
+fn top_up(
+    rows: Vec<sqlx::mysql::MySqlRow>,
+    more: Vec<sqlx::mysql::MySqlRow>,
+    limit: usize,
+) -> Result<Vec<sqlx::mysql::MySqlRow>> {
+    let key =
+        |r: &sqlx::mysql::MySqlRow| -> Result<(u8, u64)> { Ok((r.try_get(0)?, r.try_get(1)?)) };
+    let mut all = Vec::with_capacity(limit);
+    for r in rows {
+        all.push((key(&r)?, r));
+    }
+    for r in more {
+        if all.len() >= limit {
+            break;
+        }
+        let k = key(&r)?;
+        if !all.iter().any(|(seen, _)| *seen == k) {
+            all.push((k, r));
+        }
+    }
+    all.sort_by_key(|(k, _)| *k);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
 }
 
 /// `queue = '…' AND (…)`: the ranges after the cursors, and the stragglers.
@@ -510,6 +614,38 @@ pub(crate) fn decode_claimed(r: &sqlx::mysql::MySqlRow) -> crate::error::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_are_one_per_node_with_runtimes_and_none_for_one_node() {
+        let nodes = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            Lane::of_nodes(&nodes(&["c", "a", "b"]), "b"),
+            Some(Lane { of: 3, is: 1 }),
+            "sorted, so every runtime numbers the nodes alike"
+        );
+        assert_eq!(
+            Lane::of_nodes(&nodes(&["a", "a"]), "a"),
+            None,
+            "one node: the whole index"
+        );
+        assert_eq!(
+            Lane::of_nodes(&nodes(&["a", "b"]), "c"),
+            None,
+            "not registered yet"
+        );
+        let sql = claim_sql_in("mail", &[0; LEVELS], &[], 10, Some(Lane { of: 3, is: 2 }));
+        assert!(
+            sql.contains(
+                ") AND (seq DIV 8) MOD 3 = 2 ORDER BY priority, seq LIMIT 10 FOR UPDATE SKIP LOCKED"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            claim_sql_in("mail", &[0; LEVELS], &[], 10, None),
+            claim_sql("mail", &[0; LEVELS], &[], 10),
+            "no lane: the claim of one server"
+        );
+    }
 
     #[test]
     fn claim_sql_orders_by_the_primary_key() {

@@ -138,7 +138,7 @@ impl Store {
         let rows = sqlx::query(
             "SHOW GLOBAL STATUS WHERE Variable_name IN \
              ('wsrep_cluster_size', 'wsrep_local_state_comment', 'wsrep_cluster_status', \
-             'wsrep_local_cert_failures', 'wsrep_local_bf_aborts')",
+             'wsrep_local_cert_failures', 'wsrep_local_bf_aborts', 'wsrep_gcomm_uuid')",
         )
         .fetch_all(&self.pool)
         .await
@@ -152,6 +152,7 @@ impl Store {
                 "wsrep_cluster_status" => status.cluster_status = value,
                 "wsrep_local_cert_failures" => status.cert_failures = value.parse().unwrap_or(0),
                 "wsrep_local_bf_aborts" => status.bf_aborts = value.parse().unwrap_or(0),
+                "wsrep_gcomm_uuid" => status.node = value,
                 _ => {}
             }
         }

@@ -170,6 +170,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             },
         ],
     },
+    Migration {
+        version: 8,
+        name: "runtime_node",
+        sql: include_str!("../../migrations/0008_runtime_node.sql"),
+        applied: &[Applied::Column {
+            table: "queue_runtimes",
+            column: "node",
+        }],
+    },
 ];
 
 /// The newest schema version this build ships.

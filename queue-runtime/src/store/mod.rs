@@ -36,7 +36,7 @@ use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
 
-pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, LEVELS, claim_sql};
+pub(crate) use claim::{ClaimTicket, Claimed, ClaimedJob, LEVELS, Lane, claim_sql};
 pub(crate) use insert::{INSERT_CHUNK, payload_limit};
 pub(crate) use maintenance::{ExpiredLease, Rescue};
 pub(crate) use outcome::SlottedSuccess;

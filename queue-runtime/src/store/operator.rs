@@ -141,6 +141,8 @@ pub(crate) struct RuntimeRow {
     pub in_flight: u32,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
+    /// The Galera node it claims through (`wsrep_gcomm_uuid`), if any.
+    pub node: Option<String>,
 }
 
 /// One minute's counts summed as asked.
@@ -314,9 +316,9 @@ impl Store {
     /// in flight): one upsert.
     pub(crate) async fn beat_runtime(&self, row: &RuntimeRow) -> Result<()> {
         self.q(
-            "INSERT INTO queue_runtimes (owner, host, pid, queues, concurrency, in_flight, started_at, heartbeat_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-             in_flight = VALUES(in_flight), heartbeat_at = VALUES(heartbeat_at)",
+            "INSERT INTO queue_runtimes (owner, host, pid, queues, concurrency, in_flight, started_at, heartbeat_at, node) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+             in_flight = VALUES(in_flight), heartbeat_at = VALUES(heartbeat_at), node = VALUES(node)",
         )
         .bind(&row.owner)
         .bind(&row.host)
@@ -326,9 +328,23 @@ impl Store {
         .bind(row.in_flight)
         .bind(At(row.started_at))
         .bind(At(row.heartbeat_at))
+        .bind(row.node.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The Galera nodes that runtimes with a heartbeat since `since` claim
+    /// through (each once).
+    pub(crate) async fn claiming_nodes(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
+        Ok(self
+            .q("SELECT DISTINCT node FROM queue_runtimes WHERE node IS NOT NULL AND heartbeat_at > ?")
+            .bind(At(since))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Removes a runtime's row (its clean shutdown).
@@ -365,7 +381,7 @@ impl Store {
     /// The runtimes with a heartbeat at or after `since`, oldest first.
     pub(crate) async fn runtimes(&self, since: DateTime<Utc>) -> Result<Vec<RuntimeRow>> {
         self.q(
-            "SELECT owner, host, pid, queues, concurrency, in_flight, started_at, heartbeat_at \
+            "SELECT owner, host, pid, queues, concurrency, in_flight, started_at, heartbeat_at, node \
              FROM queue_runtimes WHERE heartbeat_at >= ? ORDER BY started_at, owner LIMIT 10000",
         )
         .bind(At(since))
@@ -387,6 +403,7 @@ impl Store {
                 in_flight: r.try_get(5)?,
                 started_at: crate::time::stored(r, 6)?,
                 heartbeat_at: crate::time::stored(r, 7)?,
+                node: r.try_get(8)?,
             })
         })
         .collect()

@@ -27,7 +27,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
         .fetch_all(client.pool())
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     db.drop_db().await;
 }
 

@@ -31,7 +31,7 @@ async fn assert_schema_is_current(client: &Client) {
             .fetch_all(client.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
     let paused_table: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.TABLES \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queue_paused'",
@@ -48,6 +48,14 @@ async fn assert_schema_is_current(client: &Client) {
     .await
     .unwrap();
     assert_eq!(limit_tables, 3, "the flow-control tables exist");
+    let node_column: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'queue_runtimes' AND COLUMN_NAME = 'node'",
+    )
+    .fetch_one(client.pool())
+    .await
+    .unwrap();
+    assert_eq!(node_column, 1, "the registry records each runtime's Galera node");
     let limit_columns: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
          AND ((TABLE_NAME = 'queue_jobs' AND COLUMN_NAME IN ('concurrency_key', 'rate_key', 'slot', 'rate_window')) \
@@ -106,7 +114,7 @@ async fn assert_schema_is_current(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_migration_runs_again_when_its_bookkeeping_row_is_lost() {
     let (db, client) = setup().await;
-    for version in [1_i64, 2, 3, 4, 5, 6, 7] {
+    for version in [1_i64, 2, 3, 4, 5, 6, 7, 8] {
         // The process died after the migration's DDL, before its row.
         sqlx::query("DELETE FROM queue_schema_migrations WHERE version = ?")
             .bind(version)
@@ -260,7 +268,7 @@ async fn a_schema_newer_than_the_code_is_refused_by_start_and_enqueue() {
             e,
             Error::SchemaTooNew {
                 found: 999,
-                known: 7
+                known: 8
             }
         )
     };
@@ -290,7 +298,7 @@ async fn an_unmigrated_or_older_schema_asks_for_migrate() {
     let db = TestDb::new().await;
     let client = Client::connect(&db.url).await.unwrap();
     let asks_for_migrate = |e: &Error| {
-        matches!(e, Error::SchemaTooOld { known: 7, .. })
+        matches!(e, Error::SchemaTooOld { known: 8, .. })
             && e.to_string().contains("run Client::migrate()")
     };
 
