@@ -20,23 +20,29 @@ pub(super) const LANE_LIVE: Duration = Duration::from_secs(30);
 /// server was a Galera node at start. A read that fails (the node is away:
 /// the pool's next connection may reach another one) leaves the last state.
 pub(super) async fn watcher(shared: Arc<Shared>) {
+    let started = std::time::Instant::now();
     loop {
-        if shared.sleep_or_stop(GALERA_EVERY).await {
+        // Runtimes started together find each other's nodes within a
+        // fifth of a second at first.
+        let every = if started.elapsed() < LANES_SETTLE {
+            GALERA_EVERY / 5
+        } else {
+            GALERA_EVERY
+        };
+        if shared.sleep_or_stop(every).await {
             return;
         }
         if let Some(status) = shared.client.store().galera_status().await {
             let node = status.node.clone();
             shared.set_galera(status);
-            // The lanes: one per node that live runtimes claim through.
-            let since = crate::clock::sub(shared.client.now(), LANE_LIVE);
-            if !node.is_empty()
-                && let Ok(nodes) = shared.client.store().claiming_nodes(since).await
-            {
-                shared.set_lane(crate::store::Lane::of_nodes(&nodes, &node));
-            }
+            shared.read_lane(&node).await;
         }
     }
 }
+
+/// How long after its start a runtime looks for the nodes of the others
+/// five times a second.
+const LANES_SETTLE: Duration = Duration::from_secs(5);
 
 impl Shared {
     /// Records the node's state, logging a change of whether it serves claims.
@@ -57,6 +63,19 @@ impl Shared {
             );
         }
         *self.galera.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Reads which nodes live runtimes claim through and sets this
+    /// runtime's lane (one per node) for `node`, its own. A failed read
+    /// leaves the lane as it was.
+    pub(super) async fn read_lane(&self, node: &str) {
+        if node.is_empty() {
+            return;
+        }
+        let since = crate::clock::sub(self.client.now(), LANE_LIVE);
+        if let Ok(nodes) = self.client.store().claiming_nodes(since).await {
+            self.set_lane(crate::store::Lane::of_nodes(&nodes, node));
+        }
     }
 
     /// Sets the lane of the claim index this runtime claims first.

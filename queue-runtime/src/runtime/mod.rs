@@ -251,6 +251,10 @@ impl RuntimeBuilder {
         // In the registry before the first claim; a failure is logged and
         // the rescuer's next beat tries again.
         shared.beat_registry("registering the runtime").await;
+        if let Some(status) = &galera {
+            // Its lane of the claim index, before the first claim.
+            shared.read_lane(&status.node).await;
+        }
         tracing::info!(owner = %shared.owner, queues = ?shared.queues, concurrency = settings.concurrency, "queue runtime starting");
         let mut background = Vec::new();
         let acker = tokio::spawn(completer::acker(shared.clone(), ack_rx));
