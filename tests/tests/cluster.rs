@@ -405,6 +405,14 @@ async fn galera_cluster_three_nodes_drain_every_job_once_while_node_1_is_killed_
             "a claim delivered a running job again:\n{}",
             w.log()
         );
+        // Runtimes on three nodes claim disjoint lanes of the claim index
+        // (docs/scaling.md, "Claim lanes").
+        assert!(
+            w.log_count("Galera nodes with runtimes changed: claiming lane") >= 1,
+            "worker {} claimed in a lane:\n{}",
+            w.pid,
+            w.log()
+        );
     }
     eprintln!(
         "cluster: {jobs} jobs in {took:?} ({:.0} jobs/s) on 3 nodes, node 1 killed at {done_at_kill} done and restarted; \
