@@ -55,7 +55,10 @@ async fn assert_schema_is_current(client: &Client) {
     .fetch_one(client.pool())
     .await
     .unwrap();
-    assert_eq!(node_column, 1, "the registry records each runtime's Galera node");
+    assert_eq!(
+        node_column, 1,
+        "the registry records each runtime's Galera node"
+    );
     let limit_columns: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
          AND ((TABLE_NAME = 'queue_jobs' AND COLUMN_NAME IN ('concurrency_key', 'rate_key', 'slot', 'rate_window')) \
