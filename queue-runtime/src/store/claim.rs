@@ -289,7 +289,7 @@ impl Store {
             // transaction. The rows already locked come back and are
             // counted once.
             let whole = claim_sql(queue, &ticket.last, &ticket.stragglers, ticket.limit);
-            let more = sqlx::raw_sql(self.sql(&whole))
+            let more = sqlx::raw_sql(AssertSqlSafe(self.limited(&whole)))
                 .fetch_all(&mut *conn)
                 .await?;
             rows = top_up(rows, more, ticket.limit)?;
