@@ -415,6 +415,24 @@ pub fn capture_output(
     log
 }
 
+/// The concurrency limits' books, in one statement (so one consistent
+/// read): jobs left (not dead), jobs recorded as holding a slot (ready or
+/// running, `slot = 1`), the semaphores' count, and spares (running keyed
+/// jobs without a slot). The first two of the last three must agree in
+/// every committed state.
+pub async fn slot_books(pool: &MySqlPool) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM queue_jobs WHERE state <> 3), \
+         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
+         (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
+         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2 \
+          AND concurrency_key IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("read the slot books")
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

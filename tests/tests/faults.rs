@@ -1038,15 +1038,7 @@ async fn three_workers_passing_slots_quickly_keep_the_limit_and_the_books() {
         .unwrap();
     let (mut samples, mut spares_seen) = (0, 0);
     loop {
-        let (left, holders, counted, spares): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM queue_jobs), \
-             (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
-             (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
-             (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2)",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+        let (left, holders, counted, spares) = queue_tests::slot_books(&db.pool).await;
         assert_eq!(
             holders, counted,
             "slot holders and the count agree ({left} left)"

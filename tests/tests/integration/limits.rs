@@ -396,20 +396,9 @@ async fn hot(n: u32) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// One consistent read of a limited drain's books: jobs left (not dead), jobs
-/// recorded as holding a slot (ready or running), the semaphores' count,
-/// and spares (running without a slot).
+/// One consistent read of a limited drain's books (`queue_tests::slot_books`).
 async fn books(client: &queue_runtime::Client) -> (i64, i64, i64, i64) {
-    sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM queue_jobs WHERE state <> 3), \
-         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 1 AND state IN (0, 2)), \
-         (SELECT CAST(COALESCE(SUM(running), 0) AS SIGNED) FROM queue_semaphores), \
-         (SELECT COUNT(*) FROM queue_jobs WHERE slot = 0 AND state = 2 \
-          AND concurrency_key IS NOT NULL)",
-    )
-    .fetch_one(client.pool())
-    .await
-    .unwrap()
+    queue_tests::slot_books(client.pool()).await
 }
 
 /// Slots passed to spares in the runtime (a spare starts the moment the
