@@ -333,7 +333,13 @@ impl Store {
                             // (An heir already holding its slot has a
                             // predecessor that is gone: not this case.)
                             (true, Some((_, _, Some(true)))) => {}
-                            (true, _) => *freed.entry(d.key.clone()).or_insert(0u32) += 1,
+                            // The heir is no longer this runtime's (its lease
+                            // was lost): the slot is freed, the heir holds none.
+                            (true, Some((h, _, None))) => {
+                                *freed.entry(d.key.clone()).or_insert(0u32) += 1;
+                                disinherited.push(h);
+                            }
+                            (true, None) => *freed.entry(d.key.clone()).or_insert(0u32) += 1,
                             (false, Some((_, _, Some(true)))) => {}
                             (false, Some((h, _, _))) => disinherited.push(h),
                             (false, None) => {}
