@@ -50,15 +50,14 @@ impl Cursors {
     /// Claims `lane` first from now on. A change starts the cursors again
     /// from the head of the index: the cursors moved past the rows of the
     /// lanes that were others' and may be this runtime's now.
-    pub(crate) fn set_lane(&mut self, lane: Option<Lane>) -> bool {
+    pub(crate) fn set_lane(&mut self, lane: Option<Lane>) {
         if self.lane == lane {
-            return false;
+            return;
         }
         self.lane = lane;
         self.last = [0; LEVELS];
         self.history.clear();
         self.stragglers.clear();
-        true
     }
 
     /// The lane this runtime claims first, if any (probes keep to it).

@@ -460,9 +460,8 @@ impl Producer {
         self.next = self.next.wrapping_add(1);
         let free = free.min(self.queue_room(queue));
         let lane = self.shared.lane();
-        if self.cursors[queue].set_lane(lane) {
-            tracing::info!(queue = %self.cursors[queue].queue, lane = ?lane, "claiming in a lane of the claim index (Galera nodes with runtimes)");
-        }
+        // (A change is logged where the lanes are read, `runtime::galera`.)
+        self.cursors[queue].set_lane(lane);
         let ticket = self.cursors[queue].ticket(free);
         let mut now = crate::time::clamp(self.shared.client.now());
         if let Some(last) = self.last_claim_at
