@@ -525,6 +525,16 @@ const STATUS: [&str; 7] = [
     "Handler_delete",
 ];
 
+/// What each of [`STATUS`] grew by per job between two reads of
+/// [`server_status`], over `n` jobs.
+fn per_job(before: &[f64], after: &[f64], n: u64) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (a - b) / n as f64)
+        .collect()
+}
+
 /// `SHOW GLOBAL STATUS` values of [`STATUS`] (the whole server's: run alone).
 async fn server_status(client: &Client) -> Res<Vec<f64>> {
     let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -627,11 +637,7 @@ pub(crate) async fn throughput(report: &mut Report, opts: &Opts, ctx: &mut Ctx) 
             (first, end, None)
         };
         let after = server_status(&client).await?;
-        let per_job: Vec<f64> = before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| (a - b) / n as f64)
-            .collect();
+        let per_job = per_job(&before, &after, n);
         let secs = end.saturating_sub(first) as f64 / 1e6;
         let rate = n as f64 / secs;
         if procs == 1 && conc == 10 {
@@ -1276,11 +1282,7 @@ pub(crate) async fn limits(report: &mut Report, opts: &Opts, _ctx: &mut Ctx) -> 
             wait_empty(&client, Duration::from_secs(60)).await?;
             let end = now_us();
             let after = server_status(&client).await?;
-            let per_job: Vec<f64> = after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| (a - b) / n as f64)
-                .collect();
+            let per_job = per_job(&before, &after, n);
             let claim = client.stats().await?.claim_latency;
             rt.shutdown(Duration::from_secs(10)).await?;
             // The run counts only if it kept the books: every job ran once,
