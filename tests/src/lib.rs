@@ -433,6 +433,22 @@ pub async fn slot_books(pool: &MySqlPool) -> (i64, i64, i64, i64) {
     .expect("read the slot books")
 }
 
+/// Reads the books once ([`slot_books`]) and checks them: the jobs recorded
+/// as holding a slot number what the semaphores count, and that is at most
+/// `limit`. Returns the jobs left and the spares.
+pub async fn check_slot_books(pool: &MySqlPool, limit: i64) -> (i64, i64) {
+    let (left, holders, counted, spares) = slot_books(pool).await;
+    assert_eq!(
+        holders, counted,
+        "slot holders and the semaphore's count agree ({left} jobs left)"
+    );
+    assert!(
+        counted <= limit,
+        "{counted} slots counted for a limit of {limit}"
+    );
+    (left, spares)
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;
